@@ -6,3 +6,9 @@ Stages, each a module with a `run(recipe)` function and a `python -m` command:
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# bitsandbytes warns on every CPU import that it cannot fetch an optional kernel from the hub; kit never
+# uses 4-bit on CPU, and the line would bury kit's own one-line error messages.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

@@ -36,11 +36,14 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
         through = render(tokenizer, messages[: i + 1])
         if through.startswith(before) and full.startswith(through) and len(before) >= cursor:
             start, end = len(before), len(through)
+            # Start at the answer itself, not at a role header a template without a generation prompt leaves.
+            content_at = full.find(message["content"], start, end) if message["content"] else -1
+            start = content_at if content_at >= 0 else start
         else:
             # Templates that rewrite earlier turns: find the content itself, then the end-of-turn token.
             start = full.find(message["content"], cursor)
             if start < 0:
-                raise KitError(f"chat template: cannot locate assistant turn {i} in the rendered conversation")
+                continue  # the template leaves this turn out of the rendering: nothing there to train
             end = start + len(message["content"])
             eos = tokenizer.eos_token or ""
             if eos and full.startswith(eos, end):

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from kit import models
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
-from kit.eval import tuned_adapter
 from kit.masking import ensure_chat_template, render
 from kit.recipe import Recipe, load_recipe
+from kit.runs import tuned_adapter
 
 
 def load_models(recipe: Recipe) -> tuple[dict, object]:

@@ -19,7 +19,7 @@ from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template, render, tokenize_conversation
 from kit.recipe import Recipe, load_recipe
-from kit.runs import atomic_dir
+from kit.runs import atomic_dir, tuned_adapter
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 
@@ -135,14 +135,6 @@ def _report(recipe: Recipe, results: dict[str, dict], conversations: list[dict],
         lines += [f"- {name}: {answers[name][i]}" for name in names]
         lines.append("")
     return "\n".join(lines)
-
-
-def tuned_adapter(recipe: Recipe) -> Path | None:
-    """The run's adapter, only when its manifest (written last by kit.sft) says it is complete."""
-    run_dir = recipe.run_dir
-    if (run_dir / "manifest.json").is_file() and (run_dir / "adapter" / "adapter_config.json").is_file():
-        return run_dir / "adapter"
-    return None
 
 
 def run(recipe: Recipe) -> Path:

@@ -15,10 +15,9 @@ from pathlib import Path
 from kit import models
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
-from kit.eval import tuned_adapter
 from kit.masking import ensure_chat_template
 from kit.recipe import Recipe, load_recipe
-from kit.runs import atomic_dir, package_versions
+from kit.runs import atomic_dir, package_versions, tuned_adapter
 
 
 def export_merged(recipe: Recipe, target: Path) -> Path:

@@ -55,3 +55,19 @@ def atomic_dir(target: Path):
         os.rename(scratch, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def tuned_adapter(recipe) -> Path | None:
+    """The run's LoRA adapter, only when kit.sft's manifest (written last) says it is complete."""
+    run_dir = recipe.run_dir
+    if (run_dir / "manifest.json").is_file() and (run_dir / "adapter" / "adapter_config.json").is_file():
+        return run_dir / "adapter"
+    return None
+
+
+def student_dir(recipe) -> Path | None:
+    """The run's distilled student (a plain transformers folder), only when its manifest.json is written."""
+    folder = recipe.run_dir / "student"
+    if (folder / "manifest.json").is_file() and (folder / "config.json").is_file():
+        return folder
+    return None

@@ -1,102 +1,231 @@
-"""Side-by-side chat: one customer message goes to base and tuned, both answers stream in.
+"""Comparison arena: one customer message goes to base, tuned and student, the answers stream in side by side.
 
-    python -m kit.chat recipes/quickstart.yaml [--port 7860]
+    python -m kit.chat recipes/quickstart.yaml [--blind] [--host 127.0.0.1] [--port 7860] [--auth user:pass]
+    python -m kit.chat recipes/quickstart.yaml --cli      # the same comparison in the terminal
 
-Binds 127.0.0.1 with sharing off unless the recipe's `chat` section says otherwise. Each model is
-loaded once. Besides the UI, the app exposes `/compare` (gradio_client: `Client(url).predict(
-"my order is late", api_name="/compare")`) that returns every model's full answer.
+Every model that exists for the run is shown: `base` always, `tuned` once kit.sft has finished, `student`
+once kit.distill has. Each is loaded once and shared by every browser session. In blind mode the answers
+are labelled A/B/C in a random order per conversation; a vote (best answer, or all bad) is appended to
+`<run>/feedback/`: pairs to `preferences.jsonl` in TRL's preference format (prompt, chosen, rejected) so
+they can train DPO, all-bad votes to `all_bad.jsonl` in TRL's unpaired format (prompt, completion, label).
+
+The app binds 127.0.0.1 with Gradio sharing off unless told otherwise. Besides the UI it exposes
+`/compare` for scripts: `Client(url).predict("my order is late", api_name="/compare")` returns every
+model's full answer as `{"base": ..., "tuned": ...}`.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import queue
+import random
+import sys
 import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TextIO
 
 from kit import models
-from kit.cli import recipe_parser, run_cli
+from kit.cli import add_recipe_arguments, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template, render
-from kit.recipe import Recipe, load_recipe
-from kit.runs import tuned_adapter
+from kit.recipe import ModelSection, Recipe, load_recipe
+from kit.runs import student_dir
+
+LABELS = "ABCDEFGH"
+MAX_NEW_TOKENS_LIMIT = 1024  # the UI slider's top; a longer answer is not a support answer
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+PREFERENCES = "preferences.jsonl"
+ALL_BAD = "all_bad.jsonl"
 
 
-def load_models(recipe: Recipe) -> tuple[dict, object]:
-    """{"base": model, "tuned": model (when trained)} and the shared tokenizer, loaded once."""
+# ---------------------------------------------------------------------------------------------- models
+
+
+@dataclass
+class ChatModel:
+    """One contestant: a model and the tokenizer (and chat template) it was trained with."""
+
+    name: str
+    model: object
+    tokenizer: object
+    lock: threading.Lock = field(default_factory=threading.Lock)  # fast tokenizers are not re-entrant
+
+
+def load_models(recipe: Recipe) -> dict[str, ChatModel]:
+    """{"base", "tuned" (when trained), "student" (when distilled)}, each loaded once."""
     model_path = models.resolve(recipe.model.name)
     tokenizer = models.load_tokenizer(recipe.model, model_path)
     ensure_chat_template(tokenizer)
-    loaded = {"base": models.load_model(recipe.model, path=model_path).eval()}
-    adapter = tuned_adapter(recipe)
-    if adapter is not None:
-        loaded["tuned"] = models.load_model(recipe.model, adapter=adapter, path=model_path).merge_and_unload().eval()
-    else:
-        print(f"kit.chat: no tuned model in {recipe.run_dir} yet; showing base only", flush=True)
-    return loaded, tokenizer
+    shared = threading.Lock()  # base and tuned share one tokenizer, hence one lock
+    loaded = {"base": ChatModel("base", models.load_model(recipe.model, path=model_path).eval(), tokenizer, shared)}
+    # An adapter is merged once at start: generation then runs at base speed, and each model is loaded once.
+    tuned = models.load_tuned(recipe)
+    if tuned is not None:
+        loaded["tuned"] = ChatModel("tuned", tuned.eval(), tokenizer, shared)
+    student = student_dir(recipe)
+    if student is not None:
+        section = ModelSection(name=str(student))
+        student_tokenizer = models.load_tokenizer(section)
+        ensure_chat_template(student_tokenizer)
+        loaded["student"] = ChatModel("student", models.load_model(section).eval(), student_tokenizer)
+    missing = [name for name in ("tuned", "student") if name not in loaded]
+    if missing:
+        print(f"kit.chat: {' and '.join(missing)} not in {recipe.run_dir} yet; showing {', '.join(loaded)}", flush=True)
+    return loaded
 
 
-def _generate_into(name, model, tokenizer, prompt: str, max_new_tokens: int, temperature: float, sink: queue.Queue):
-    """Stream one model's answer into `sink` as (name, text so far, stats or None)."""
+class _SinkStreamer:
+    """A `generate()` streamer (transformers' BaseStreamer hook) that decodes every new token at once.
+
+    TextStreamer waits for whole words; this one shows each token as it arrives, holding back only a
+    partial UTF-8 character. Updates go to a queue shared by every model answering the same message.
+    """
+
+    def __init__(self, chat_model: ChatModel, sink: queue.Queue):
+        self.name, self.tokenizer, self.lock, self.sink = chat_model.name, chat_model.tokenizer, chat_model.lock, sink
+        self.ids: list[int] = []
+        self.text = ""
+        self.first_token_at: float | None = None
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:  # generate() hands the prompt over first
+            self._prompt_seen = True
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        self.ids.extend(value.reshape(-1).tolist())
+        with self.lock:
+            text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd") and text != self.text:
+            self.text = text
+            self.sink.put((self.name, text, None))
+
+    def end(self) -> None:
+        with self.lock:
+            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+
+
+def _stop_when(event: threading.Event):
+    from transformers import StoppingCriteria
+
+    class StopWhenSet(StoppingCriteria):
+        """Ends generation when the browser that asked has gone (cancelled or closed)."""
+
+        def __call__(self, input_ids, scores, **kwargs):
+            import torch
+
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StopWhenSet()
+
+
+def _fit(chat_model: ChatModel, conversation: list[dict], max_new_tokens: int) -> tuple[str, int]:
+    """The rendered prompt, dropping the oldest exchanges while prompt + answer would overflow the model."""
+    limit = getattr(chat_model.model.config, "max_position_embeddings", None)
+    turns, dropped = list(conversation), 0
+    while True:
+        prompt = render(chat_model.tokenizer, turns, add_generation_prompt=True)
+        if limit is None:
+            return prompt, dropped
+        with chat_model.lock:
+            length = len(chat_model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        first = 1 if turns and turns[0]["role"] == "system" else 0
+        if length + max_new_tokens <= limit or len(turns) - first <= 1:
+            return prompt, dropped
+        del turns[first : first + 2]  # one user message and its answer
+        dropped += 1
+
+
+def _generate_into(chat_model: ChatModel, conversation: list[dict], max_new_tokens: int, temperature: float,
+                   sink: queue.Queue, stop: threading.Event) -> None:
+    """Generate one answer, streaming (name, text so far, None) and finally (name, text, stats) into `sink`."""
     import torch
-    from transformers import TextIteratorStreamer
+    from transformers import StoppingCriteriaList
 
-    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    options = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id, "streamer": streamer}
-    options.update({"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False})
-    result: dict = {}
-
-    def work():
-        try:
-            with torch.no_grad():
-                result["output"] = model.generate(**inputs, **options)
-        except Exception as exc:  # surfaced to the user below instead of a stuck stream
-            result["error"] = exc
-            streamer.end()
-
-    started = time.time()
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
-    text = ""
-    for piece in streamer:
-        text += piece
-        sink.put((name, text, None))
-    worker.join()
-    seconds = time.time() - started
-    if "error" in result:
-        sink.put((name, f"[generation failed: {result['error']}]", {"seconds": seconds, "tokens": 0}))
+    started = time.perf_counter()
+    streamer = _SinkStreamer(chat_model, sink)
+    try:
+        prompt, dropped = _fit(chat_model, conversation, max_new_tokens)
+        with chat_model.lock:
+            inputs = chat_model.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        inputs = inputs.to(next(chat_model.model.parameters()).device)
+        options = {
+            "max_new_tokens": max_new_tokens,
+            "pad_token_id": chat_model.tokenizer.pad_token_id,
+            "streamer": streamer,
+            "stopping_criteria": StoppingCriteriaList([_stop_when(stop)]),
+        }
+        options.update({"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False})
+        with torch.no_grad():
+            chat_model.model.generate(**inputs, **options)
+    except Exception as exc:  # one failing model must not take the other answers down with it
+        sink.put((chat_model.name, f"[generation failed: {type(exc).__name__}: {exc}]",
+                  {"seconds": time.perf_counter() - started, "tokens": 0, "failed": True}))
         return
-    tokens = int(result["output"].shape[1] - inputs["input_ids"].shape[1])
-    sink.put((name, text.strip(), {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / max(seconds, 1e-9)}))
+    seconds = time.perf_counter() - started
+    stats = {
+        "seconds": seconds,
+        "first_token_s": (streamer.first_token_at or time.perf_counter()) - started,
+        "tokens": len(streamer.ids),
+        "tokens_per_s": len(streamer.ids) / max(seconds, 1e-9),
+        "dropped_turns": dropped,
+    }
+    sink.put((chat_model.name, streamer.text.strip(), stats))
 
 
-def stream_answers(loaded: dict, tokenizer, conversation: list[dict], max_new_tokens: int, temperature: float) -> Iterator[dict]:
-    """Yield {name: (text, stats or None)} as tokens arrive from every model at once."""
-    prompt = render(tokenizer, conversation, add_generation_prompt=True)
+def stream_answers(jobs: dict[str, tuple[ChatModel, list[dict]]], max_new_tokens: int,
+                   temperature: float) -> Iterator[dict[str, tuple[str, dict | None]]]:
+    """Every model answers its conversation at once; yields {name: (text so far, stats once done)}.
+
+    Closing the iterator early (a cancelled request) stops the generations still running.
+    """
     sink: queue.Queue = queue.Queue()
-    workers = [
-        threading.Thread(target=_generate_into, args=(n, m, tokenizer, prompt, max_new_tokens, temperature, sink), daemon=True)
-        for n, m in loaded.items()
-    ]
-    for worker in workers:
-        worker.start()
-    state = {name: ("", None) for name in loaded}
-    while any(stats is None for _, stats in state.values()):
-        name, text, stats = sink.get()
-        state[name] = (text, stats)
-        yield dict(state)
+    stop = threading.Event()
+    for chat_model, conversation in jobs.values():
+        threading.Thread(
+            target=_generate_into, args=(chat_model, conversation, max_new_tokens, temperature, sink, stop), daemon=True
+        ).start()
+    state: dict[str, tuple[str, dict | None]] = {name: ("", None) for name in jobs}
+    try:
+        while any(stats is None for _, stats in state.values()):
+            update = sink.get()
+            while True:  # take whatever else has arrived too: one UI update per batch, not per token
+                name, text, stats = update
+                if state[name][1] is None:
+                    state[name] = (text, stats)
+                try:
+                    update = sink.get_nowait()
+                except queue.Empty:
+                    break
+            yield dict(state)
+    finally:
+        stop.set()
 
 
-def _stats_line(stats) -> str:
+def stats_line(stats: dict | None) -> str:
     if not stats:
         return "generating..."
-    return f"{stats['seconds']:.1f} s, {stats['tokens']} tokens, {stats.get('tokens_per_s', 0):.1f} tokens/s"
+    if stats.get("failed"):
+        return f"failed after {stats['seconds']:.1f} s"
+    line = (f"first token {stats['first_token_s']:.2f} s · {stats['seconds']:.1f} s · {stats['tokens']} tokens · "
+            f"{stats['tokens_per_s']:.1f} tokens/s")
+    if stats.get("dropped_turns"):
+        line += f" · {stats['dropped_turns']} oldest exchange(s) left out to fit the context"
+    return line
 
 
-def _conversation(system: str, history: list[dict], message: str) -> list[dict]:
-    turns = [{"role": "system", "content": system}] if system.strip() else []
-    turns += [{"role": m["role"], "content": _text(m["content"])} for m in history]
+def conversation(system: str, history: list[dict], message: str) -> list[dict]:
+    turns = [{"role": "system", "content": system}] if (system or "").strip() else []
+    turns += [{"role": m["role"], "content": _text(m["content"])} for m in history if m["role"] in ("user", "assistant")]
     return turns + [{"role": "user", "content": message}]
 
 
@@ -111,105 +240,470 @@ def _text(content) -> str:
     return str(content)
 
 
-def build_app(recipe: Recipe, loaded: dict | None = None, tokenizer=None):
+def check_message(message: str | None, max_chars: int) -> str:
+    """The message stripped; raises ValueError (shown to the user) when empty or too long."""
+    message = (message or "").strip()
+    if not message:
+        raise ValueError("Type a message first.")
+    if len(message) > max_chars:
+        raise ValueError(f"Message too long: {len(message)} characters, the limit is {max_chars}.")
+    return message
+
+
+# -------------------------------------------------------------------------------------------- feedback
+
+
+def feedback_dir(recipe: Recipe) -> Path:
+    return recipe.run_dir / "feedback"
+
+
+_append_lock = threading.Lock()
+
+
+def _append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Append whole lines. A line cut short by a crash is closed first, so it stays one corrupt line."""
+    if not rows:
+        return
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    with _append_lock:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a+b") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    text = "\n" + text
+            handle.write(text.encode("utf-8"))  # one write on an O_APPEND file: lines never interleave
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def record_vote(recipe: Recipe, turn: dict, best: str | None, *, blind: bool, source: str) -> dict:
+    """Append one vote on `turn` = {"conversations": {model: messages}, "answers": {model: text}}.
+
+    `best` names the preferred model, or None for "all bad". Returns {"file", "rows", "identical"}.
+    """
+    answers, conversations = turn["answers"], turn["conversations"]
+    common = {
+        "vote": uuid.uuid4().hex,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run": recipe.name,
+        "blind": blind,
+        "source": source,
+        "models": list(answers),
+    }
+    if best is None:
+        path = feedback_dir(recipe) / ALL_BAD
+        rows = [
+            {"prompt": conversations[name], "completion": [{"role": "assistant", "content": text}], "label": False,
+             "metadata": {**common, "model": name}}
+            for name, text in answers.items()
+        ]
+        identical = 0
+    else:
+        if best not in answers:
+            raise KitError(f"vote: {best!r} did not answer; pick one of {', '.join(answers)}")
+        path = feedback_dir(recipe) / PREFERENCES
+        others = [name for name in answers if name != best]
+        # The same text as chosen and rejected teaches DPO nothing: counted, not written.
+        identical = sum(answers[name].strip() == answers[best].strip() for name in others)
+        rows = [
+            {
+                # In multi-turn chats the prompt is the conversation as the chosen model saw it.
+                "prompt": conversations[best],
+                "chosen": [{"role": "assistant", "content": answers[best]}],
+                "rejected": [{"role": "assistant", "content": answers[name]}],
+                "metadata": {**common, "chosen_model": best, "rejected_model": name},
+            }
+            for name in others
+            if answers[name].strip() != answers[best].strip()
+        ]
+    _append_jsonl(path, rows)
+    return {"file": path, "rows": len(rows), "identical": identical}
+
+
+@dataclass
+class Feedback:
+    """The votes collected so far for a run, read back from its feedback files."""
+
+    best: Counter = field(default_factory=Counter)  # model -> votes where it was the best answer
+    all_bad: int = 0  # votes that rejected every answer
+    pairs: int = 0  # preference rows usable for DPO
+    corrupt: list[str] = field(default_factory=list)  # "file:line" of every unreadable line
+
+    @property
+    def votes(self) -> int:
+        return sum(self.best.values()) + self.all_bad
+
+    def summary(self, names: list[str], per_model: bool = True) -> str:
+        """One line for the UI. Blind mode hides the per-model counts until the names are revealed."""
+        if not self.votes and not self.corrupt:
+            return "No votes yet."
+        text = f"{self.votes} vote{'s' * (self.votes != 1)} so far"
+        if per_model:
+            text += " · best answer: " + ", ".join(f"{name} {self.best[name]}" for name in names)
+        text += f" · all bad: {self.all_bad} · {self.pairs} preference pair{'s' * (self.pairs != 1)}"
+        if self.corrupt:
+            shown = ", ".join(self.corrupt[:3]) + (" ..." if len(self.corrupt) > 3 else "")
+            text += f" · {len(self.corrupt)} corrupt line(s) skipped ({shown})"
+        return text
+
+
+def _is_messages(value) -> bool:
+    return (isinstance(value, list) and len(value) > 0
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in value))
+
+
+def load_feedback(recipe: Recipe) -> Feedback:
+    """Read both feedback files; a line that is not a valid row is counted in `corrupt` and skipped."""
+    feedback = Feedback()
+    seen: set[str] = set()
+    for filename in (PREFERENCES, ALL_BAD):
+        path = feedback_dir(recipe) / filename
+        if not path.is_file():
+            continue
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    row = None
+                if filename == PREFERENCES:
+                    valid = isinstance(row, dict) and all(_is_messages(row.get(k)) for k in ("prompt", "chosen", "rejected"))
+                else:
+                    valid = (isinstance(row, dict) and _is_messages(row.get("prompt"))
+                             and _is_messages(row.get("completion")) and isinstance(row.get("label"), bool))
+                if not valid:
+                    feedback.corrupt.append(f"{filename}:{number}")
+                    continue
+                meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+                vote = str(meta.get("vote") or f"{filename}:{number}")
+                if filename == PREFERENCES:
+                    feedback.pairs += 1
+                    if vote not in seen:
+                        feedback.best[str(meta.get("chosen_model", "unknown"))] += 1
+                elif vote not in seen:
+                    feedback.all_bad += 1
+                seen.add(vote)
+    return feedback
+
+
+def _startup_tally(recipe: Recipe, names: list[str]) -> str:
+    feedback = load_feedback(recipe)
+    if feedback.corrupt:
+        print(f"kit.chat: {feedback_dir(recipe)}: skipped {len(feedback.corrupt)} corrupt line(s): "
+              f"{', '.join(feedback.corrupt[:5])}", flush=True)
+    return feedback.summary(names)
+
+
+# ------------------------------------------------------------------------------------------------ web
+
+
+def _order(names: list[str], blind: bool) -> list[str]:
+    """Blind mode shuffles the columns per conversation, so position says nothing about the model."""
+    return random.SystemRandom().sample(names, len(names)) if blind else list(names)
+
+
+def _bind(handler, position):
+    def on_click(session):
+        return handler(position, session)
+
+    return on_click
+
+
+def build_app(recipe: Recipe, loaded: dict[str, ChatModel] | None = None):
     """The Gradio Blocks app (not launched)."""
     import gradio as gr
 
     if loaded is None:
-        loaded, tokenizer = load_models(recipe)
+        loaded = load_models(recipe)
     names = list(loaded)
     settings = recipe.chat
+    n = len(names)
 
-    def check(message: str) -> str:
-        message = (message or "").strip()
-        if not message:
-            raise gr.Error("Type a message first.")
-        if len(message) > settings.max_input_chars:
-            raise gr.Error(f"Message too long: {len(message)} characters, the limit is {settings.max_input_chars}.")
-        return message
+    def fail(exc: ValueError):
+        return gr.Error(str(exc))
 
-    def respond(message, system, temperature, max_new_tokens, *histories):
-        message = check(message)
+    def fresh(blind: bool) -> dict:
+        return {"order": _order(names, blind), "blind": bool(blind), "turn": None}
+
+    def labels(session: dict) -> list[str]:
+        return [LABELS[i] if session["blind"] else name for i, name in enumerate(session["order"])]
+
+    def vote_buttons(session: dict, interactive: bool) -> list:
+        updates = [gr.update(value=f"{label} is best", interactive=interactive and n > 1) for label in labels(session)]
+        return updates + [gr.update(interactive=interactive)]
+
+    def respond(message, system, temperature, max_new_tokens, session, *histories):
+        try:
+            message = check_message(message, settings.max_input_chars)
+        except ValueError as exc:
+            raise fail(exc) from None
+        max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS_LIMIT))
+        session = session or fresh(settings.blind)  # a message sent before the page finished loading
+        order = session["order"]
         histories = [list(h or []) for h in histories]
-        for history in histories:
-            history.append({"role": "user", "content": message})
-            history.append({"role": "assistant", "content": ""})
         # Each model sees its own past answers, as it would in production.
-        conversations = {n: _conversation(system, h[:-2], message) for n, h in zip(names, histories)}
-        streams = {n: stream_answers({n: loaded[n]}, tokenizer, conversations[n], int(max_new_tokens), float(temperature)) for n in names}
-        lines = {n: "generating..." for n in names}
-        live = dict(streams)
-        while live:
-            for name in list(live):
-                try:
-                    update = next(live[name])
-                except StopIteration:
-                    del live[name]
-                    continue
-                text, stats = update[name]
-                histories[names.index(name)][-1]["content"] = text
-                lines[name] = _stats_line(stats)
-            yield ("", *histories, *(lines[n] for n in names))
-
-    def compare(message: str) -> dict[str, str]:
-        """Every model's full answer to one customer message (greedy, recipe settings)."""
-        message = check(message)
+        conversations = {name: conversation(system, histories[i], message) for i, name in enumerate(order)}
+        for history in histories:
+            history += [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
+        lines = ["generating..."] * n
+        session = {**session, "turn": None}
+        jobs = {name: (loaded[name], conversations[name]) for name in order}
+        yield ("", *histories, *lines, *vote_buttons(session, False), session)
         final: dict = {}
-        for state in stream_answers(loaded, tokenizer, _conversation(recipe.data.system_prompt or "", [], message),
-                                    settings.max_new_tokens, settings.temperature):
+        for state in stream_answers(jobs, max_new_tokens, float(temperature)):
+            for i, name in enumerate(order):
+                text, stats = state[name]
+                histories[i][-1] = {"role": "assistant", "content": text}
+                lines[i] = stats_line(stats)
             final = state
-        return {name: text for name, (text, _) in final.items()}
+            yield (gr.skip(), *histories, *lines, *([gr.skip()] * (n + 1)), gr.skip())
+        session["turn"] = {"conversations": conversations, "answers": {name: final[name][0] for name in order}}
+        yield (gr.skip(), *([gr.skip()] * (2 * n)), *vote_buttons(session, True), session)
 
-    with gr.Blocks(title=f"kit chat: {recipe.name}") as app:
-        gr.Markdown(f"## kit chat: {recipe.name}\nOne message goes to every model: {', '.join(names)}.")
+    def vote(position: int | None, session: dict):
+        turn = session.get("turn")
+        if not turn:
+            return (gr.skip(), gr.skip(), *([gr.skip()] * (n + 1)), session)
+        best = None if position is None else session["order"][position]
+        saved = record_vote(recipe, turn, best, blind=session["blind"], source="web")
+        what = "All answers marked bad" if best is None else f"{labels(session)[position]} chosen as best"
+        note = f"{what}: {saved['rows']} row(s) added to {saved['file']}."
+        if saved["identical"]:
+            note += f" {saved['identical']} identical answer(s) left out (nothing to learn from a tie)."
+        if session["blind"]:
+            note += " Names are revealed when you start a new conversation."
+        session = {**session, "turn": None}
+        # In blind mode the per-model counts would give away who answered as what: shown after the reveal.
+        tally = load_feedback(recipe).summary(names, per_model=not session["blind"])
+        return (note, tally, *vote_buttons(session, False), session)
+
+    def new_conversation(blind: bool, session: dict | None):
+        reveal = ""
+        if session and session.get("blind"):
+            pairs = ", ".join(f"{LABELS[i]} = {name}" for i, name in enumerate(session["order"]))
+            reveal = f"Last conversation: {pairs}."
+        session = fresh(blind)
+        chats = [gr.update(value=[], label=label) for label in labels(session)]
+        return (*chats, *([""] * n), *vote_buttons(session, False), reveal, load_feedback(recipe).summary(names), session)
+
+    title = f"kit chat: {recipe.name}"
+    initial = labels(fresh(settings.blind))  # the page loads with these; each session then gets its own order
+    with gr.Blocks(title=title) as app:
+        gr.Markdown(f"## {title}\nOne message goes to every model ({', '.join(names)}); each answer streams in its own column.")
+        session_state = gr.State(None)
+        blind = gr.Checkbox(value=settings.blind, label="Blind mode: label answers A/B/C in random order",
+                            elem_id="blind")
         chatbots, stats = [], []
         with gr.Row():
-            for name in names:
+            for i in range(n):
                 with gr.Column():
-                    chatbots.append(gr.Chatbot(label=name, height=420))
-                    stats.append(gr.Markdown("", elem_id=f"stats-{name}"))
+                    # No "share" button: it would post support conversations to Hugging Face.
+                    chatbots.append(gr.Chatbot(label=initial[i], height=420, elem_id=f"answer-{i}",
+                                               buttons=["copy", "copy_all"]))
+                    stats.append(gr.Markdown("", elem_id=f"stats-{i}"))
         message = gr.Textbox(label="Customer message", placeholder="Ask as a customer would...",
                              max_length=settings.max_input_chars, elem_id="message")
         with gr.Row():
             send = gr.Button("Send", variant="primary", elem_id="send")
-            clear = gr.Button("Clear")
+            restart = gr.Button("New conversation", elem_id="new")
+        gr.Markdown("**Which answer is best?** Votes become training data for DPO.")
+        with gr.Row():
+            best_buttons = [gr.Button(f"{label} is best", interactive=False, elem_id=f"vote-{i}")
+                            for i, label in enumerate(initial)]
+            all_bad = gr.Button("All bad", variant="stop", interactive=False, elem_id="vote-all-bad")
+        vote_status = gr.Markdown("", elem_id="vote-status")
+        tally = gr.Markdown(_startup_tally(recipe, names), elem_id="tally")
         with gr.Accordion("Settings", open=False):
             system = gr.Textbox(label="System prompt", value=recipe.data.system_prompt or "")
             temperature = gr.Slider(0.0, 1.5, value=settings.temperature, step=0.05, label="Temperature (0 = greedy)")
-            max_tokens = gr.Slider(16, 1024, value=settings.max_new_tokens, step=16, label="Max new tokens")
-        inputs = [message, system, temperature, max_tokens, *chatbots]
-        outputs = [message, *chatbots, *stats]
-        message.submit(respond, inputs, outputs, api_visibility="private")
-        send.click(respond, inputs, outputs, api_visibility="private")
-        clear.click(lambda: ([[] for _ in names] + ["" for _ in names]), None, [*chatbots, *stats], api_visibility="private")
-        gr.api(compare, api_name="compare")
-    app.queue(default_concurrency_limit=2, max_size=64)
+            max_tokens = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=min(settings.max_new_tokens, MAX_NEW_TOKENS_LIMIT),
+                                   step=1, label="Max new tokens")
+
+        buttons = [*best_buttons, all_bad]
+        inputs = [message, system, temperature, max_tokens, session_state, *chatbots]
+        outputs = [message, *chatbots, *stats, *buttons, session_state]
+        shared = {"concurrency_id": "models", "concurrency_limit": settings.concurrency_limit, "api_visibility": "private"}
+        generating = [
+            message.submit(respond, inputs, outputs, **shared),
+            send.click(respond, inputs, outputs, **shared),
+        ]
+        reset_outputs = [*chatbots, *stats, *buttons, vote_status, tally, session_state]
+        app.load(new_conversation, [blind, session_state], reset_outputs, api_visibility="private")
+        restart.click(new_conversation, [blind, session_state], reset_outputs, cancels=generating, api_visibility="private")
+        blind.change(new_conversation, [blind, session_state], reset_outputs, cancels=generating, api_visibility="private")
+        vote_outputs = [vote_status, tally, *buttons, session_state]
+        for position, button in enumerate([*best_buttons, all_bad]):
+            best = position if position < n else None
+            button.click(_bind(vote, best), [session_state], vote_outputs, api_visibility="private")
+
+        def compare(message: str) -> dict[str, str]:
+            """Every model's full answer to one customer message (recipe settings, no history)."""
+            try:
+                message = check_message(message, settings.max_input_chars)
+            except ValueError as exc:
+                raise fail(exc) from None
+            turns = conversation(recipe.data.system_prompt or "", [], message)
+            final: dict = {}
+            for state in stream_answers({name: (loaded[name], turns) for name in names},
+                                        settings.max_new_tokens, settings.temperature):
+                final = state
+            return {name: text for name, (text, _) in final.items()}
+
+        gr.api(compare, api_name="compare", concurrency_id="models", concurrency_limit=settings.concurrency_limit)
+    app.queue(max_size=settings.queue_size)
     return app
 
 
-def run(recipe: Recipe, block: bool = True):
-    """Launch the app with the recipe's `chat` settings; returns the app (and its URL) when not blocking."""
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    if text is None:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise KitError("--auth: write it as user:password (both parts non-empty)")
+    return user, password
+
+
+def run(recipe: Recipe, block: bool = True, auth: tuple[str, str] | None = None, loaded: dict | None = None):
+    """Launch the app with the recipe's `chat` settings; returns the app (with `.local_url`) when not blocking."""
     settings = recipe.chat
     if settings.share:
         print("kit.chat: chat.share is on: a public link will expose the models to anyone who has it", flush=True)
-    app = build_app(recipe)
+    if settings.host not in LOOPBACK and auth is None:
+        print(f"kit.chat: listening on {settings.host} without a password: anyone who can reach this machine "
+              "can use the models; add --auth user:password", flush=True)
+    app = build_app(recipe, loaded)
     try:
         app.launch(
             server_name=settings.host,
             server_port=settings.port or None,
             share=settings.share,
+            auth=auth,
             prevent_thread_lock=not block,
             footer_links=["api"],
+            quiet=not block,
         )
     except OSError as exc:
-        raise KitError(f"chat.port: cannot listen on {settings.host}:{settings.port} ({exc}); pick another with --set chat.port=N") from None
+        raise KitError(f"chat.port: cannot listen on {settings.host}:{settings.port} ({exc}); "
+                       "pick another with --port N (0 = any free port)") from None
     return app
 
 
+# ------------------------------------------------------------------------------------------- terminal
+
+
+def run_terminal(recipe: Recipe, stdin: TextIO | None = None, stdout: TextIO | None = None,
+                 loaded: dict[str, ChatModel] | None = None) -> Feedback:
+    """The comparison in a terminal: each answer streams in turn, then an optional vote. Returns the tally."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    loaded = loaded if loaded is not None else load_models(recipe)
+    names = list(loaded)
+    settings = recipe.chat
+    system = recipe.data.system_prompt or ""
+    interactive = stdin.isatty()
+
+    def say(text: str = "", end: str = "\n") -> None:
+        stdout.write(text + end)
+        stdout.flush()
+
+    def ask(prompt: str) -> str | None:
+        if interactive:
+            stdout.write(prompt)
+            stdout.flush()
+        line = stdin.readline()
+        return None if line == "" else line.rstrip("\n")
+
+    mode = "blind, answers labelled A/B/C in random order" if settings.blind else "names shown"
+    say(f"kit chat: {recipe.name}: {', '.join(names)} ({mode}). /new starts over, /quit ends.")
+    say(_startup_tally(recipe, names))
+    order = _order(names, settings.blind)
+    histories: dict[str, list[dict]] = {name: [] for name in names}
+    pending: str | None = None
+    while True:
+        line = pending if pending is not None else ask("\nyou> ")
+        pending = None
+        if line is None or line.strip() == "/quit":
+            break
+        if line.strip() == "/new":
+            if settings.blind:
+                say("Last conversation: " + ", ".join(f"{LABELS[i]} = {name}" for i, name in enumerate(order)))
+            order, histories = _order(names, settings.blind), {name: [] for name in names}
+            continue
+        try:
+            message = check_message(line, settings.max_input_chars)
+        except ValueError as exc:
+            say(str(exc))
+            continue
+        turn = {"conversations": {}, "answers": {}}
+        for i, name in enumerate(order):
+            turns = conversation(system, histories[name], message)
+            say(f"[{LABELS[i] if settings.blind else name}] ", end="")
+            shown = ""
+            for state in stream_answers({name: (loaded[name], turns)}, settings.max_new_tokens, settings.temperature):
+                text, stats = state[name]
+                if text.startswith(shown):  # print only what is new (the final text is the same, stripped)
+                    say(text[len(shown):], end="")
+                    shown = text
+            if shown.strip() != text:  # the decoder revised earlier text: print the final answer whole
+                say("\n" + text, end="")
+            say(f"\n    ({stats_line(stats)})")
+            turn["conversations"][name], turn["answers"][name] = turns, text
+            histories[name] += [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
+        labels = [LABELS[i] if settings.blind else name for i, name in enumerate(order)]
+        choice = ask(f"best? {'/'.join(labels)}, x = all bad, Enter = skip> ")
+        if choice is None:
+            break
+        picked = choice.strip()
+        by_label = {label.lower(): name for label, name in zip(labels, order)}
+        if picked.lower() in by_label or picked.lower() == "x":
+            best = None if picked.lower() == "x" else by_label[picked.lower()]
+            if best is not None and len(names) < 2:
+                say("Only one model: nothing to compare it with; use x to mark it bad.")
+                continue
+            saved = record_vote(recipe, turn, best, blind=settings.blind, source="cli")
+            say(f"saved {saved['rows']} row(s) to {saved['file']}")
+        elif picked:
+            pending = choice  # not a vote: the next message
+    say(load_feedback(recipe).summary(names))
+    return load_feedback(recipe)
+
+
+# ------------------------------------------------------------------------------------------------ cli
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kit.chat", description=__doc__.splitlines()[0])
+    add_recipe_arguments(parser)
+    parser.add_argument("--host", help="address to bind (default: chat.host, 127.0.0.1); 0.0.0.0 opens it to the network")
+    parser.add_argument("--port", type=int, help="port to bind (default: chat.port); 0 picks a free one")
+    parser.add_argument("--auth", metavar="USER:PASSWORD", help="require this login in the browser and for gradio_client")
+    parser.add_argument("--blind", action="store_true", help="start in blind mode (same as --set chat.blind=true)")
+    parser.add_argument("--cli", action="store_true", help="compare in the terminal instead of the browser")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = recipe_parser("python -m kit.chat", "Chat with base and tuned side by side.")
-    args = parser.parse_args(argv)
-    run_cli(lambda: run(load_recipe(args.recipe, args.overrides)))
+    args = make_parser().parse_args(argv)
+
+    def work():
+        overrides = list(args.overrides)
+        overrides += [f"chat.port={args.port}"] if args.port is not None else []
+        overrides += ["chat.blind=true"] if args.blind else []
+        recipe = load_recipe(args.recipe, overrides)
+        if args.host is not None:
+            if not args.host.strip():
+                raise KitError("--host: give an address such as 127.0.0.1 or 0.0.0.0")
+            recipe.chat.host = args.host.strip()
+        auth = parse_auth(args.auth)
+        if args.cli:
+            return run_terminal(recipe)
+        return run(recipe, auth=auth)
+
+    run_cli(work)
 
 
 if __name__ == "__main__":

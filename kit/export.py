@@ -1,65 +1,615 @@
-"""Export for deployment: the tuned model merged into plain transformers weights.
+"""Export for deployment: the tuned model (and the student) as an adapter, merged weights, GGUF and Ollama.
 
-    python -m kit.export recipes/quickstart.yaml
+    python -m kit.export recipes/quickstart.yaml [--format adapter|merged|gguf|ollama|all]
 
-Writes `<run>/export/merged/`: safetensors + tokenizer + chat template + generation config, which
-`AutoModelForCausalLM.from_pretrained` loads with no PEFT installed. The folder appears whole or
-not at all.
+Writes under `<run>/export/` (each folder appears whole or not at all):
+- `adapter/`: the PEFT adapter plus a model card (README.md: base model, data stats, metrics, recipe);
+- `merged/`: base + adapter as safetensors + tokenizer + chat template + generation config, which
+  `AutoModelForCausalLM.from_pretrained` loads with no PEFT installed;
+- `gguf/`: `<name>-f16.gguf` and `<name>-q8_0.gguf` for llama.cpp, Ollama and LM Studio, written with the
+  `gguf` package's writer, tokenizer and chat template embedded (llama-architecture models only);
+- `gguf/Modelfile` (format `ollama`): TEMPLATE and stop parameters generated from the chat template used
+  in training, so `ollama create NAME -f Modelfile` prompts the model exactly as kit trained it.
+A complete distilled student (`<run>/student/`) gets the same formats under `export/student/`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from kit import models
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template
-from kit.recipe import Recipe, load_recipe
-from kit.runs import atomic_dir, package_versions, tuned_adapter
+from kit.recipe import ModelSection, Recipe, load_recipe
+from kit.runs import atomic_dir, package_versions, student_dir, tuned_adapter
+
+FORMATS = ("adapter", "merged", "gguf", "ollama")
 
 
-def export_merged(recipe: Recipe, target: Path) -> Path:
-    """Base + adapter merged in float32 (no rounding before the user picks a dtype), saved as safetensors."""
+# ---------------------------------------------------------------------------------------------- GGUF
+
+# The tokenizers pre-tokenizer shapes llama.cpp reproduces, by the name llama.cpp gives them
+# (`tokenizer.ggml.pre`). A GGUF with the wrong name still loads, but splits text differently from
+# training, so an unknown shape is an error rather than a guess.
+_LLAMA3_SPLIT = (
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+"
+    "|\\s+(?!\\S)|\\s+"
+)
+
+
+def _byte_level(step: dict, use_regex: bool) -> bool:
+    return (
+        step.get("type") == "ByteLevel"
+        and not step.get("add_prefix_space", False)
+        and bool(step.get("use_regex", True)) == use_regex
+    )
+
+
+def gguf_pre_tokenizer(tokenizer) -> str | None:
+    """llama.cpp's name for this byte-level BPE tokenizer's way of splitting text, or None if it has none."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    if spec.get("normalizer") is not None:
+        return None
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if len(steps) == 1 and _byte_level(steps[0], use_regex=True):
+        return "gpt-2"
+    if len(steps) == 2 and steps[0].get("type") == "Digits" and steps[0].get("individual_digits") and _byte_level(
+        steps[1], use_regex=True
+    ):
+        return "smollm"
+    if (
+        len(steps) == 2
+        and steps[0].get("type") == "Split"
+        and steps[0].get("pattern", {}).get("Regex") == _LLAMA3_SPLIT
+        and _byte_level(steps[1], use_regex=False)
+    ):
+        return "llama-bpe"
+    return None
+
+
+def gguf_problems(config, tokenizer) -> list[str]:
+    """Why this model cannot be written as a llama-architecture GGUF (empty when it can)."""
+    problems = []
+    if config.model_type != "llama":
+        problems.append(
+            f"architecture `{config.model_type}`: kit's GGUF writer supports llama-architecture models only "
+            f"(LlamaForCausalLM, e.g. SmolLM2, Llama 3); export `merged` and convert it with llama.cpp's convert_hf_to_gguf.py"
+        )
+        return problems
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        problems.append(f"rope scaling `{rope['rope_type']}` is not written by kit's GGUF writer; export `merged` instead")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        problems.append("attention or MLP biases are not written by kit's GGUF writer; export `merged` instead")
+    if getattr(config, "hidden_act", "silu") != "silu":
+        problems.append(f"activation `{config.hidden_act}` is not llama's silu; export `merged` instead")
+    spec = json.loads(tokenizer.backend_tokenizer.to_str()) if getattr(tokenizer, "is_fast", False) else {}
+    if spec.get("model", {}).get("type") != "BPE" or gguf_pre_tokenizer(tokenizer) is None:
+        problems.append(
+            "tokenizer: kit's GGUF writer handles byte-level BPE tokenizers that split text like GPT-2, SmolLM "
+            "or Llama 3; export `merged` instead"
+        )
+    elif len(tokenizer) > config.vocab_size:
+        problems.append(f"tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size} embeddings")
+    return problems
+
+
+def _permute_qk(weights, n_head: int):
+    """HF's rotate-half rotary layout -> llama.cpp's interleaved one (as llama.cpp's convert_hf_to_gguf.py does)."""
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def _gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+    import gguf
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    by_id = {index: token for token, index in tokenizer.get_vocab().items()}
+    added = tokenizer.added_tokens_decoder
+    tokens, types = [], []
+    for index in range(vocab_size):
+        if index not in by_id:  # embedding rows past the tokenizer (padded vocabularies)
+            tokens.append(f"[PAD{index}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif index in added:
+            tokens.append(added[index].content)
+            types.append(gguf.TokenType.CONTROL if added[index].special else gguf.TokenType.USER_DEFINED)
+        else:
+            tokens.append(by_id[index])
+            types.append(gguf.TokenType.NORMAL)
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in spec["model"]["merges"]]
+    return tokens, [int(kind) for kind in types], merges
+
+
+def chat_template_text(tokenizer) -> str:
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()))
+    return template
+
+
+GGUF_TYPES = ("f16", "q8_0")
+
+
+def write_gguf(model, tokenizer, path: Path, weight_type: str, name: str) -> Path:
+    """Write a llama-architecture model as one GGUF file (`weight_type` f16 or q8_0; norms stay f32)."""
+    import gguf
+    import numpy as np
     import torch
 
-    adapter = tuned_adapter(recipe)
-    if adapter is None:
-        raise KitError(f"{recipe.run_dir}: no complete tuned adapter; run `python -m kit.sft` with this recipe first")
-    model_path = models.resolve(recipe.model.name)
-    tokenizer = models.load_tokenizer(recipe.model, model_path)
-    ensure_chat_template(tokenizer)
-    model = models.load_model(recipe.model, adapter=adapter, path=model_path, dtype=torch.float32)
-    merged = model.merge_and_unload().to("cpu")
-    merged.config.name_or_path = f"kit/{recipe.name}"
-    with atomic_dir(target) as scratch:
-        merged.save_pretrained(scratch)  # safetensors by default
-        tokenizer.save_pretrained(scratch)
-        (scratch / "kit_export.json").write_text(
-            json.dumps(
-                {"base": recipe.model.name, "adapter": str(adapter), "recipe": recipe.name, "versions": package_versions()},
-                indent=2,
-            )
-            + "\n"
+    config = model.config
+    problems = gguf_problems(config, tokenizer)
+    if problems:
+        raise KitError("\n".join(f"export.formats: gguf: {problem}" for problem in problems))
+    quant = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[weight_type]
+    file_type = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[weight_type]
+    n_head, n_kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    rope = getattr(config, "rope_parameters", None) or {}
+    rope_theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name(name)
+    writer.add_type("model")
+    writer.add_file_type(int(file_type))
+    if weight_type != "f16":
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(rope_theta))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_vocab_size(config.vocab_size)
+
+    tokens, types, merges = _gguf_vocab(tokenizer, config.vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(gguf_pre_tokenizer(tokenizer))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    for token, add in (
+        (tokenizer.bos_token_id, writer.add_bos_token_id),
+        (tokenizer.eos_token_id, writer.add_eos_token_id),
+        (tokenizer.unk_token_id, writer.add_unk_token_id),
+        (tokenizer.pad_token_id, writer.add_pad_token_id),
+    ):
+        if token is not None:
+            add(token)
+    # State what the tokenizer does, so llama.cpp neither adds a BOS the model never saw nor drops one.
+    probe = tokenizer("a")["input_ids"]
+    writer.add_add_bos_token(tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id])
+    writer.add_add_eos_token(tokenizer.eos_token_id is not None and probe[-1:] == [tokenizer.eos_token_id])
+    if tokenizer.chat_template:
+        writer.add_chat_template(chat_template_text(tokenizer))
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    for key, tensor in model.state_dict().items():
+        if tied and key == "lm_head.weight":
+            continue  # llama.cpp reuses token_embd when there is no output tensor
+        target = names.get_name(key, try_suffixes=(".weight", ".bias"))
+        if target is None:
+            raise KitError(f"export.formats: gguf: no GGUF name for tensor {key}; export `merged` instead")
+        data = tensor.detach().to("cpu", torch.float32).numpy()
+        if key.endswith("q_proj.weight"):
+            data = _permute_qk(data, n_head)
+        elif key.endswith("k_proj.weight"):
+            data = _permute_qk(data, n_kv)
+        if data.ndim == 1:  # norms: tiny, and precision-sensitive
+            writer.add_tensor(target, np.ascontiguousarray(data, dtype=np.float32))
+        elif quant == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % gguf.GGML_QUANT_SIZES[quant][0] == 0:
+            writer.add_tensor(target, gguf.quantize(data, quant), raw_dtype=quant)
+        else:  # f16, and rows too short for q8_0 blocks (as llama.cpp falls back)
+            writer.add_tensor(target, np.ascontiguousarray(data, dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+# -------------------------------------------------------------------------------------------- Ollama
+
+# Probe contents: plain words, so templates that strip or escape content leave them whole.
+_PROBE = {
+    "system": "kitprobesystem",
+    "user": ["kitprobeuserone", "kitprobeusertwo", "kitprobeuserthree"],
+    "assistant": ["kitprobeassistantone", "kitprobeassistanttwo"],
+}
+
+
+@dataclass(frozen=True)
+class ChatLayout:
+    """A chat template reduced to text around each message: what Ollama's Go TEMPLATE can express."""
+
+    first_without_system: str  # written before the first message when it is not a system one
+    before: dict  # role -> text before its content
+    after: dict  # role -> text after its content
+    generation_prompt: str
+
+    def render(self, messages: list[dict]) -> str:
+        pieces = []
+        for i, message in enumerate(messages):
+            if i == 0 and message["role"] != "system":
+                pieces.append(self.first_without_system)
+            pieces += [self.before[message["role"]], message["content"], self.after[message["role"]]]
+        return "".join(pieces) + self.generation_prompt
+
+
+def _render(tokenizer, messages, add_generation_prompt=False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def chat_layout(tokenizer) -> ChatLayout:
+    """Split the training chat template into per-role text; raises KitError when it is not that simple."""
+    refuse = KitError(
+        "export.formats: ollama: the chat template does more than wrap each message in fixed text, so kit cannot "
+        "write it as an Ollama TEMPLATE; export `gguf` and write the Modelfile's TEMPLATE by hand"
+    )
+    users, assistants = _PROBE["user"], _PROBE["assistant"]
+    with_system = [{"role": "system", "content": _PROBE["system"]}]
+    for user, assistant in zip(users, assistants):
+        with_system += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    with_system.append({"role": "user", "content": users[2]})
+    try:
+        chunks = []
+        for k in range(1, len(with_system) + 1):
+            previous, current = _render(tokenizer, with_system[: k - 1]) if k > 1 else "", _render(tokenizer, with_system[:k])
+            if not current.startswith(previous):
+                raise refuse
+            chunks.append(current[len(previous):])
+        prompt_only, prompted = _render(tokenizer, with_system), _render(tokenizer, with_system, add_generation_prompt=True)
+        without_system = _render(tokenizer, with_system[1:2])
+    except KitError:
+        raise
+    except Exception:  # a template that rejects a probe conversation (e.g. one demanding a system message)
+        raise refuse from None
+    if not prompted.startswith(prompt_only):
+        raise refuse
+
+    def around(chunk: str, content: str) -> tuple[str, str]:
+        if chunk.count(content) != 1:
+            raise refuse
+        start = chunk.index(content)
+        return chunk[:start], chunk[start + len(content):]
+
+    before, after = {}, {}
+    before["system"], after["system"] = around(chunks[0], _PROBE["system"])
+    before["user"], after["user"] = around(chunks[3], users[1])  # a middle turn: no start-of-text extras
+    before["assistant"], after["assistant"] = around(chunks[4], assistants[1])
+    head, tail = around(without_system, users[0])
+    if tail != after["user"] or not head.endswith(before["user"]):
+        raise refuse
+    layout = ChatLayout(
+        first_without_system=head[: len(head) - len(before["user"])],
+        before=before,
+        after=after,
+        generation_prompt=prompted[len(prompt_only):],
+    )
+    checks = [with_system, with_system[1:], with_system[:4], with_system[1:2], with_system[1:3]]
+    for messages in checks:
+        if layout.render(messages) != _render(tokenizer, messages, add_generation_prompt=True):
+            raise refuse
+    return layout
+
+
+def _go_text(text: str) -> str:
+    """Literal text for a Go template: verbatim unless it holds an action delimiter."""
+    if "{{" not in text and "}}" not in text:
+        return text
+    return "{{ " + json.dumps(text, ensure_ascii=False) + " }}"  # a Go string literal: JSON escapes are Go escapes
+
+
+def ollama_template(layout: ChatLayout) -> str:
+    """The layout as a Go template over Ollama's `.Messages` (no trim markers: every character is literal)."""
+    branches = []
+    for keyword, role in zip(("if", "else if", "else if"), ("system", "user", "assistant")):
+        branches.append(
+            f'{{{{ {keyword} eq $m.Role "{role}" }}}}{_go_text(layout.before[role])}{{{{ $m.Content }}}}'
+            f"{_go_text(layout.after[role])}"
         )
+    return (
+        "{{ range $i, $m := .Messages }}"
+        f'{{{{ if and (eq $i 0) (ne $m.Role "system") }}}}{_go_text(layout.first_without_system)}{{{{ end }}}}'
+        + "".join(branches)
+        + "{{ end }}{{ end }}"
+        + _go_text(layout.generation_prompt)
+    )
+
+
+def stop_sequences(layout: ChatLayout, tokenizer) -> list[str]:
+    """Where an answer ends: the text that closes an assistant turn (or opens the next user one), and EOS."""
+    stops = [layout.after["assistant"].strip() or layout.before["user"].strip(), tokenizer.eos_token or ""]
+    return list(dict.fromkeys(stop for stop in stops if stop))
+
+
+def _modelfile_string(text: str) -> str:
+    if '"""' in text:
+        raise KitError('export.formats: ollama: the chat template or system prompt contains """, which a Modelfile cannot quote')
+    return f'"""{text}"""'
+
+
+def modelfile(tokenizer, gguf_name: str, system_prompt: str | None, temperature: float, title: str) -> str:
+    """An Ollama Modelfile for `gguf_name` (next to it) that prompts the model as training did."""
+    layout = chat_layout(tokenizer)
+    lines = [
+        f"# {title}: written by kit from the chat template used in training.",
+        "#   ollama create NAME -f Modelfile && ollama run NAME",
+        f"FROM ./{gguf_name}",
+        f"TEMPLATE {_modelfile_string(ollama_template(layout))}",
+    ]
+    if system_prompt:
+        # Ollama puts SYSTEM first whenever a chat does not start with its own system message,
+        # as kit's training data always did (data.system_prompt).
+        lines.append(f"SYSTEM {_modelfile_string(system_prompt)}")
+    lines += [f"PARAMETER stop {json.dumps(stop)}" for stop in stop_sequences(layout, tokenizer)]
+    lines.append(f"PARAMETER temperature {temperature:g}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- Folders
+
+
+def _write_info(folder: Path, info: dict) -> None:
+    """kit_export.json, written last into a scratch folder, which then gets ordinary permissions."""
+    (folder / "kit_export.json").write_text(json.dumps({**info, "versions": package_versions()}, indent=2) + "\n")
+    # The scratch folder is created private (mkdtemp) and some writers create files 0600; deployment artifacts
+    # are read by other users (an `ollama` or llama.cpp service account), so apply the umask like a plain copy.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for item in folder.iterdir():
+        os.chmod(item, 0o666 & ~umask)
+
+
+def save_merged(model, tokenizer, target: Path, info: dict) -> Path:
+    """safetensors + tokenizer + chat template + generation config, loadable by plain transformers."""
+    with atomic_dir(target) as scratch:
+        model.save_pretrained(scratch)  # safetensors, config.json and generation_config.json
+        tokenizer.save_pretrained(scratch)
+        _write_info(scratch, info)
     return target
 
 
+def save_gguf(model, tokenizer, target: Path, recipe: Recipe, stem: str, info: dict, with_modelfile: bool) -> list[Path]:
+    """`<stem>-<type>.gguf` for each of `export.gguf_types`, plus the Modelfile for the smallest."""
+    types = [kind for kind in GGUF_TYPES if kind in recipe.export.gguf_types]
+    with atomic_dir(target) as scratch:
+        for kind in types:
+            print(f"kit.export: writing {target / f'{stem}-{kind}.gguf'}", flush=True)
+            write_gguf(model, tokenizer, scratch / f"{stem}-{kind}.gguf", kind, name=stem)
+        if with_modelfile:
+            text = modelfile(tokenizer, f"{stem}-{types[-1]}.gguf", recipe.data.system_prompt, recipe.chat.temperature, stem)
+            (scratch / "Modelfile").write_text(text)
+        _write_info(scratch, {**info, "gguf_types": types})
+    return [target / f"{stem}-{kind}.gguf" for kind in types]
+
+
+def _upstream(reference: str) -> str | None:
+    """The hub id a base model reference stands for, for the model card's `base_model` (None for local folders)."""
+    if reference.startswith(models.BUNDLED_PREFIX):
+        spec = models.BUNDLED.get(reference[len(models.BUNDLED_PREFIX):])
+        return spec.upstream if spec else None
+    return None if Path(reference).expanduser().exists() else reference
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def model_card(recipe: Recipe) -> str:
+    """README.md for the adapter: base model, data stats, metrics and the recipe that made it."""
+    run = recipe.run_dir
+    upstream = _upstream(recipe.model.name)
+    stats = _read_json(run / "dataset" / "stats.json")
+    metrics = _read_json(run / "eval" / "metrics.json")
+    manifest = _read_json(run / "manifest.json") or {}
+    front = ["---", "library_name: peft", "pipeline_tag: text-generation", "tags: [kit, lora, sft, trl, customer-support]"]
+    if upstream:
+        front.append(f"base_model: {upstream}")
+    lines = front + ["---", "", f"# {recipe.name}: a LoRA adapter trained by kit", ""]
+    lines += [
+        "## Base model",
+        "",
+        f"`{recipe.model.name}`" + (f" ({upstream})" if upstream and upstream != recipe.model.name else "") + ".",
+        "",
+        "## Data",
+        "",
+    ]
+    if stats:
+        splits = stats.get("splits", {})
+        lines.append(
+            f"{stats.get('input', '?')} input records: {stats.get('kept', '?')} kept, {stats.get('rejected', '?')} "
+            f"rejected, {stats.get('duplicates', '?')} duplicates. Conversations per split: "
+            + ", ".join(f"{name} {count}" for name, count in splits.items())
+            + "."
+        )
+        if stats.get("sha256"):
+            lines.append(f"Dataset sha256: `{stats['sha256']}`.")
+    else:
+        lines.append("No dataset statistics were found in the run folder.")
+    lines += ["", "## Metrics", ""]
+    rows = (metrics or {}).get("models", {})
+    if rows:
+        keys = [key for key in dict.fromkeys(k for row in rows.values() for k in row) if key != "samples"]
+        lines.append(f"On the held-out {metrics.get('split', 'test')} split ({next(iter(rows.values())).get('samples', '?')} conversations):")
+        lines += ["", "| model | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
+        for name, row in rows.items():
+            cells = [f"{row[key]:.4g}" if isinstance(row.get(key), float) else str(row.get(key, "")) for key in keys]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    else:
+        lines.append("Not evaluated yet: run `python -m kit.eval` with the recipe.")
+    train = manifest.get("train_metrics") or {}
+    if train:
+        lines += ["", "Training: " + ", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                                                for key, value in train.items() if key in ("train_loss", "eval_loss", "global_step", "epoch", "train_runtime")) + "."]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from peft import AutoPeftModelForCausalLM",
+        "from transformers import AutoTokenizer",
+        'model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")',
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+        "```",
+        "",
+        "`base_model_name_or_path` in adapter_config.json names the base model folder used in training; point it at",
+        "your copy of the base model if that path does not exist on your machine.",
+        "",
+        "## Recipe",
+        "",
+        "```yaml",
+        recipe.to_yaml().rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export_adapter(recipe: Recipe, adapter: Path, target: Path) -> Path:
+    with atomic_dir(target) as scratch:
+        for item in adapter.iterdir():
+            if item.is_file():
+                shutil.copy2(item, scratch / item.name)
+        (scratch / "README.md").write_text(model_card(recipe))
+        _write_info(scratch, {"base": recipe.model.name, "adapter": str(adapter), "recipe": recipe.name})
+    return target
+
+
+def tuned_weights(recipe: Recipe) -> tuple[str, Path] | None:
+    """What kit.sft left: ("adapter", folder) for LoRA-type methods, ("model", folder) for full/freeze, or None."""
+    adapter = tuned_adapter(recipe)
+    if adapter is not None:
+        return "adapter", adapter
+    folder = recipe.run_dir / "model"  # kit.sft's `full` and `freeze` methods save whole weights here
+    if (recipe.run_dir / "manifest.json").is_file() and (folder / "config.json").is_file():
+        return "model", folder
+    return None
+
+
+def _load_tuned(recipe: Recipe, kind: str, folder: Path):
+    """The tuned model in float32 on the CPU with the tokenizer it trained with; an adapter is merged into its base."""
+    import torch
+
+    if kind == "model":
+        return _load_folder(folder)
+    model_path = models.resolve(recipe.model.name)
+    tokenizer = models.load_tokenizer(recipe.model, _tokenizer_source(folder, model_path))
+    ensure_chat_template(tokenizer)
+    # float32: no rounding before the user picks a dtype
+    model = models.load_model(recipe.model, adapter=folder, path=model_path, dtype=torch.float32)
+    merged = model.merge_and_unload().to("cpu").eval()
+    merged.config.name_or_path = f"kit/{recipe.name}"
+    return merged, tokenizer
+
+
+def _load_folder(folder: Path):
+    import torch
+
+    section = ModelSection(name=str(folder))
+    tokenizer = models.load_tokenizer(section, str(folder))
+    ensure_chat_template(tokenizer)
+    return models.load_model(section, path=str(folder), dtype=torch.float32).to("cpu").eval(), tokenizer
+
+
+def _tokenizer_source(adapter: Path, model_path: str) -> str:
+    # kit.sft saves the tokenizer it trained with (chat template included) next to the adapter.
+    return str(adapter) if (adapter / "tokenizer_config.json").is_file() else model_path
+
+
+def _gguf_check(label: str, section: ModelSection, path: str, tokenizer_path: str) -> list[str]:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, revision=section.revision, trust_remote_code=section.trust_remote_code)
+    tokenizer = models.load_tokenizer(section, tokenizer_path)
+    return [f"export.formats: gguf{label}: {problem}" for problem in gguf_problems(config, tokenizer)]
+
+
 def run(recipe: Recipe) -> Path:
-    """Write every format in `export.formats`; returns the export folder."""
+    """Write every format in `export.formats` for the tuned model and, when complete, the student.
+
+    Every problem (nothing trained yet, a model the GGUF writer does not support) is reported at once,
+    before anything is written. Returns `<run>/export/`.
+    """
+    formats = [name for name in FORMATS if name in recipe.export.formats]
+    wants_gguf = "gguf" in formats or "ollama" in formats
     root = recipe.run_dir / "export"
-    for name in recipe.export.formats:
-        if name == "merged":
-            path = export_merged(recipe, root / "merged")
-            print(f"kit.export: merged model {path} (load with AutoModelForCausalLM.from_pretrained)", flush=True)
+    tuned = tuned_weights(recipe)
+    student = student_dir(recipe) if recipe.export.student else None
+    problems = []
+    if tuned is None:
+        problems.append(f"{recipe.run_dir}: no complete tuned model; run `python -m kit.sft` with this recipe first")
+    if wants_gguf and tuned is not None and tuned[0] == "model":
+        problems += _gguf_check("", ModelSection(name=str(tuned[1])), str(tuned[1]), str(tuned[1]))
+    elif wants_gguf:  # an adapter, or nothing trained yet: the base model decides
+        base = models.resolve(recipe.model.name)
+        problems += _gguf_check("", recipe.model, base, _tokenizer_source(tuned[1], base) if tuned else base)
+    if student is not None and wants_gguf:
+        problems += _gguf_check(" (student)", ModelSection(name=str(student)), str(student), str(student))
+    if problems:
+        raise KitError("\n".join(problems))
+
+    kind, weights = tuned
+    jobs = [("tuned", root, recipe.name, {"model": "tuned", "base": recipe.model.name, kind: str(weights)})]
+    if student is not None:
+        jobs.append(("student", root / "student", f"{recipe.name}-student", {"model": "student", "source": str(student)}))
+    for label, folder, stem, info in jobs:
+        info["recipe"] = recipe.name
+        if "adapter" in formats and label == "tuned":
+            if kind == "adapter":
+                path = export_adapter(recipe, weights, folder / "adapter")
+                print(f"kit.export: adapter {path} (PEFT folder + model card README.md)", flush=True)
+            else:
+                print(f"kit.export: no adapter to export: sft.method {recipe.sft.method} trains whole weights", flush=True)
+        if "merged" not in formats and not wants_gguf:
+            continue
+        model, tokenizer = _load_tuned(recipe, kind, weights) if label == "tuned" else _load_folder(student)
+        if "merged" in formats:
+            path = save_merged(model, tokenizer, folder / "merged", info)
+            print(f"kit.export: {label} merged model {path} (load with AutoModelForCausalLM.from_pretrained)", flush=True)
+        if wants_gguf:
+            files = save_gguf(model, tokenizer, folder / "gguf", recipe, stem, info, with_modelfile="ollama" in formats)
+            print(f"kit.export: {label} GGUF {', '.join(str(f) for f in files)}", flush=True)
+            if "ollama" in formats:
+                print(f"kit.export: {label} for Ollama: cd {folder / 'gguf'} && ollama create {stem} -f Modelfile", flush=True)
+        del model
     return root
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = recipe_parser("python -m kit.export", "Export the tuned model for deployment.")
+    parser = recipe_parser("python -m kit.export", "Export the tuned model (and the student) for deployment.")
+    parser.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=[*FORMATS, "all"],
+        help="what to write (repeatable; beats export.formats): adapter, merged, gguf, ollama (GGUF + Modelfile) or all",
+    )
     args = parser.parse_args(argv)
-    run_cli(lambda: run(load_recipe(args.recipe, args.overrides)))
+
+    def work() -> Path:
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.formats:
+            recipe.export.formats = list(FORMATS) if "all" in args.formats else args.formats
+        return run(recipe)
+
+    run_cli(work)
 
 
 if __name__ == "__main__":

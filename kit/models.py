@@ -208,14 +208,17 @@ def load_tokenizer(section, path: str | None = None):
     return tokenizer
 
 
-def load_model(section, adapter: str | Path | None = None, path: str | None = None, dtype=None):
-    """The base model (optionally with a PEFT adapter on top), safetensors only, on the best device."""
+def load_model(section, adapter: str | Path | None = None, path: str | None = None, dtype=None, **extra):
+    """The base model (optionally with a PEFT adapter on top), safetensors only, on the best device.
+
+    `extra` goes to `from_pretrained` (e.g. `quantization_config`, `attn_implementation`).
+    """
     from transformers import AutoModelForCausalLM
 
     path = path or resolve(section.name)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype or resolve_dtype(section.dtype), use_safetensors=True, **_common_kwargs(section)
+            path, dtype=dtype or resolve_dtype(section.dtype), use_safetensors=True, **_common_kwargs(section), **extra
         )
     except (OSError, ValueError) as exc:
         raise _load_error(section, exc) from None
@@ -223,4 +226,19 @@ def load_model(section, adapter: str | Path | None = None, path: str | None = No
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
+    if "quantization_config" in extra:  # bitsandbytes places quantized weights itself
+        return model
     return model.to(device())
+
+
+def load_tuned(recipe, dtype=None):
+    """The run's tuned model ready for inference (adapter merged into the base), or None before training."""
+    from kit.runs import tuned_adapter, tuned_model_dir
+
+    adapter = tuned_adapter(recipe)
+    if adapter is not None:
+        return load_model(recipe.model, adapter=adapter, dtype=dtype).merge_and_unload()
+    folder = tuned_model_dir(recipe)
+    if folder is not None:
+        return load_model(recipe.model, path=str(folder), dtype=dtype)
+    return None

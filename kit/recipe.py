@@ -46,6 +46,86 @@ class DataSource(Section):
         "qa_csv",
         description="Log format: a name from `data_templates/` (e.g. `qa_csv`) or a path to a template YAML.",
     )
+    users: str | None = Field(
+        None,
+        description="A separate users table (CSV, JSON or JSONL) for templates with a `users` section: resolves "
+        "author roles and names to redact. Unset: the template reads it from the export itself.",
+    )
+
+
+class DataRules(Section):
+    """Cleaning rules. Each unset (null) rule takes the template's value, else the built-in default."""
+
+    html_to_text: bool | None = Field(None, description="Turn HTML bodies into plain text (default on).")
+    strip_quoted_replies: bool | None = Field(
+        None, description="Cut quoted email history: `On ... wrote:` blocks, `>` lines, Outlook headers (default on)."
+    )
+    strip_signatures: bool | None = Field(
+        None, description="Cut signatures and sign-offs (`Best regards,` + name, `-- `, `Sent from my phone`) (default on)."
+    )
+    drop_auto_replies: bool | None = Field(
+        None, description="Reject messages that match `auto_reply_patterns` (out-of-office, auto-acknowledgements) (default on)."
+    )
+    auto_reply_patterns: list[str] | None = Field(
+        None, description="Case-insensitive regexes that mark an automatic reply; replaces the built-in list."
+    )
+    remove_patterns: list[str] | None = Field(
+        None, description="Regexes whose matches are deleted from every message (e.g. leading `@handles`) (default none)."
+    )
+    normalize_whitespace: bool | None = Field(
+        None, description="Collapse runs of spaces, trim lines, keep at most one blank line (default on)."
+    )
+    merge_consecutive: bool | None = Field(
+        None, description="Merge consecutive messages from the same side into one turn (default on)."
+    )
+    require_both_sides: bool | None = Field(
+        None, description="Reject conversations with no customer turn or no agent answer (default on)."
+    )
+    trim_trailing_customer: bool | None = Field(
+        None, description="Drop customer turns after the last agent answer, so conversations end on an answer (default on)."
+    )
+    bot_role: Literal["assistant", "user", "drop"] | None = Field(
+        None, description="What messages whose role maps to `bot` become: `assistant`, `user` or `drop` (default assistant)."
+    )
+    min_tokens: int | None = Field(
+        None, ge=0, description="Reject conversations shorter than this many tokens of the model's tokenizer (0: no limit)."
+    )
+    max_tokens: int | None = Field(
+        None, ge=0, description="Reject conversations longer than this many tokens of the model's tokenizer (0: no limit)."
+    )
+
+
+class PiiSection(Section):
+    enabled: bool = Field(True, description="Redact private data before anything is written (rejects included).")
+    kinds: list[Literal["EMAIL", "PHONE", "CARD", "IBAN", "IP", "ADDRESS", "NAME", "CUSTOM"]] = Field(
+        default_factory=lambda: ["EMAIL", "PHONE", "CARD", "IBAN", "IP", "ADDRESS", "NAME", "CUSTOM"],
+        description="Kinds of private data to replace by typed placeholders (`{{EMAIL}}`, `{{PHONE}}`, ...).",
+    )
+    allowlist: list[str] = Field(
+        default_factory=list,
+        description="The company's own public contact details (support email, hotline) that stay as they are.",
+    )
+    patterns: list[str] = Field(
+        default_factory=list, description="Extra regexes of private data (account numbers...), replaced by `{{CUSTOM}}`."
+    )
+    phone_regions: list[str] = Field(
+        default_factory=lambda: ["US", "GB"],
+        description="Regions (ISO 3166 codes) whose national phone formats are recognised; `+<country>` numbers always are.",
+    )
+
+
+class AugmentSection(Section):
+    enabled: bool = Field(False, description="Add augmented copies of training conversations (off by default).")
+    copies: int = Field(1, ge=1, le=16, description="Augmented copies per training conversation.")
+    operations: list[Literal["synonym", "insert", "swap", "delete"]] = Field(
+        default_factory=lambda: ["synonym", "insert", "swap", "delete"],
+        description="Text operations on customer turns, one picked per copy: synonym replacement, random "
+        "insertion, swap or deletion.",
+    )
+    rate: float = Field(0.1, gt=0.0, le=0.5, description="Share of the words in a customer turn that an operation changes.")
+    synonyms: dict[str, list[str]] = Field(
+        default_factory=dict, description="Extra synonyms (word -> alternatives) added to the built-in support vocabulary."
+    )
 
 
 class DataSection(Section):
@@ -59,6 +139,27 @@ class DataSection(Section):
     test_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of conversations held out for the final evaluation."
     )
+    stratify_by: str | None = Field(
+        None, description="Metadata field (e.g. `category`) whose shares every split keeps; unset: plain seeded shuffle."
+    )
+    folds: int | None = Field(
+        None, ge=2, le=20, description="Also write `dataset/folds/fold_<k>.jsonl`: train + validation cut into k folds."
+    )
+    dedup: Literal["none", "exact", "normalized", "near"] = Field(
+        "normalized",
+        description="Duplicate conversations: `exact` text, `normalized` (case, whitespace, punctuation), or `near` "
+        "(normalized + MinHash near-duplicates).",
+    )
+    near_duplicate_threshold: float = Field(
+        0.8, gt=0.0, le=1.0, description="`near` dedup: estimated Jaccard similarity of word 3-grams at which two are duplicates."
+    )
+    workers: int | None = Field(
+        None, ge=0, le=64,
+        description="Processes that clean and redact: unset = one per CPU core for sources of 50,000+ records; 0 = in-process.",
+    )
+    rules: DataRules = Field(default_factory=DataRules, description="Cleaning rules (override the template's).")
+    pii: PiiSection = Field(default_factory=PiiSection, description="Private-data redaction.")
+    augment: AugmentSection = Field(default_factory=AugmentSection, description="Training-set augmentation.")
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "DataSection":
@@ -78,10 +179,29 @@ class LoraSection(Section):
     )
 
 
+class FreezeSection(Section):
+    trainable_layers: int = Field(
+        2, ge=0, description="`freeze` method: how many of the top transformer blocks train (the rest stay frozen)."
+    )
+    train_lm_head: bool = Field(
+        True, description="`freeze` method: also train the LM head (with tied embeddings, the embeddings too)."
+    )
+
+
 class SFTSection(Section):
-    method: Literal["lora"] = Field("lora", description="Training method.")
-    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings.")
+    method: Literal["lora", "dora", "qlora", "full", "freeze"] = Field(
+        "lora",
+        description="`lora` adapters; `dora` weight-decomposed LoRA; `qlora` LoRA on a 4-bit NF4 base (CUDA only); "
+        "`full` fine-tuning; `freeze` transfer learning (only the top blocks and/or the head train).",
+    )
+    lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (lora, dora, qlora).")
+    freeze: FreezeSection = Field(default_factory=FreezeSection, description="Settings of the `freeze` method.")
     learning_rate: float = Field(2e-4, gt=0.0, description="Peak learning rate.")
+    layer_lr_decay: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Layer-wise learning-rate decay: block i of L learns at lr * decay^(L-1-i), embeddings at "
+        "lr * decay^L; unset = one rate for all.",
+    )
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule after warm-up."
     )
@@ -94,10 +214,62 @@ class SFTSection(Section):
     max_length: int = Field(
         512, ge=16, description="Token limit per conversation; longer ones are truncated (counted in the log)."
     )
-    gradient_checkpointing: bool | None = Field(
-        None, description="Trade compute for memory. Unset: on with a CUDA GPU, off on CPU."
+    packing: bool | None = Field(
+        None,
+        description="Pack conversations into full rows (TRL bfd, padding-free). Unset: on only where it is exact "
+        "(flash attention on a GPU); with sdpa/eager attention packed rows would attend across conversations.",
     )
+    gradient_checkpointing: bool | None = Field(
+        None, description="Trade compute for memory. Unset: on only when the estimated peak memory does not fit the "
+        "GPU (always for qlora), off on CPU (see kit/speed.py)."
+    )
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel. `auto`: flash-attention 2 when installed on an Ampere+ GPU, else sdpa."
+    )
+    liger_kernel: bool | None = Field(
+        None, description="Liger fused kernels (fused linear cross-entropy). Unset: on when installed, on CUDA, for "
+        "an architecture Liger supports."
+    )
+    eval_steps: int | None = Field(
+        None, ge=1, description="Validate (and checkpoint) every N steps; unset = once per epoch."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after N validations without a better validation loss (needs validation data)."
+    )
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk (the best one is always kept).")
     logging_steps: int = Field(5, ge=1, description="Log the training loss every N steps.")
+    report_to: Literal["tensorboard", "mlflow", "wandb", "none"] = Field(
+        "tensorboard", description="Experiment tracker; logs go to `<run>/checkpoints/runs/` for TensorBoard."
+    )
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_a_schedule(self) -> "SFTSection":
+        if self.early_stopping_patience is not None and self.eval_steps is None and self.max_steps is not None:
+            raise ValueError("early_stopping_patience with max_steps needs eval_steps (validations happen per epoch otherwise)")
+        return self
+
+
+class EvalModel(Section):
+    label: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Row name in the report (not `base`, `tuned` or `student`, which kit fills itself).",
+    )
+    name: str = Field(description="Model reference, as in `model.name`: hub id, local folder or `bundled:...`.")
+    adapter: str | None = Field(None, description="A LoRA adapter folder to put on top of that model.")
+
+
+class CrossValidationSection(Section):
+    folds: int = Field(
+        0, ge=0, description="k-fold cross-validation: 0 is off; k >= 2 trains k adapters (`<run>/cv/fold-<i>/`) "
+        "and reports each metric's mean and std over the folds."
+    )
+
+    @field_validator("folds")
+    @classmethod
+    def _not_one(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("one fold is no cross-validation: use 0 (off) or 2 and more")
+        return value
 
 
 class EvalSection(Section):
@@ -105,6 +277,40 @@ class EvalSection(Section):
     max_samples: int | None = Field(None, ge=1, description="Evaluate on at most this many test conversations.")
     max_new_tokens: int = Field(64, ge=1, description="Generation length for answer metrics (greedy).")
     batch_size: int = Field(8, ge=1, description="Conversations per forward / generate batch.")
+    models: list[EvalModel] = Field(
+        default_factory=list, description="More models to compare beside base, tuned and student."
+    )
+    intent_field: str | None = Field(
+        None, description="Metadata key holding each conversation's intent label; unset: `intent`, else `category`."
+    )
+    leak_kinds: list[Literal["EMAIL", "PHONE", "CARD", "IBAN", "IP", "ADDRESS", "CUSTOM"]] = Field(
+        default_factory=lambda: ["EMAIL", "PHONE", "CARD", "IBAN"],
+        description="Kinds of private data counted as a leak when a generated answer contains one "
+        "(`CUSTOM`: `data.pii.patterns`).",
+    )
+    leak_allowlist: list[str] = Field(
+        default_factory=list,
+        description="Values that are not leaks, besides `data.pii.allowlist` (the company's own address or hotline).",
+    )
+    overfit_threshold: float = Field(
+        0.5, ge=0.0, description="Flag a model whose validation loss exceeds its train loss by more than this (nats)."
+    )
+    report_items: int = Field(5, ge=0, description="How many best and worst answers `report.md` shows side by side.")
+    cross_validation: CrossValidationSection = Field(
+        default_factory=CrossValidationSection, description="k-fold cross-validation for small datasets."
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _labels_unique(cls, models: list[EvalModel]) -> list[EvalModel]:
+        labels = [m.label for m in models]
+        reserved = sorted({"base", "tuned", "student"} & set(labels))
+        if reserved:
+            raise ValueError(f"label {reserved[0]!r} is kit's own row; choose another label")
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ValueError(f"label {duplicates[0]!r} is used twice; give each model its own label")
+        return models
 
 
 class ChatSection(Section):
@@ -114,13 +320,124 @@ class ChatSection(Section):
     max_new_tokens: int = Field(128, ge=1, description="Answer length limit.")
     temperature: float = Field(0.0, ge=0.0, description="Sampling temperature; 0 is greedy.")
     max_input_chars: int = Field(2000, ge=1, description="Longest accepted user message.")
+    blind: bool = Field(
+        False, description="Start in blind mode: answers labelled A/B/C in random order (a checkbox in the app)."
+    )
+    concurrency_limit: int = Field(
+        2, ge=1, description="Chats generating at the same time; the others wait in the queue."
+    )
+    queue_size: int = Field(
+        64, ge=1, description="Chats allowed to wait in the queue; beyond it new ones are refused."
+    )
 
 
 class ExportSection(Section):
-    formats: list[Literal["merged"]] = Field(
+    formats: list[Literal["adapter", "merged", "gguf", "ollama"]] = Field(
         default_factory=lambda: ["merged"],
-        description="What `kit.export` writes: `merged` (base + adapter as plain safetensors).",
+        description="What `kit.export` writes (`--format` overrides it): `adapter` (PEFT folder + model card), "
+        "`merged` (base + adapter as plain safetensors), `gguf` (llama.cpp files, llama-architecture models), "
+        "`ollama` (the GGUF + a Modelfile).",
     )
+    gguf_types: list[Literal["f16", "q8_0"]] = Field(
+        default_factory=lambda: ["f16", "q8_0"],
+        min_length=1,
+        description="GGUF weight types: `f16` (16-bit) and/or `q8_0` (8-bit, about half the size); "
+        "the Modelfile uses the smallest.",
+    )
+    student: bool = Field(
+        True, description="Also export the distilled student (`<run>/student/`) when it is complete."
+    )
+
+
+class StudentSection(Section):
+    name: str | None = Field(
+        None,
+        description="A smaller model with the teacher's tokenizer, as a model reference (like `model.name`). "
+        "Unset: the student is built from the teacher by `keep_layers`.",
+    )
+    keep_layers: list[int] | Literal["every_second"] = Field(
+        "every_second",
+        description="Teacher blocks the student keeps, initialised with the teacher's weights (with its embeddings, "
+        "final norm and head): `every_second` (blocks 0, 2, 4, ...: half) or increasing block indices, e.g. "
+        "`[0, 2, 4, 6]`. Only without `name`.",
+    )
+    method: Literal["full", "lora"] = Field(
+        "full",
+        description="Train every student weight (`full`) or a LoRA adapter with the `sft.lora` settings, merged "
+        "into the saved student (`lora`).",
+    )
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _increasing_blocks(cls, value):
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("keep at least one block, e.g. [0, 2, 4] or every_second")
+            if min(value) < 0 or any(b <= a for a, b in zip(value, value[1:])):
+                raise ValueError("list teacher block indices (from 0) in increasing order without repeats")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_get_a_student(self) -> "StudentSection":
+        if self.name is not None and "keep_layers" in self.model_fields_set:
+            raise ValueError("set either name (a ready student) or keep_layers (a student cut from the teacher), not both")
+        return self
+
+
+class DistillSection(Section):
+    enabled: bool = Field(
+        False, description="Distill a student at the end of `kit.sft` (`python -m kit.distill` runs it on its own)."
+    )
+    mode: Literal["offline", "on_policy"] = Field(
+        "offline",
+        description="`offline`: soft-target KD on the SFT conversations (CPU works); `on_policy`: the student "
+        "samples answers and TRL's DistillationTrainer matches the teacher on them (generalised JSD; for a GPU).",
+    )
+    teacher: str | None = Field(
+        None,
+        description="Teacher model reference. Unset: the tuned model (base + this run's adapter, merged in memory).",
+    )
+    student: StudentSection = Field(default_factory=StudentSection, description="The student.")
+    alpha: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="`offline` loss = alpha * CE(answer tokens) + (1 - alpha) * T^2 * KL(teacher || student); "
+        "1 is plain SFT of the student, 0 pure distillation.",
+    )
+    temperature: float | None = Field(
+        None,
+        gt=0.0,
+        description="Softmax temperature T of teacher and student in the divergence. Unset: 2.0 for `offline`, "
+        "1.0 for `on_policy` (where it is also the sampling temperature).",
+    )
+    cache_top_k: int | None = Field(
+        None,
+        ge=1,
+        description="`offline`: compute the teacher's top-k log-probs per answer token once, keep them in "
+        "`<run>/distill_cache/` and reuse them (KL over those k tokens). Unset: the teacher runs at every step "
+        "(exact KL over the whole vocabulary).",
+    )
+    learning_rate: float = Field(1e-4, gt=0.0, description="Peak learning rate of the student.")
+    epochs: float = Field(
+        2.0, gt=0.0, description="Passes over the training split (ignored if max_steps is set)."
+    )
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    beta: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="`on_policy`: generalised JSD interpolation: 0 forward KL, 0.5 JSD, 1 reverse KL.",
+    )
+    max_new_tokens: int = Field(
+        128, ge=1, description="`on_policy`: longest answer the student samples per prompt."
+    )
+
+    @model_validator(mode="after")
+    def _cache_is_offline(self) -> "DistillSection":
+        if self.mode == "on_policy" and self.cache_top_k is not None:
+            raise ValueError("cache_top_k caches teacher targets for mode offline; unset it for on_policy")
+        return self
 
 
 class Recipe(Section):
@@ -135,6 +452,11 @@ class Recipe(Section):
     eval: EvalSection = Field(default_factory=EvalSection, description="Evaluation on the test split.")
     chat: ChatSection = Field(default_factory=ChatSection, description="The Gradio comparison chat.")
     export: ExportSection = Field(default_factory=ExportSection, description="Deployment artifacts.")
+    distill: DistillSection = Field(
+        default_factory=DistillSection,
+        description="A smaller, faster student distilled from the tuned teacher (batch size, max_length, "
+        "schedule, warm-up and logging come from `sft`).",
+    )
 
     @field_validator("output_dir")
     @classmethod

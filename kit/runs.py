@@ -65,6 +65,14 @@ def tuned_adapter(recipe) -> Path | None:
     return None
 
 
+def tuned_model_dir(recipe) -> Path | None:
+    """The run's whole tuned model (`full` / `freeze` methods), only when its manifest is written."""
+    run_dir = recipe.run_dir
+    if (run_dir / "manifest.json").is_file() and (run_dir / "model" / "config.json").is_file():
+        return run_dir / "model"
+    return None
+
+
 def student_dir(recipe) -> Path | None:
     """The run's distilled student (a plain transformers folder), only when its manifest.json is written."""
     folder = recipe.run_dir / "student"

@@ -1,53 +1,97 @@
 """Supervised fine-tuning: the support conversations teach the base model your answers.
 
     python -m kit.sft recipes/quickstart.yaml [--set sft.learning_rate=1e-4 ...]
+    python -m kit.sft recipes/quickstart.yaml --preflight        # check the loss mask, train nothing
+    python -m kit.sft recipes/quickstart.yaml --resume           # continue from the last checkpoint
+    python -m kit.sft recipes/quickstart.yaml --sweep sft.method=freeze,lora,full
+    torchrun --nproc_per_node 2 -m kit.sft recipe.yaml           # data-parallel (accelerate launch works too)
 
-Builds the dataset when it is missing or stale, trains a LoRA adapter with TRL's SFTTrainer (loss on
-assistant tokens only, mask built by `kit.masking`), writes `<run>/adapter/` and then
-`<run>/manifest.json` (written last: a run without it is not complete), and runs `kit.eval` when
-`eval.enabled`.
+Builds the dataset when it is missing or stale, trains with TRL's SFTTrainer (loss on assistant tokens
+only, mask built by `kit.masking`), writes `<run>/adapter/` (LoRA, DoRA, QLoRA) or `<run>/model/`
+(full, freeze) and then `<run>/manifest.json`, written last: a run without it is not complete. Runs
+`kit.eval` when `eval.enabled`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit import data, models
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template, tokenize_conversation
-from kit.recipe import Recipe, load_recipe
+from kit.recipe import Recipe, load_recipe, parse_override
 from kit.runs import atomic_dir, package_versions, write_json
+
+ADAPTER_METHODS = ("lora", "dora", "qlora")
+
+
+# ---------------------------------------------------------------- data and the loss mask
+
+
+@dataclass
+class Preflight:
+    """What tokenization did to one split: the numbers a user checks before paying for training."""
+
+    name: str
+    conversations: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+    unclosed_turns: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def line(self, max_length: int) -> str:
+        return (
+            f"kit.sft: {self.name}: {self.kept} of {self.conversations} conversations, {self.tokens} tokens, "
+            f"{self.trained_tokens} trained (assistant) tokens, {self.truncated} truncated at sft.max_length={max_length}, "
+            f"{self.dropped} dropped with no assistant token left, {self.unclosed_turns} assistant turns without a "
+            f"trained end-of-turn token"
+        )
+
+
+def _closing_token_trained(tokenizer, encoded: dict) -> int:
+    """How many trained spans do NOT end on a special (end-of-turn) token: each such turn never learns to stop."""
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    unclosed, mask, ids = 0, encoded["completion_mask"], encoded["input_ids"]
+    for position, bit in enumerate(mask):
+        span_ends = bit and (position + 1 == len(mask) or not mask[position + 1])
+        if span_ends and ids[position] not in special and not (encoded["truncated"] and position + 1 == len(mask)):
+            unclosed += 1
+    return unclosed
 
 
 def tokenize_split(tokenizer, conversations: list[dict], max_length: int, name: str):
-    """A datasets.Dataset of `input_ids` + `completion_mask`; prints what truncation cost."""
+    """(datasets.Dataset of `input_ids` + `completion_mask` or None, Preflight report)."""
     from datasets import Dataset
 
-    rows, truncated, dropped, trained, total = [], 0, 0, 0, 0
+    report = Preflight(name=name, conversations=len(conversations))
+    rows = []
     for conversation in conversations:
         encoded = tokenize_conversation(tokenizer, conversation["messages"], max_length)
-        truncated += encoded["truncated"]
+        report.truncated += encoded["truncated"]
         if sum(encoded["completion_mask"]) == 0:
-            dropped += 1  # truncation removed every assistant token: nothing to learn from it
+            report.dropped += 1  # nothing to learn from it (truncation, or no assistant turn)
             continue
-        trained += sum(encoded["completion_mask"])
-        total += len(encoded["input_ids"])
+        report.unclosed_turns += _closing_token_trained(tokenizer, encoded)
+        report.trained_tokens += sum(encoded["completion_mask"])
+        report.tokens += len(encoded["input_ids"])
         rows.append({"input_ids": encoded["input_ids"], "completion_mask": encoded["completion_mask"]})
-    print(
-        f"kit.sft: {name}: {len(rows)} conversations, {total} tokens, {trained} trained (assistant) tokens, "
-        f"{truncated} truncated at sft.max_length={max_length}, {dropped} dropped with no assistant token left",
-        flush=True,
-    )
-    return Dataset.from_list(rows) if rows else None
+    report.kept = len(rows)
+    print(report.line(max_length), flush=True)
+    return (Dataset.from_list(rows) if rows else None), report
 
 
-def show_example(tokenizer, dataset) -> None:
-    """Print one training example with the trained tokens in [[...]], so the mask can be checked by eye."""
-    example = dataset[0]
+def marked_example(tokenizer, example: dict) -> str:
+    """One training example with the trained tokens in [[...]], so the mask can be checked by eye."""
     pieces, inside = [], False
     for token, bit in zip(example["input_ids"], example["completion_mask"]):
         if bit and not inside:
@@ -58,17 +102,263 @@ def show_example(tokenizer, dataset) -> None:
         pieces.append(tokenizer.decode([token]))
     if inside:
         pieces.append("]]")
-    print("kit.sft: first training example, trained tokens in [[...]]:\n" + "".join(pieces), flush=True)
+    return "".join(pieces)
 
 
-def _trainer_args(recipe: Recipe, output_dir: Path, has_validation: bool):
+def preflight(recipe: Recipe, tokenizer) -> tuple:
+    """Tokenize train and validation, print the mask on one example, and refuse data that cannot train."""
+    train, train_report = tokenize_split(tokenizer, data.load_split(recipe, "train"), recipe.sft.max_length, "train")
+    validation, _ = tokenize_split(tokenizer, data.load_split(recipe, "validation"), recipe.sft.max_length, "validation")
+    if train is None:
+        raise KitError(
+            "data: no training conversation keeps an assistant token; check the template's answer field "
+            "and raise sft.max_length"
+        )
+    print("kit.sft: first training example, trained tokens in [[...]]:\n" + marked_example(tokenizer, train[0]), flush=True)
+    if train_report.unclosed_turns:
+        raise KitError(
+            f"model.name: {train_report.unclosed_turns} assistant turns end without a trained end-of-turn token, so "
+            "the model would never learn to stop; use a chat template that closes turns with a special token"
+        )
+    return train, validation
+
+
+# ---------------------------------------------------------------- models per method
+
+
+def transformer_blocks(model):
+    """The model's list of transformer blocks (decoder layers), whatever the architecture calls it."""
+    import torch
+
+    candidates = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not candidates:
+        raise KitError("sft.method: cannot find the transformer blocks of this model; use sft.method=lora")
+    return max(candidates, key=len)
+
+
+def _block_index(name: str, block_names: dict[str, int]) -> int | None:
+    for prefix, index in block_names.items():
+        if name.startswith(prefix):
+            return index
+    return None
+
+
+def apply_freeze(model, settings) -> None:
+    """Transfer learning: freeze everything, then unfreeze the top blocks, the final norm and the head."""
+    blocks = transformer_blocks(model)
+    if settings.trainable_layers > len(blocks):
+        raise KitError(f"sft.freeze.trainable_layers: the model has {len(blocks)} blocks; use at most that")
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    for block in list(blocks)[len(blocks) - settings.trainable_layers :]:
+        for parameter in block.parameters():
+            parameter.requires_grad = True
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    final_norm = next((getattr(decoder, n) for n in ("norm", "final_layernorm", "ln_f") if hasattr(decoder, n)), None)
+    if settings.trainable_layers and final_norm is not None:
+        for parameter in final_norm.parameters():  # the final norm sits between the top block and the head
+            parameter.requires_grad = True
+    if settings.train_lm_head:
+        for parameter in model.get_output_embeddings().parameters():
+            parameter.requires_grad = True
+    if not any(p.requires_grad for p in model.parameters()):
+        raise KitError("sft.freeze: nothing would train; set trainable_layers above 0 or train_lm_head: true")
+
+
+def speed_plan(recipe: Recipe, model_path: str):
+    """kit.speed's choice of checkpointing, attention and fused kernels for this GPU (or CPU) and model."""
+    from transformers import AutoConfig
+
+    from kit import speed
+
+    sft = recipe.sft
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code, revision=recipe.model.revision)
+    return speed.plan(
+        speed.detect_hardware(), speed.shape_of(config), sft.method, sft.batch_size, sft.max_length,
+        checkpointing=sft.gradient_checkpointing,
+        attention=None if sft.attention == "auto" else sft.attention,
+        liger=sft.liger_kernel,
+    )
+
+
+def build_model(recipe: Recipe, model_path: str, attention: str = "sdpa"):
+    """(model, peft_config or None) for the recipe's method."""
+    import torch
+
+    method = recipe.sft.method
+    extra = {"attn_implementation": attention}
+    if method == "qlora":
+        if not torch.cuda.is_available():
+            raise KitError("sft.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use sft.method=lora on this machine")
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    model = models.load_model(recipe.model, path=model_path, **extra)
+    if method in ADAPTER_METHODS:
+        from peft import LoraConfig
+
+        lora = recipe.sft.lora
+        return model, LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            use_dora=method == "dora",
+            task_type="CAUSAL_LM",
+        )
+    if method == "freeze":
+        apply_freeze(model, recipe.sft.freeze)
+    return model, None
+
+
+def layer_lr_groups(model, base_lr: float, decay: float, weight_decay: float) -> list[dict]:
+    """Optimizer groups: block i of L at base_lr * decay^(L-1-i); embeddings below the first block; rest at base_lr."""
+    blocks = transformer_blocks(model)
+    block_names = {}
+    for index, block in enumerate(blocks):
+        for name, module in model.named_modules():
+            if module is block:
+                block_names[name + "."] = index
+    depth = len(blocks)
+    groups: dict[tuple[float, float], list] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        index = _block_index(name, block_names)
+        if index is not None:
+            lr = base_lr * decay ** (depth - 1 - index)
+        elif "embed" in name:
+            lr = base_lr * decay**depth
+        else:
+            lr = base_lr
+        no_decay = parameter.ndim < 2 or "norm" in name or name.endswith(".bias")
+        groups.setdefault((lr, 0.0 if no_decay else weight_decay), []).append(parameter)
+    return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in sorted(groups.items())]
+
+
+# ---------------------------------------------------------------- the trainer and its guards
+
+
+@dataclass
+class Guard:
+    """Shared between kit's trainer and callback: why training stopped early, if it did."""
+
+    interrupted: bool = False
+    nonfinite_step: int | None = None
+
+
+def _trainer_class():
+    import torch
+    from transformers import TrainerCallback
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import SFTTrainer
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        """Length-grouped batches whose order depends only on (seed, epoch), so --resume replays the same order.
+
+        The stock sampler draws from the global RNG, which training (dropout) also consumes.
+        """
+
+        seed: int = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.generator = torch.Generator().manual_seed(self.seed + epoch)
+
+    class KitSFTTrainer(SFTTrainer):
+        """SFTTrainer plus two public hooks: layer-wise LR groups, and a stop on a non-finite loss."""
+
+        kit_decay: float | None = None
+        kit_guard: Guard | None = None
+        kit_seen: list[str] | None = None  # fingerprints of the examples this process trained on (multi-process)
+
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if type(sampler) is LengthGroupedSampler:
+                sampler.__class__ = EpochSeededLengthGroupedSampler
+                sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                sampler.set_epoch(0)
+            return sampler
+
+        def create_optimizer(self, model=None):
+            if self.kit_decay is None or self.optimizer is not None:
+                return super().create_optimizer(model)
+            opt_model = self.model if model is None else model
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            groups = layer_lr_groups(opt_model, self.args.learning_rate, self.kit_decay, self.args.weight_decay)
+            self.optimizer = optimizer_cls(groups, **kwargs)
+            return self.optimizer
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.kit_seen is not None:
+                import hashlib
+
+                mask = inputs.get("attention_mask")
+                for i, row in enumerate(inputs["input_ids"]):
+                    tokens = row[mask[i].bool()] if mask is not None else row
+                    self.kit_seen.append(hashlib.sha1(tokens.cpu().numpy().tobytes()).hexdigest()[:12])
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self.kit_guard is not None and not bool(loss.isfinite().all()):
+                self.kit_guard.nonfinite_step = self.state.global_step + 1
+            return loss
+
+    class GuardCallback(TrainerCallback):
+        """Stops at the step end, and never checkpoints weights a non-finite loss may have broken."""
+
+        def __init__(self, guard: Guard):
+            self.guard = guard
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.guard.nonfinite_step is not None:
+                control.should_save = False
+                control.should_evaluate = False
+                control.should_training_stop = True
+            elif self.guard.interrupted:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return KitSFTTrainer, GuardCallback
+
+
+def last_complete_checkpoint(folder: Path, remove_incomplete: bool) -> Path | None:
+    """The newest checkpoint whose trainer_state.json (the Trainer writes it last) is whole.
+
+    A run killed while saving leaves a newer, partial folder: it is removed (rank 0) rather than resumed from.
+    """
+    import shutil
+
+    complete = None
+    for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1])):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            complete = checkpoint
+        except (OSError, ValueError):
+            if remove_incomplete:
+                print(f"kit.sft: removing {checkpoint}: incomplete (the run was killed while saving it)", flush=True)
+                shutil.rmtree(checkpoint, ignore_errors=True)
+    return complete
+
+
+def _packing(recipe: Recipe, model) -> bool:
+    if recipe.sft.packing is not None:
+        return recipe.sft.packing
+    return getattr(model.config, "_attn_implementation", "") in ("flash_attention_2", "flash_attention_3")
+
+
+def _trainer_args(recipe: Recipe, output_dir: Path, has_validation: bool, packing: bool, plan=None):
     import torch
     from trl import SFTConfig
 
     cuda = torch.cuda.is_available()
     sft = recipe.sft
     bf16 = cuda and models.resolve_dtype(recipe.model.dtype) == torch.bfloat16
-    checkpointing = sft.gradient_checkpointing if sft.gradient_checkpointing is not None else cuda
+    checkpointing = plan.gradient_checkpointing if plan is not None else bool(sft.gradient_checkpointing)
+    schedule = {"strategy": "steps", "steps": sft.eval_steps} if sft.eval_steps else {"strategy": "epoch", "steps": None}
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=sft.batch_size,
@@ -81,107 +371,284 @@ def _trainer_args(recipe: Recipe, output_dir: Path, has_validation: bool):
         num_train_epochs=sft.epochs,
         max_steps=sft.max_steps or -1,
         logging_steps=sft.logging_steps,
-        eval_strategy="epoch" if has_validation else "no",
-        save_strategy="no",
-        report_to="none",
+        eval_strategy=schedule["strategy"] if has_validation else "no",
+        eval_steps=schedule["steps"],
+        save_strategy=schedule["strategy"],
+        save_steps=schedule["steps"],
+        save_total_limit=sft.save_total_limit,
+        load_best_model_at_end=has_validation,
+        metric_for_best_model="eval_loss" if has_validation else None,
+        greater_is_better=False if has_validation else None,
+        report_to=[] if sft.report_to == "none" else [sft.report_to],
         seed=recipe.seed,
         data_seed=recipe.seed,
         max_length=sft.max_length,
-        packing=False,
+        packing=packing,
         completion_only_loss=True,
         bf16=bf16,
         fp16=False,
         gradient_checkpointing=checkpointing,
+        use_liger_kernel=bool(plan and plan.use_liger_kernel),
         use_cpu=not cuda,
         dataloader_num_workers=0,
         # Batches of similar lengths waste less compute on padding (about a third on the quickstart).
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="random" if packing else "group_by_length",
     )
 
 
-def run(recipe: Recipe) -> Path:
+def plot_losses(history: list[dict], path: Path) -> None:
+    """Train and validation loss against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    validation = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+    fig, axis = plt.subplots(figsize=(6, 3.5))
+    for points, label, style in ((train, "train", "-"), (validation, "validation", "o-")):
+        if points:
+            axis.plot(*zip(*points), style, label=label)
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss (assistant tokens)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def run(recipe: Recipe, resume: bool = False, preflight_only: bool = False) -> Path:
     """Fine-tune the recipe's model on its data; returns the run folder."""
     import torch
-    from peft import LoraConfig
-    from transformers import set_seed
-    from trl import SFTTrainer
+    from accelerate import PartialState
+    from transformers import EarlyStoppingCallback, set_seed
 
     started = time.time()
     run_dir = recipe.run_dir
-    print("kit.sft: resolved recipe\n" + recipe.to_yaml(), flush=True)
+    state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: torchrun on CPUs runs MULTI_CPU (gloo)
+    main = state.is_main_process
+    if main:
+        print("kit.sft: resolved recipe\n" + recipe.to_yaml(), flush=True)
+    if recipe.sft.method == "qlora" and not torch.cuda.is_available():
+        raise KitError("sft.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use sft.method=lora on this machine")
     model_path = models.resolve(recipe.model.name)  # a bad model reference fails before any work
-    dataset_dir = data.build(recipe)
+    with state.main_process_first():  # one process builds the dataset, the others then read it
+        dataset_dir = data.build(recipe)
     stats = json.loads((dataset_dir / "stats.json").read_text())
 
     set_seed(recipe.seed)
     tokenizer = models.load_tokenizer(recipe.model, model_path)
     ensure_chat_template(tokenizer)
-    train = tokenize_split(tokenizer, data.load_split(recipe, "train"), recipe.sft.max_length, "train")
-    if train is None:
-        raise KitError("data: no training conversation has an assistant token; check the template and sft.max_length")
-    validation = tokenize_split(tokenizer, data.load_split(recipe, "validation"), recipe.sft.max_length, "validation")
-    show_example(tokenizer, train)
+    train, validation = preflight(recipe, tokenizer)
+    if preflight_only:
+        return run_dir
 
-    model = models.load_model(recipe.model, path=model_path)
-    lora = recipe.sft.lora
-    peft_config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    trainer = SFTTrainer(
+    checkpoints = run_dir / "checkpoints"
+    resume_from = last_complete_checkpoint(checkpoints, main) if resume else None
+    if resume and resume_from is None:
+        raise KitError(f"--resume: no complete checkpoint in {checkpoints}; run without --resume to start")
+    try:
+        plan = speed_plan(recipe, model_path)
+    except (OSError, ValueError) as exc:
+        raise KitError(f"model.name: cannot read the config of {recipe.model.name!r} ({str(exc).splitlines()[0][:200]})") from None
+    if main:
+        print(f"kit.sft: speed settings: {plan.describe()}", flush=True)
+    model, peft_config = build_model(recipe, model_path, plan.attn_implementation)
+    packing = _packing(recipe, model)
+    KitSFTTrainer, GuardCallback = _trainer_class()
+    guard = Guard()
+    callbacks = [GuardCallback(guard)]
+    if recipe.sft.early_stopping_patience and validation is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.sft.early_stopping_patience))
+    trainer = KitSFTTrainer(
         model=model,
-        args=_trainer_args(recipe, run_dir / "checkpoints", validation is not None),
+        args=_trainer_args(recipe, checkpoints, validation is not None, packing, plan),
         train_dataset=train,
         eval_dataset=validation,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=callbacks,
     )
+    trainer.kit_decay = recipe.sft.layer_lr_decay
+    trainer.kit_guard = guard
+    trainer.kit_seen = [] if state.num_processes > 1 else None
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    print(f"kit.sft: training {trainable:,} of {total:,} parameters ({recipe.sft.method})", flush=True)
+    if main:
+        print(f"kit.sft: {recipe.sft.method}: training {trainable:,} of {total:,} parameters; packing "
+              f"{'on' if packing else 'off'}; {state.num_processes} process(es) on {state.device}", flush=True)
 
-    result = trainer.train()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame):
+        if guard.interrupted:  # a second Ctrl-C stops at once
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        guard.interrupted = True
+        print("\nkit.sft: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+
+    if state.num_processes == 1:
+        signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        if state.num_processes == 1:
+            signal.signal(signal.SIGINT, previous)
+    history = [entry for entry in trainer.state.log_history if "loss" in entry or "eval_loss" in entry]
+    if guard.nonfinite_step is not None:
+        kept = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        where = f"; last good checkpoint {kept[-1]}" if kept else ""
+        raise KitError(f"sft.learning_rate: the loss became NaN/inf at step {guard.nonfinite_step}{where}; "
+                       "lower the learning rate (or check the data)")
+    if guard.interrupted:
+        print(f"kit.sft: interrupted at step {trainer.state.global_step}; checkpoint saved in {checkpoints}; "
+              f"continue with: python -m kit.sft <recipe> --resume", flush=True)
+        raise KeyboardInterrupt
+
     metrics = {**result.metrics, "global_step": trainer.state.global_step}
-    if not math.isfinite(result.training_loss):
-        raise KitError("sft.learning_rate: training loss is not finite; lower the learning rate")
+    if trainer.kit_seen is not None:  # which examples each rank trained on: proof of data parallelism
+        import torch.distributed as dist
+
+        gathered = [None] * state.num_processes
+        dist.all_gather_object(gathered, sorted(set(trainer.kit_seen)))
+        metrics["rank_examples"] = gathered
     if validation is not None:
         metrics.update(trainer.evaluate())
-    history = [entry for entry in trainer.state.log_history if "loss" in entry or "eval_loss" in entry]
+    if main:
+        _write_artifacts(recipe, trainer, tokenizer, metrics, history, stats, model_path, trainable, total,
+                         state.num_processes, started)
+    state.wait_for_everyone()
+    if recipe.eval.enabled and main:
+        from kit import eval as kit_eval
 
-    with atomic_dir(run_dir / "adapter") as scratch:
-        trainer.model.save_pretrained(scratch)
+        kit_eval.run(recipe)
+    if recipe.distill.enabled and main:
+        from kit import distill
+
+        distill.run(recipe)
+    if main:
+        print(f"kit.sft: done in {time.time() - started:.0f}s; artifacts in {run_dir}/", flush=True)
+    return run_dir
+
+
+def _write_artifacts(recipe, trainer, tokenizer, metrics, history, stats, model_path, trainable, total, processes, started):
+    import torch
+
+    run_dir = recipe.run_dir
+    if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss") and isinstance(v, float)):
+        raise KitError("sft.learning_rate: training ended with a non-finite loss; lower the learning rate")
+    target = run_dir / ("adapter" if recipe.sft.method in ADAPTER_METHODS else "model")
+    stale = run_dir / ("model" if target.name == "adapter" else "adapter")
+    with atomic_dir(target) as scratch:
+        trainer.model.save_pretrained(scratch)  # safetensors; an adapter for PEFT methods, whole weights otherwise
         tokenizer.save_pretrained(scratch)
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
+    plot_losses(history, run_dir / "plots" / "loss.png")
     manifest = {
         "stage": "sft",
+        "method": recipe.sft.method,
+        "artifact": target.name,
         "recipe": recipe.model_dump(mode="json"),
         "model": {"reference": recipe.model.name, "resolved": model_path},
         "versions": package_versions(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "dataset": {"sha256": stats["sha256"], "stats": {k: stats[k] for k in ("input", "kept", "rejected", "duplicates", "splits")}},
+        "processes": processes,
+        "dataset": {"sha256": stats["sha256"], "stats": {k: stats[k] for k in ("input", "kept", "rejected", "duplicates", "splits") if k in stats}},
         "parameters": {"trainable": trainable, "total": total},
         "train_metrics": metrics,
         "log_history": history,
         "wall_seconds": round(time.time() - started, 1),
     }
-    write_json(run_dir / "manifest.json", manifest)  # last: its presence means the adapter is complete
-    print(f"kit.sft: adapter {run_dir / 'adapter'}; manifest {run_dir / 'manifest.json'}", flush=True)
+    write_json(run_dir / "manifest.json", manifest)  # last: its presence means the weights are complete
+    if stale.exists():  # a previous run with the other kind of method: not this run's output
+        import shutil
 
-    if recipe.eval.enabled:
-        from kit import eval as kit_eval
+        shutil.rmtree(stale)
+    print(f"kit.sft: {target.name} {target}; manifest {run_dir / 'manifest.json'}; loss plot {run_dir / 'plots' / 'loss.png'}", flush=True)
 
-        kit_eval.run(recipe)
-    print(f"kit.sft: done in {time.time() - started:.0f}s; artifacts in {run_dir}/", flush=True)
-    return run_dir
+
+# ---------------------------------------------------------------- sweeps
+
+
+def parse_sweep(items: list[str]) -> dict[str, list]:
+    """`--sweep sft.method=freeze,lora,full --sweep sft.learning_rate=1e-4,3e-4` -> a grid."""
+    grid = {}
+    for item in items:
+        key, value = parse_override(item)
+        values = value if isinstance(value, list) else [v for v in str(item.partition("=")[2]).split(",") if v.strip()]
+        if not values:
+            raise KitError(f"--sweep {item}: give values separated by commas, e.g. --sweep sft.method=freeze,lora,full")
+        grid[key] = [parse_override(f"{key}={v}")[1] if isinstance(v, str) else v for v in values]
+    return grid
+
+
+def sweep(recipe_path: str, overrides: list[str], grid: dict[str, list]) -> Path:
+    """Train every combination with the same budget; write a table and a plot to `<run>/sweep/`."""
+    base = load_recipe(recipe_path, overrides)
+    target = base.run_dir / "sweep"
+    keys = list(grid)
+    rows = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        settings = [f"{k}={v}" for k, v in zip(keys, combo)]
+        label = ",".join(settings)
+        name = "-".join(f"{k.split('.')[-1]}_{v}" for k, v in zip(keys, combo))
+        variant = load_recipe(recipe_path, [*overrides, *settings, f"name={name}", f"output_dir={target}", "eval.enabled=false", "distill.enabled=false"])
+        print(f"kit.sft: sweep {label}", flush=True)
+        started = time.time()
+        run(variant)
+        manifest = json.loads((variant.run_dir / "manifest.json").read_text())
+        metrics = manifest["train_metrics"]
+        rows.append({"variant": label, "eval_loss": metrics.get("eval_loss"), "train_loss": metrics.get("train_loss"),
+                     "trainable_parameters": manifest["parameters"]["trainable"], "wall_seconds": round(time.time() - started, 1)})
+    write_json(target / "results.json", rows)
+    lines = ["| variant | validation loss | train loss | trainable parameters | wall s |", "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        ev = f"{row['eval_loss']:.4f}" if row["eval_loss"] is not None else "n/a"
+        lines.append(f"| {row['variant']} | {ev} | {row['train_loss']:.4f} | {row['trainable_parameters']:,} | {row['wall_seconds']} |")
+    (target / "table.md").write_text("\n".join(lines) + "\n")
+    _plot_sweep(rows, target / "sweep.png")
+    print("\n".join(lines) + f"\nkit.sft: sweep table {target / 'table.md'}, plot {target / 'sweep.png'}", flush=True)
+    return target
+
+
+def _plot_sweep(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["variant"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for axis, key, label in ((axes[0], "eval_loss", "validation loss"), (axes[1], "wall_seconds", "wall time (s)")):
+        values = [r[key] if r[key] is not None else float("nan") for r in rows]
+        bars = axis.bar(range(len(names)), values, color="#2f80ed")
+        axis.bar_label(bars, fmt="%.3g")
+        axis.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        axis.set_title(label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = recipe_parser("python -m kit.sft", "Fine-tune a model on support conversations.")
+    parser.add_argument("--preflight", action="store_true", help="check data and loss mask, print one example, train nothing")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <run>/checkpoints")
+    parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                        help="train one variant per value (repeat for a grid) and compare them")
     args = parser.parse_args(argv)
-    run_cli(lambda: run(load_recipe(args.recipe, args.overrides)))
+
+    def work():
+        if args.sweep:
+            return sweep(args.recipe, args.overrides, parse_sweep(args.sweep))
+        return run(load_recipe(args.recipe, args.overrides), resume=args.resume, preflight_only=args.preflight)
+
+    run_cli(work)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import csv
 import json
 import math
 
@@ -7,8 +8,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kit import eval as kit_eval
 from kit import sft
+from kit.errors import KitError
 from kit.masking import tokenize_conversation
 from kit.recipe import load_recipe
+from tests.conftest import QA_ROWS, build_tiny_model
 
 CONVERSATIONS = [
     {"messages": [{"role": "user", "content": "where is my order"}, {"role": "assistant", "content": "Hi there, it ships soon."}]},
@@ -16,15 +19,10 @@ CONVERSATIONS = [
                   {"role": "assistant", "content": "Hi there, refunds take 5-7 business days."}]},
     {"messages": [{"role": "user", "content": "plus"}, {"role": "assistant", "content": "Plus costs $6.99."}]},
 ]
-
-
-def test_rouge_l_matches_hand_computation():
-    metric = kit_eval.load_metric("rouge_l")
-    # LCS("the cat is on the mat", "the cat sat on the mat") = 5 of 6 words: P = R = F = 5/6.
-    # LCS("hello world", "hello") = 1: P = 1, R = 1/2, F = 2/3. Mean = (5/6 + 2/3) / 2 = 0.75.
-    score = metric.compute(predictions=["the cat sat on the mat", "hello"], references=["the cat is on the mat", "hello world"])
-    assert score["rougeL"] == pytest.approx(0.75, abs=1e-9)
-    assert metric.compute(predictions=["a b"], references=["c d"])["rougeL"] == 0.0
+CATEGORIES = ["shipping", "account", "returns", "plus", "devices", "returns", "shipping", "devices", "plus", "devices",
+              "returns", "account"]
+# Metrics that describe the machine rather than the model.
+TIMING = {"latency_s", "tokens_per_s", "seconds"}
 
 
 def test_assistant_loss_matches_per_token_hand_computation(tiny_model_dir):
@@ -48,19 +46,134 @@ def test_assistant_loss_matches_per_token_hand_computation(tiny_model_dir):
     assert scores["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
-def test_eval_compares_base_and_tuned(tiny_recipe):
-    recipe = load_recipe(tiny_recipe(), ["sft.max_steps=2"])
-    base_only = kit_eval.run(recipe)  # before training: base alone
-    assert list(json.loads((base_only / "metrics.json").read_text())["models"]) == ["base"]
+def test_batched_generation_matches_one_at_a_time(tiny_model_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [c["messages"][:-1] for c in CONVERSATIONS]
+    batched = kit_eval.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=3, seed=0)
+    single = [kit_eval.generate_answers(model, tokenizer, [p], max_new_tokens=6, batch_size=1, seed=0) for p in prompts]
+    # Left padding and the attention mask make a batch answer what each prompt alone gets (greedy).
+    assert batched.answers == [s.answers[0] for s in single]
+    assert batched.tokens == [s.tokens[0] for s in single] and all(1 <= t <= 6 for t in batched.tokens)
+
+
+def _labelled_csv(path):
+    """The tiny Q&A log with a category per row and required phrases on two rows."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["ticket_id", "category", "required_phrases", "customer_question", "agent_answer"])
+        for i, ((question, answer), category) in enumerate(zip(QA_ROWS, CATEGORIES)):
+            phrases = "Hi there; business days" if i % 2 else ""
+            writer.writerow([f"T-{i + 1}", category, phrases, question, answer])
+    template = path.parent / "labelled.yaml"
+    template.write_text(
+        "description: tiny labelled Q&A\nreader: csv\nshape: qa_pairs\n"
+        "fields: {id: ticket_id, question: customer_question, answer: agent_answer, metadata: [category, required_phrases]}\n"
+    )
+    return {"sources": [{"path": str(path), "template": str(template)}]}
+
+
+def _student(recipe):
+    """A distilled student as kit.distill leaves it: a plain model folder, manifest.json written last."""
+    folder = build_tiny_model(recipe.run_dir / "student", seed=3, num_layers=1)
+    (folder / "manifest.json").write_text("{}")
+    return folder
+
+
+def test_eval_compares_every_model_with_every_metric(tiny_recipe, tmp_path):
+    other = build_tiny_model(tmp_path / "other-model", seed=1)
+    path = tiny_recipe(data=_labelled_csv(tmp_path / "labelled.csv"),
+                       eval={"models": [{"label": "other", "name": str(other)}]})
+    recipe = load_recipe(path, ["sft.max_steps=2"])
+    base_only = json.loads((kit_eval.run(recipe) / "metrics.json").read_text())["models"]
+    assert list(base_only) == ["base", "other"]  # before training: base and the extra model alone
     sft.run(recipe)
+    _student(recipe)
     folder = kit_eval.run(recipe)
+
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"base", "tuned"}
-    for row in metrics["models"].values():
-        assert math.isfinite(row["eval_loss"]) and 0.0 <= row["rouge_l"] <= 1.0 and row["samples"] >= 1
-    assert metrics["models"]["base"]["eval_loss"] != metrics["models"]["tuned"]["eval_loss"]
+    assert list(metrics["models"]) == ["base", "tuned", "student", "other"]
+    assert metrics["intent"]["field"] == "category" and metrics["required_phrases"]["items"] >= 1
+    for label, row in metrics["models"].items():
+        for key in ("eval_loss", "perplexity", "rouge_l", "bleu", "chrf", "similarity", "intent_accuracy", "intent_macro_f1",
+                    "required_phrase_recall", "answer_words", "answer_tokens", "latency_s", "tokens_per_s", "size_mb",
+                    "train_loss", "validation_loss", "overfit_gap"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (label, key, row[key])
+        assert 0.0 <= row["rouge_l"] <= 1.0 and 0.0 <= row["bleu"] <= 100.0 and -1.0 <= row["similarity"] <= 1.0
+        assert row["leaks"] == len(row["leak_list"]) and row["parameters"] > 0 and row["samples"] >= 1
+    rows = metrics["models"]
+    # Greedy and seeded: the rerun scores the base model exactly as before (timings aside).
+    assert {k: v for k, v in rows["base"].items() if k not in TIMING} == {k: v for k, v in base_only["base"].items() if k not in TIMING}
+    assert rows["base"]["eval_loss"] != rows["tuned"]["eval_loss"]
+    assert rows["student"]["parameters"] < rows["base"]["parameters"]  # one block instead of two
+    assert rows["tuned"]["size_mb"] > rows["base"]["size_mb"]  # the base weights plus the adapter
+    assert rows["tuned"]["adapter"] and rows["student"]["reference"].endswith("student")
+
     report = (folder / "report.md").read_text()
-    assert "| base |" in report and "| tuned |" in report
+    for label in ("base", "tuned", "student", "other"):
+        assert f"| {label} |" in report
+    assert "## Best" in report and "## Worst" in report and "## Intent" in report and "## Overfitting" in report
     generations = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
-    assert len(generations) == metrics["models"]["base"]["samples"] and {"base", "tuned", "reference"} <= set(generations[0])
-    assert (folder / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(generations) == rows["base"]["samples"]
+    assert {"base", "tuned", "student", "other", "reference", "question", "scores"} <= set(generations[0])
+    assert isinstance(generations[0]["tuned"], str) and "similarity" in generations[0]["scores"]["tuned"]
+    for image in ("comparison.png", "confusion_matrix.png"):
+        assert (folder / image).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_whole_model_tuning_is_the_tuned_row(tiny_recipe):
+    recipe = load_recipe(tiny_recipe(), ["sft.method=full", "sft.max_steps=1"])
+    sft.run(recipe)
+    metrics = json.loads((kit_eval.run(recipe) / "metrics.json").read_text())
+    assert metrics["models"]["tuned"]["reference"].endswith("model") and metrics["models"]["tuned"]["adapter"] is None
+
+
+def test_cross_validation_three_folds(tiny_recipe, capsys):
+    recipe = load_recipe(tiny_recipe(), ["eval.cross_validation.folds=3", "sft.max_steps=2"])
+    folder = kit_eval.run(recipe)
+    cv = json.loads((folder / "metrics.json").read_text())["cross_validation"]
+    assert cv["folds"] == 3 and set(cv["models"]) == {"base", "tuned"}
+    for label, row in cv["models"].items():
+        for key in ("eval_loss", "rouge_l", "bleu", "chrf", "similarity", "answer_words"):
+            values = row[key]["values"]
+            assert len(values) == 3
+            assert row[key]["mean"] == pytest.approx(sum(values) / 3)
+            mean = sum(values) / 3
+            assert row[key]["std"] == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in values) / 2))
+    assert cv["models"]["base"]["eval_loss"]["values"] != cv["models"]["tuned"]["eval_loss"]["values"]
+
+    # Each fold trained on its own data: the fold datasets survived kit.sft (kit.data found them up to date),
+    # their test parts cover train + validation of the run exactly once, and each manifest names its data.
+    from kit import data
+
+    pool = sorted(c["id"] for name in ("train", "validation") for c in data.load_split(recipe, name))
+    tested = []
+    for k in (1, 2, 3):
+        fold_dir = recipe.run_dir / "cv" / f"fold-{k}"
+        stats = json.loads((fold_dir / "dataset" / "stats.json").read_text())
+        assert stats["cross_validation"] == {"fold": k, "of": 3}
+        manifest = json.loads((fold_dir / "manifest.json").read_text())
+        assert manifest["dataset"]["sha256"] == stats["sha256"]
+        test_ids = [json.loads(line)["id"] for line in (fold_dir / "dataset" / "test.jsonl").read_text().splitlines()]
+        train_ids = {json.loads(line)["id"] for line in (fold_dir / "dataset" / "train.jsonl").read_text().splitlines()}
+        assert not set(test_ids) & train_ids
+        tested += test_ids
+    assert sorted(tested) == pool
+    assert "| tuned | " in (folder / "report.md").read_text().split("## Cross-validation")[1]
+
+    # A rerun reuses the trained folds and reports the same numbers.
+    capsys.readouterr()
+    again = json.loads((kit_eval.run(recipe) / "metrics.json").read_text())["cross_validation"]
+    assert capsys.readouterr().out.count("reusing") == 3
+    assert again["models"]["tuned"]["eval_loss"] == cv["models"]["tuned"]["eval_loss"]
+
+
+def test_bad_extra_model_is_a_one_line_error(tiny_recipe, tmp_path, capsys):
+    path = tiny_recipe(eval={"models": [{"label": "other", "name": str(tmp_path / "missing")}]})
+    with pytest.raises(KitError, match=r"^eval\.models\[0\]\.name: "):
+        kit_eval.run(load_recipe(path))
+    with pytest.raises(SystemExit) as exit_info:
+        kit_eval.main([str(path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: eval.models[0].name:")

@@ -1,36 +1,433 @@
+import functools
 import json
+import os
+import re
+import shutil
+import subprocess
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kit import export, models, sft
+from kit.errors import KitError
 from kit.recipe import load_recipe
 
+from tests.conftest import QA_ROWS, build_tiny_model, write_qa_csv
 
-def test_merged_export_reloads_with_equal_logits(tiny_recipe):
-    recipe = load_recipe(tiny_recipe(), ["sft.max_steps=3"])
+# ------------------------------------------------------------------------------------------------
+# A small interpreter for the part of Go's text/template that Ollama TEMPLATEs use (range, if/else if,
+# eq/ne/and/or/not/len, fields, variables, string literals, trim markers), written from the Go docs,
+# so the Modelfile is checked by executing it rather than by re-reading kit's own layout.
+
+_GO_TOKEN = re.compile(r'\s*(\(|\)|"(?:[^"\\]|\\.)*"|`[^`]*`|:=|,|[^\s(),]+)')
+
+
+def _go_actions(template: str):
+    """Yield ("text", str) and ("action", str) pieces, applying `{{-` and `-}}` trim markers."""
+    pieces, i = [], 0
+    while True:
+        start = template.find("{{", i)
+        if start < 0:
+            pieces.append(["text", template[i:]])
+            break
+        pieces.append(["text", template[i:start]])
+        j, quote = start + 2, None
+        while True:  # find the closing braces outside string literals
+            char = template[j]
+            if quote:
+                if char == "\\" and quote == '"':
+                    j += 1
+                elif char == quote:
+                    quote = None
+            elif char in "\"`":
+                quote = char
+            elif template.startswith("}}", j):
+                break
+            j += 1
+        body = template[start + 2 : j]
+        if body.startswith("- "):
+            pieces[-1][1] = pieces[-1][1].rstrip()
+            body = body[2:]
+        trim_right = body.endswith(" -")
+        if trim_right:
+            body = body[:-2]
+        pieces.append(["action", body.strip()])
+        i = j + 2
+        if trim_right:
+            while i < len(template) and template[i].isspace():
+                i += 1
+    return pieces
+
+
+def _go_parse(pieces, position=0, stop=("end",)):
+    """-> (nodes, position, the keyword that ended this list)."""
+    nodes = []
+    while position < len(pieces):
+        kind, body = pieces[position]
+        position += 1
+        if kind == "text":
+            nodes.append(("text", body))
+            continue
+        word = body.split(None, 1)[0] if body else ""
+        if word in ("end", "else"):
+            if word not in stop and not (word == "else" and "else" in stop):
+                raise SyntaxError(f"unexpected {{{{{body}}}}}")
+            return nodes, position, body
+        if word == "if":
+            branches, else_nodes, condition = [], [], body[2:].strip()
+            while True:
+                inner, position, ended = _go_parse(pieces, position, ("end", "else"))
+                branches.append((condition, inner))
+                if ended == "end":
+                    break
+                if ended.startswith("else if "):
+                    condition = ended[len("else if ") :].strip()
+                    continue
+                else_nodes, position, _ = _go_parse(pieces, position, ("end",))
+                break
+            nodes.append(("if", branches, else_nodes))
+        elif word == "range":
+            header = body[len("range") :].strip()
+            names, _, pipe = header.rpartition(":=")
+            variables = [name.strip() for name in names.split(",")] if names else []
+            inner, position, ended = _go_parse(pieces, position, ("end", "else"))
+            else_nodes = []
+            if ended == "else":
+                else_nodes, position, _ = _go_parse(pieces, position, ("end",))
+            nodes.append(("range", variables, pipe.strip(), inner, else_nodes))
+        else:
+            nodes.append(("print", body))
+    return nodes, position, None
+
+
+def _go_truth(value) -> bool:
+    return bool(value)  # Go: false, 0, nil and empty strings/slices/maps are false, like Python
+
+
+def _go_field(value, names):
+    for name in names:
+        value = value.get(name, "") if isinstance(value, dict) else getattr(value, name, "")
+    return value
+
+
+def _go_eval(tokens, scope):
+    """Evaluate a command (a list of tokens), Go style: `fn arg...` or a single operand."""
+    functions = {
+        "eq": lambda a, *rest: any(a == b for b in rest),
+        "ne": lambda a, b: a != b,
+        "and": lambda *values: next((v for v in values if not _go_truth(v)), values[-1]),
+        "or": lambda *values: next((v for v in values if _go_truth(v)), values[-1]),
+        "not": lambda value: not _go_truth(value),
+        "len": len,
+        "index": lambda value, *keys: functools.reduce(lambda inner, key: inner[key], keys, value),
+    }
+
+    def operands(items):
+        values, k = [], 0
+        while k < len(items):
+            token = items[k]
+            if token == "(":
+                depth, end = 1, k + 1
+                while depth:
+                    depth += {"(": 1, ")": -1}.get(items[end], 0)
+                    end += 1
+                values.append(_go_eval(items[k + 1 : end - 1], scope))
+                k = end
+                continue
+            if token.startswith('"'):
+                values.append(json.loads(token))
+            elif token.startswith("`"):
+                values.append(token[1:-1])
+            elif re.fullmatch(r"-?\d+", token):
+                values.append(int(token))
+            elif token in ("true", "false"):
+                values.append(token == "true")
+            elif token.startswith("$"):
+                name, _, rest = token.partition(".")
+                values.append(_go_field(scope["vars"][name], rest.split(".") if rest else []))
+            elif token.startswith("."):
+                values.append(_go_field(scope["dot"], [n for n in token.split(".") if n]))
+            elif token in functions:
+                values.append(functions[token])
+            else:
+                raise SyntaxError(f"unknown token {token!r}")
+            k += 1
+        return values
+
+    values = operands(tokens)
+    if values and callable(values[0]):
+        return values[0](*values[1:])
+    assert len(values) == 1, tokens
+    return values[0]
+
+
+def _go_run(nodes, scope, out):
+    for node in nodes:
+        if node[0] == "text":
+            out.append(node[1])
+        elif node[0] == "print":
+            value = _go_eval(_GO_TOKEN.findall(node[1]), scope)
+            out.append("" if value is None else str(value))
+        elif node[0] == "if":
+            for condition, inner in node[1]:
+                if _go_truth(_go_eval(_GO_TOKEN.findall(condition), scope)):
+                    _go_run(inner, scope, out)
+                    break
+            else:
+                _go_run(node[2], scope, out)
+        else:  # range
+            _, variables, pipe, inner, else_nodes = node
+            items = _go_eval(_GO_TOKEN.findall(pipe), scope)
+            if not items:
+                _go_run(else_nodes, scope, out)
+            for index, item in enumerate(items):
+                names = dict(scope["vars"])
+                if len(variables) == 2:
+                    names[variables[0]], names[variables[1]] = index, item
+                elif len(variables) == 1:
+                    names[variables[0]] = item
+                _go_run(inner, {"dot": item, "vars": names}, out)
+
+
+def go_render(template: str, data: dict) -> str:
+    """Execute a Go text/template (the subset above) with `data` as dot, as Ollama does."""
+    nodes, position, ended = _go_parse(_go_actions(template), 0, ())
+    assert ended is None
+    out: list[str] = []
+    _go_run(nodes, {"dot": data, "vars": {"$": data}}, out)
+    return "".join(out)
+
+
+def modelfile_template(modelfile: str) -> str:
+    """The TEMPLATE \"\"\"...\"\"\" of a Modelfile."""
+    match = re.search(r'^TEMPLATE """(.*?)"""$', modelfile, flags=re.S | re.M)
+    assert match, modelfile
+    return match.group(1)
+
+
+def ollama_values(messages: list[dict]) -> dict:
+    """What Ollama hands the template: `.Messages` (Role, Content) and `.System` (all system texts)."""
+    return {
+        "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages],
+        "System": "\n\n".join(m["content"] for m in messages if m["role"] == "system"),
+    }
+
+
+def test_go_render_follows_go_semantics():
+    template = '{{- range $i, $m := .Messages }}{{ if and (eq $i 0) (ne $m.Role "system") }}[first]{{ end }}' \
+               '{{ if eq $m.Role "user" }}U:{{ $m.Content }}\n{{ else if eq .Role "assistant" }}A:{{ .Content }}' \
+               '{{ else }}S:{{ $.System }}{{ end }}{{ end }}   \n{{- "{{x}}" }} {{ len .Messages }}'
+    assert go_render(template, ollama_values([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])) == (
+        "[first]U:hi\nA:yo{{x}} 2"
+    )
+    assert go_render(template, ollama_values([{"role": "system", "content": "be kind"}])) == "S:be kind{{x}} 1"
+
+
+# ------------------------------------------------------------------------------------------------
+
+THREE_TURNS = [
+    {"role": "system", "content": "You are Brightloop's support assistant."},
+    {"role": "user", "content": "My order #4411 has not arrived."},
+    {"role": "assistant", "content": "Sorry! Standard shipping takes 3-5 business days."},
+    {"role": "user", "content": "It has been 9 days.\nStill nothing."},
+    {"role": "assistant", "content": "Then send us the order number and we will trace it."},
+    {"role": "user", "content": "It is {{4411}}, thanks"},
+]
+
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+LLAMA3_STYLE_TEMPLATE = (
+    "{{ '<|endoftext|>' }}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '<|im_end|>\n\n' "
+    "+ message['content'] | trim + '<|endoftext|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_end|>\n\n' }}{% endif %}"
+)
+
+# Llama-2 style: the system prompt goes inside the first user turn, which no per-message layout expresses.
+LLAMA2_STYLE_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set messages = messages[1:] %}"
+    "{% else %}{% set system = '' %}{% endif %}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{% if loop.first and system %}[INST] <<SYS>>{{ system }}<</SYS>> {{ message['content'] }} [/INST]"
+    "{% else %}[INST] {{ message['content'] }} [/INST]{% endif %}{% else %} {{ message['content'] }}</s>{% endif %}"
+    "{% endfor %}"
+)
+
+
+@pytest.fixture
+def tiny_tokenizer(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.mark.parametrize("template", [None, SMOLLM2_TEMPLATE, LLAMA3_STYLE_TEMPLATE], ids=["chatml", "smollm2", "llama3-style"])
+def test_modelfile_renders_the_chat_template_for_three_turns(tiny_tokenizer, template):
+    if template:
+        tiny_tokenizer.chat_template = template
+    text = export.modelfile(tiny_tokenizer, "tiny-q8_0.gguf", None, 0.0, "tiny")
+    go = modelfile_template(text)
+    for messages in (THREE_TURNS, THREE_TURNS[1:], THREE_TURNS[1:2]):
+        expected = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert go_render(go, ollama_values(messages)) == expected
+    assert "FROM ./tiny-q8_0.gguf" in text and "SYSTEM" not in text
+    assert 'PARAMETER stop "<|im_end|>"' in text or 'PARAMETER stop "<|endoftext|>"' in text
+
+
+def test_modelfile_stop_and_system_come_from_training(tiny_tokenizer):
+    text = export.modelfile(tiny_tokenizer, "x.gguf", "You are a support assistant.", 0.0, "x")
+    assert 'SYSTEM """You are a support assistant."""' in text
+    assert re.findall(r"^PARAMETER stop (.*)$", text, flags=re.M) == ['"<|im_end|>"']
+    assert "PARAMETER temperature 0\n" in text
+
+
+def test_modelfile_refuses_a_template_it_cannot_express(tiny_tokenizer):
+    tiny_tokenizer.chat_template = LLAMA2_STYLE_TEMPLATE
+    with pytest.raises(KitError, match="write the Modelfile's TEMPLATE by hand"):
+        export.modelfile(tiny_tokenizer, "x.gguf", None, 0.0, "x")
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain (apt-get install golang-go)")
+def test_modelfile_template_runs_in_go_text_template(tiny_tokenizer, tmp_path):
+    """The real engine: Go's text/template with Ollama's options and values, on the smollm2 template."""
+    tiny_tokenizer.chat_template = SMOLLM2_TEMPLATE
+    go = modelfile_template(export.modelfile(tiny_tokenizer, "x.gguf", None, 0.0, "x"))
+    (tmp_path / "template.txt").write_text(go)
+    (tmp_path / "values.json").write_text(json.dumps(ollama_values(THREE_TURNS)))
+    (tmp_path / "main.go").write_text(
+        'package main\nimport ("encoding/json"; "os"; "text/template")\n'
+        "func main() {\n"
+        '  raw, _ := os.ReadFile("template.txt"); data, _ := os.ReadFile("values.json")\n'
+        "  var values map[string]any; json.Unmarshal(data, &values)\n"
+        '  t := template.Must(template.New("").Option("missingkey=zero").Parse(string(raw)))\n'
+        "  if err := t.Execute(os.Stdout, values); err != nil { panic(err) }\n}\n"
+    )
+    result = subprocess.run(["go", "run", "main.go"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "off"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == tiny_tokenizer.apply_chat_template(THREE_TURNS, tokenize=False, add_generation_prompt=True)
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def held_out_recipe(tiny_recipe, tmp_path, *overrides):
+    """The tiny recipe on 60 conversations, so 24 are held out (test + validation)."""
+    rows = [(f"{q} (case {i})", a) for i in range(5) for q, a in QA_ROWS]
+    csv_path = write_qa_csv(tmp_path / "qa60.csv", rows=rows)
+    path = tiny_recipe(data={"sources": [{"path": str(csv_path), "template": "qa_csv"}]})
+    return load_recipe(path, ["sft.max_steps=3", *overrides])
+
+
+def held_out_prompts(recipe, tokenizer, count):
+    from kit import data
+
+    prompts = []
+    for conversation in data.load_split(recipe, "test") + data.load_split(recipe, "validation"):
+        messages = conversation["messages"][:-1]  # up to the last user turn
+        prompts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True))
+    assert len(prompts) >= count
+    return prompts[:count]
+
+
+def test_merged_equals_base_plus_adapter_on_20_held_out_prompts(tiny_recipe, tmp_path):
+    recipe = held_out_recipe(tiny_recipe, tmp_path)
     sft.run(recipe)
     folder = export.run(recipe) / "merged"
     assert list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin"))
+    assert (folder / "generation_config.json").is_file() and (folder / "chat_template.jinja").is_file()
     assert json.loads((folder / "kit_export.json").read_text())["recipe"] == "tiny"
-    merged = AutoModelForCausalLM.from_pretrained(folder).eval()  # plain transformers, no PEFT
+    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()  # plain transformers, no PEFT
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert tokenizer.chat_template
-    reference = models.load_model(recipe.model, adapter=recipe.run_dir / "adapter").eval()
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "where is my order"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    reference = models.load_model(recipe.model, adapter=recipe.run_dir / "adapter", dtype=torch.float32).eval()
+    base = models.load_model(recipe.model, dtype=torch.float32).eval()
+    differences, adapter_effect = [], []
     with torch.no_grad():
-        difference = (merged(**prompt).logits - reference(**prompt).logits).abs().max().item()
-    assert difference < 1e-4
-    base = models.load_model(recipe.model).eval()
-    with torch.no_grad():
-        assert (base(**prompt).logits - merged(**prompt).logits).abs().max().item() > 1e-4  # the adapter is in
+        for prompt in held_out_prompts(recipe, tokenizer, 20):
+            logits = merged(**prompt).logits
+            differences.append((logits - reference(**prompt).logits).abs().max().item())
+            adapter_effect.append((logits - base(**prompt).logits).abs().max().item())
+    assert max(differences) < 1e-4
+    assert min(adapter_effect) > 1e-3  # the adapter is in the merged weights
+
+
+def test_adapter_export_has_a_model_card(tiny_recipe, tmp_path):
+    from peft import PeftModel
+
+    recipe = load_recipe(tiny_recipe(), ["sft.max_steps=2", "export.formats=[adapter]"])
+    sft.run(recipe)
+    metrics = {"split": "test", "models": {"base": {"rouge_l": 0.11, "samples": 3}, "tuned": {"rouge_l": 0.19, "samples": 3}}}
+    (recipe.run_dir / "eval").mkdir(exist_ok=True)
+    (recipe.run_dir / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    folder = export.run(recipe) / "adapter"
+    assert not (recipe.run_dir / "export" / "merged").exists()
+    card = (folder / "README.md").read_text()
+    stats = json.loads((recipe.run_dir / "dataset" / "stats.json").read_text())
+    assert "library_name: peft" in card and f"`{recipe.model.name}`" in card
+    assert f"{stats['kept']} kept" in card and f"test {stats['splits']['test']}" in card
+    assert "| tuned | 0.19 |" in card
+    assert "learning_rate: 0.01" in card  # the resolved recipe
+    base = models.load_model(recipe.model, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, str(folder))
+    assert any("lora_A" in name for name, _ in tuned.named_parameters())
 
 
 def test_export_without_training_is_a_clear_error(tiny_recipe):
-    import pytest
-
-    from kit.errors import KitError
-
     with pytest.raises(KitError, match="run `python -m kit.sft`"):
         export.run(load_recipe(tiny_recipe()))
+
+
+def test_cli_rejects_an_architecture_the_gguf_writer_lacks(tiny_recipe, tmp_path, tiny_model_dir, capsys):
+    """Exit 2 with one line per problem, before anything is written: here no training and a Qwen2 model."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "qwen")
+    tokenizer.save_pretrained(tmp_path / "qwen")
+    path = tiny_recipe(model={"name": str(tmp_path / "qwen")})
+    with pytest.raises(SystemExit) as exit_info:
+        export.main([str(path), "--format", "gguf"])
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 2
+    assert "no complete tuned model" in lines[0]
+    assert "architecture `qwen2`" in lines[1] and "llama" in lines[1]
+    assert not (load_recipe(path).run_dir / "export").exists()
+
+
+def test_cli_format_all_writes_every_format_for_tuned_and_student(tiny_recipe, tmp_path):
+    recipe_path = tiny_recipe()
+    recipe = load_recipe(recipe_path, ["sft.max_steps=2"])
+    sft.run(recipe)
+    student = build_tiny_model(recipe.run_dir / "student", seed=1, num_layers=1)
+    (student / "manifest.json").write_text("{}")
+    export.main([str(recipe_path), "--format", "all"])
+    root = recipe.run_dir / "export"
+    assert (root / "adapter" / "adapter_model.safetensors").is_file()
+    assert (root / "merged" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (root / "gguf").iterdir()) == ["Modelfile", "kit_export.json", "tiny-f16.gguf", "tiny-q8_0.gguf"]
+    assert "FROM ./tiny-q8_0.gguf" in (root / "gguf" / "Modelfile").read_text()
+    assert not (root / "student" / "adapter").exists()
+    assert (root / "student" / "merged" / "model.safetensors").is_file()
+    assert (root / "student" / "gguf" / "tiny-student-q8_0.gguf").is_file()
+    assert AutoModelForCausalLM.from_pretrained(root / "student" / "merged").config.num_hidden_layers == 1
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (root / "gguf", root / "gguf" / "tiny-q8_0.gguf", root / "merged" / "model.safetensors"):
+        assert path.stat().st_mode & 0o444 == 0o444 & ~umask, path  # readable as the umask allows, not 0600
+
+
+def test_full_fine_tune_exports_its_whole_weights(tiny_recipe):
+    recipe = load_recipe(tiny_recipe(), ["sft.max_steps=1", "sft.method=full", "export.formats=[adapter, merged]"])
+    sft.run(recipe)
+    root = export.run(recipe)
+    assert not (root / "adapter").exists()
+    merged = AutoModelForCausalLM.from_pretrained(root / "merged", dtype=torch.float32)
+    trained = AutoModelForCausalLM.from_pretrained(recipe.run_dir / "model", dtype=torch.float32)
+    for (name, a), (_, b) in zip(merged.state_dict().items(), trained.state_dict().items()):
+        assert torch.equal(a, b), name

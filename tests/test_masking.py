@@ -62,3 +62,40 @@ def test_chatml_fallback_for_models_without_template(tokenizer, capsys):
     tokenizer.chat_template = None
     ensure_chat_template(tokenizer)
     assert tokenizer.chat_template == CHATML_TEMPLATE and "chatml" in capsys.readouterr().out
+
+
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+# TRL-style template with {% generation %} markers (kit ignores them and must agree with them).
+MARKED_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' }}{% if m['role'] == 'assistant' %}{% generation %}"
+    "{{ m['content'] + '<|im_end|>' }}{% endgeneration %}{% else %}{{ m['content'] + '<|im_end|>' }}{% endif %}{{ '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("style", ["chatml", "llama3", "generation_markers"])
+def test_exact_trained_token_ids_per_template_style(tiny_model_dir, style):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    end = "<|im_end|>"
+    if style == "llama3":
+        tokenizer.add_tokens(["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], special_tokens=True)
+        tokenizer.bos_token = "<|begin_of_text|>"
+        tokenizer.chat_template = LLAMA3_TEMPLATE
+        end = "<|eot_id|>"
+    elif style == "generation_markers":
+        tokenizer.chat_template = MARKED_TEMPLATE
+    encoded = tokenize_conversation(tokenizer, CONVERSATION)
+    end_id = tokenizer.convert_tokens_to_ids(end)
+    expected = []
+    for message in CONVERSATION:
+        if message["role"] == "assistant":
+            expected += tokenizer(message["content"], add_special_tokens=False)["input_ids"] + [end_id]
+    trained = [t for t, m in zip(encoded["input_ids"], encoded["completion_mask"]) if m]
+    assert trained == expected
+    if style == "generation_markers":  # the template's own assistant mask agrees with kit's
+        rendered = tokenizer.apply_chat_template(CONVERSATION, return_assistant_tokens_mask=True, return_dict=True)
+        assert rendered["input_ids"] == encoded["input_ids"]
+        assert rendered["assistant_masks"] == encoded["completion_mask"]

@@ -16,6 +16,7 @@ Args:
     use_stemmer: apply the Porter stemmer before matching (default False).
 Returns:
     rougeL: mean F-measure over the pairs, in [0, 1].
+    scores: the F-measure of each pair, in order.
 """
 
 
@@ -34,4 +35,4 @@ class RougeL(evaluate.Metric):
     def _compute(self, predictions, references, use_stemmer=False):
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
         scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
-        return {"rougeL": sum(scores) / len(scores) if scores else 0.0}
+        return {"rougeL": sum(scores) / len(scores) if scores else 0.0, "scores": scores}

@@ -1,0 +1,208 @@
+"""Data conversion throughput: kit.data vs a straightforward pandas groupby script, on one generated file.
+
+    python bench/data_bench.py                      # 1,000,000 messages (about 200 MB of CSV)
+    python bench/data_bench.py --messages 100000    # a quick run
+
+Generates a synthetic ticket-thread CSV (one row per message, rows shuffled, ~4 messages per ticket,
+internal notes, quoted email replies, signatures, some private data), converts it with kit
+(`kit.data.build`, template `ticket_threads_csv`: cleaning, PII redaction, merging, dedup, splits,
+dataset card) and with pandas (read_csv, filter, sort, groupby, the same role mapping and merging,
+no cleaning and no redaction), each in its own process, and prints wall time, messages/s and peak
+memory (max RSS) of each. Targets: kit >= 100,000 messages/s on 2 cores, < 4 GiB, >= 3x pandas.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CUSTOMER = [
+    "Hi, my order {order} has not arrived yet and tracking has not moved for {n} days. Can you check?",
+    "The {device} keeps going offline every night. I already restarted the router twice.",
+    "I was charged twice for Plus this month, please refund one of the charges.",
+    "How do I return the {device}? It stopped working after {n} days.",
+    "Can I change the delivery address on {order}?",
+    "The app does not find my {device} during setup, it stops at {n}%.",
+    "my {device} is blinking red, what does that mean",
+    "Still waiting on a reply about {order}, any news?",
+]
+AGENT = [
+    "Hi, thanks for reaching out. Order {order} was delayed at the depot and arrives within {n} business days.",
+    "Sorry about that! Hold the {device}'s button for 5 seconds until it blinks blue, then add it again in the app.",
+    "I've refunded the duplicate charge; it reaches your card in 3-5 business days.",
+    "Returns are free within 30 days. I've emailed you a prepaid label for the {device}.",
+    "Done: the address on {order} is updated and the confirmation email shows the new one.",
+    "The {device} needs a 2.4 GHz network during setup; turn off band steering for a few minutes.",
+    "A red blink means the {device} lost Wi-Fi. Move it closer to the router and restart it.",
+]
+DEVICES = ["Glow Bulb", "Glow Lamp", "Loop Plug", "Loop Thermostat", "Loop Cam", "Loop Hub"]
+NAMES = ["Jordan Ellis", "Mia Chen", "Sam Whitaker", "Ana Souza", "Tom Becker", "Lena Fischer", "Omar Haddad",
+         "Grace Ndlovu", "Hiroshi Tanaka", "Carmen Ortiz", "Priya Raman", "Leo Martins"]
+CATEGORIES = ["orders_shipping", "returns_refunds", "billing_payments", "device_troubleshooting", "app_setup"]
+HEADER = ["ticket_id", "created_at", "author_role", "author_name", "visibility", "category", "subject", "body"]
+
+
+def _body(rng: random.Random, side: str, name: str) -> str:
+    pool = CUSTOMER if side == "customer" else AGENT
+    text = rng.choice(pool).format(order=f"BL-{rng.randrange(100000, 999999)}", n=rng.randrange(2, 90),
+                                   device=rng.choice(DEVICES))
+    roll = rng.random()
+    if roll < 0.02:
+        text += f" You can call me at +1 415 555 {rng.randrange(1000, 9999)}."
+    elif roll < 0.04:
+        text += f" My email is {name.split()[0].lower()}{rng.randrange(100)}@example.com"
+    elif roll < 0.10:
+        text += "\n\nOn Mon, Mar 2, 2026 at 9:14 AM Brightloop Support <support@brightloop.example> wrote:\n> Earlier message\n> quoted here"
+    elif roll < 0.18:
+        text += f"\n\nBest regards,\n{name}"
+    return text
+
+
+def generate(path: Path, messages: int, seed: int = 0) -> int:
+    """Write the CSV; returns the number of message rows (tickets have 2-6 messages, rows shuffled)."""
+    rng = random.Random(seed)
+    rows = []
+    ticket = 0
+    while len(rows) < messages:
+        ticket += 1
+        size = min(rng.randrange(2, 7), messages - len(rows))
+        customer = rng.choice(NAMES[:10])
+        agent = rng.choice(NAMES[10:])
+        category = rng.choice(CATEGORIES)
+        start = 1767225600 + rng.randrange(0, 300 * 86400)
+        for i in range(size):
+            side = "customer" if i % 2 == 0 or rng.random() < 0.1 else "agent"
+            internal = side == "agent" and rng.random() < 0.03
+            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start + i * 600 + rng.randrange(0, 300)))
+            name = customer if side == "customer" else agent
+            rows.append([f"TK-{ticket}", when, side, name, "internal" if internal else "public", category,
+                         f"Ticket about {category}", _body(rng, side, name)])
+    rng.shuffle(rows)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        writer.writerows(rows)
+    return len(rows)
+
+
+def run_kit(csv_path: Path, workdir: Path, model: str) -> dict:
+    import yaml
+
+    from kit import data
+    from kit.recipe import load_recipe
+
+    recipe_path = workdir / "bench_recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump({
+        "name": "bench", "output_dir": str(workdir / "runs"), "model": {"name": model},
+        "data": {"sources": [{"path": str(csv_path), "template": "ticket_threads_csv"}]},
+    }))
+    recipe = load_recipe(recipe_path)
+    started = time.perf_counter()
+    folder = data.build(recipe, force=True)
+    wall = time.perf_counter() - started
+    stats = json.loads((folder / "stats.json").read_text())
+    return {"wall_s": wall, "conversations": stats["conversations"]["kept"], "input": stats["input"],
+            "token_stats": stats.get("token_lengths") is not None}
+
+
+def run_pandas(csv_path: Path, workdir: Path) -> dict:
+    """The script a data scientist would write: same mapping (roles, internal notes out, time order,
+    consecutive turns merged, both sides required), no cleaning rules, no PII redaction, no dedup."""
+    import pandas as pd
+
+    started = time.perf_counter()
+    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    df = df[~df["visibility"].str.lower().isin(["internal", "private", "note"])]
+    df["role"] = df["author_role"].str.lower().map({"customer": "user", "requester": "user", "agent": "assistant"})
+    df = df.dropna(subset=["role"])
+    df["body"] = df["body"].str.strip()
+    df = df[df["body"] != ""]
+    df["created_at"] = pd.to_datetime(df["created_at"])
+    df = df.sort_values(["ticket_id", "created_at"], kind="stable")
+    out = workdir / "pandas.jsonl"
+    conversations = 0
+    with out.open("w", encoding="utf-8") as handle:
+        for ticket_id, group in df.groupby("ticket_id", sort=False):
+            messages = []
+            for role, body in zip(group["role"], group["body"]):
+                if messages and messages[-1]["role"] == role:
+                    messages[-1]["content"] += "\n\n" + body
+                else:
+                    messages.append({"role": role, "content": body})
+            roles = {m["role"] for m in messages}
+            if "user" not in roles or "assistant" not in roles:
+                continue
+            first = group.iloc[0]
+            handle.write(json.dumps({"id": ticket_id, "messages": messages,
+                                     "metadata": {"category": first["category"], "subject": first["subject"]}},
+                                    ensure_ascii=False) + "\n")
+            conversations += 1
+    return {"wall_s": time.perf_counter() - started, "conversations": conversations}
+
+
+def _phase(args) -> None:
+    workdir = Path(args.workdir)
+    if args.phase == "kit":
+        result = run_kit(Path(args.csv), workdir, args.model)
+    else:
+        result = run_pandas(Path(args.csv), workdir)
+    result["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--model", default="bundled:smollm2-135m-instruct",
+                        help="model whose tokenizer gives the token-length stats")
+    parser.add_argument("--workdir", default=None, help="where the CSV and outputs go (default: a temp folder)")
+    parser.add_argument("--skip-pandas", action="store_true")
+    parser.add_argument("--phase", choices=["kit", "pandas"], help=argparse.SUPPRESS)
+    parser.add_argument("--csv", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        _phase(args)
+        return
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kit-data-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    csv_path = workdir / "tickets.csv"
+    started = time.perf_counter()
+    messages = generate(csv_path, args.messages)
+    print(f"generated {messages:,} messages ({csv_path.stat().st_size / 2**20:.0f} MiB) in "
+          f"{time.perf_counter() - started:.1f}s: {csv_path}", flush=True)
+    print(f"cpu cores available: {len(os.sched_getaffinity(0))}; load average: {os.getloadavg()[0]:.2f}", flush=True)
+    results = {}
+    for phase in ["kit"] + ([] if args.skip_pandas else ["pandas"]):
+        command = [sys.executable, __file__, "--phase", phase, "--csv", str(csv_path), "--workdir", str(workdir),
+                   "--model", args.model]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        if done.returncode != 0:
+            sys.exit(f"{phase} failed:\n{done.stderr[-3000:]}")
+        results[phase] = json.loads(done.stdout.strip().splitlines()[-1])
+        r = results[phase]
+        print(f"{phase:<7} {r['wall_s']:7.2f}s  {messages / r['wall_s']:>10,.0f} messages/s  "
+              f"peak RSS {r['max_rss_mib']:,.0f} MiB  conversations {r['conversations']:,}", flush=True)
+    if "pandas" in results:
+        print(f"kit speed-up over pandas: {results['pandas']['wall_s'] / results['kit']['wall_s']:.2f}x")
+    kit = results["kit"]
+    print(f"targets: >= 100,000 messages/s: {'met' if messages / kit['wall_s'] >= 100_000 else 'NOT met'}; "
+          f"peak < 4 GiB: {'met' if kit['max_rss_mib'] < 4096 else 'NOT met'}"
+          + (f"; >= 3x pandas: {'met' if results['pandas']['wall_s'] / kit['wall_s'] >= 3 else 'NOT met'}"
+             if "pandas" in results else ""))
+    print(f"token stats included: {kit['token_stats']}; outputs in {workdir}")
+
+
+if __name__ == "__main__":
+    main()

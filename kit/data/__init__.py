@@ -1,0 +1,474 @@
+"""Support logs -> clean, private chat datasets, with every input record accounted for.
+
+    python -m kit.data templates                      # the log formats kit reads
+    python -m kit.data preview recipes/quickstart.yaml -n 5
+    python -m kit.data build recipes/quickstart.yaml
+
+A log format is a YAML file in `data_templates/` that maps an export's fields to conversations, so a
+new export format needs no Python. `build` writes `<run>/dataset/`: `train/validation/test.jsonl`
+(one `{"id", "messages", "metadata", "source"}` per line), `rejects.jsonl` (each record left out, with
+its file, record and line number or JSON path, the reason and a short code), `stats.json`
+(`input = kept + rejected + duplicates`, in records), a dataset card `README.md` and, when
+`data.folds` is set, `folds/fold_<k>.jsonl`. Private data is redacted before anything is written.
+The folder is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import random
+import statistics
+import sys
+from pathlib import Path
+
+from kit.data.augment import augment
+from kit.data.clean import resolve_rules
+from kit.data.convert import Conversion, Settings, convert, no_gc, parse_time
+from kit.data.splits import folds, split
+from kit.data.template import (
+    TEMPLATES_DIR,
+    Template,
+    TemplateFields,
+    find_template,
+    load_template,
+    template_listing,
+)
+from kit.errors import KitError
+
+__all__ = [
+    "DATASET_SPLITS", "TEMPLATES_DIR", "Conversion", "Settings", "Template", "TemplateFields", "build", "convert",
+    "dataset_dir", "find_template", "fingerprint", "folds", "load_split", "load_template", "main", "parse_time",
+    "read_jsonl", "recipe_sources", "settings_from", "split", "token_lengths",
+]
+
+DATASET_SPLITS = ("train", "validation", "test")
+# Bumped whenever the conversion itself changes, so that existing datasets are rebuilt.
+FORMAT_VERSION = 2
+# Without token limits, token-length percentiles come from a seeded sample of this many conversations.
+TOKEN_STATS_SAMPLE = 2000
+
+
+def recipe_sources(recipe) -> list[tuple]:
+    """(path, template, template name, users file) for each `data.sources` entry."""
+    return [(s.path, load_template(s.template), Path(s.template).stem, s.users) for s in recipe.data.sources]
+
+
+def settings_from(recipe) -> Settings:
+    data = recipe.data
+    return Settings(rules=data.rules, pii=data.pii, dedup=data.dedup, near_threshold=data.near_duplicate_threshold,
+                    workers=data.workers)
+
+
+def _recipe_settings(recipe) -> Settings:
+    settings = settings_from(recipe)
+    settings.serialize = True
+    return settings
+
+
+def fingerprint(recipe) -> str:
+    """Changes whenever the dataset would: the data section, seed, model, every source, template and users file."""
+    digest = hashlib.sha256(
+        json.dumps([FORMAT_VERSION, recipe.data.model_dump(mode="json"), recipe.seed, recipe.model.name,
+                    recipe.model.revision]).encode()
+    )
+    for source in recipe.data.sources:
+        for path in (Path(source.path), find_template(source.template), Path(source.users) if source.users else None):
+            if path is None:
+                continue
+            if not path.is_file():
+                digest.update(b"missing")
+                continue
+            with path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dataset_dir(recipe) -> Path:
+    return recipe.run_dir / "dataset"
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    # Conversations arrive with their line already serialized (`_line`, made by the conversion workers).
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    with path.open("w", encoding="utf-8") as handle:
+        handle.writelines((row.get("_line") or encode(row)) + "\n" for row in rows)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _template_overhead(tokenizer) -> int:
+    """Tokens a chat template adds around one message (role markers, end-of-turn), measured once."""
+    try:
+        count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenize=False
+        )
+        return max(0, round((count(rendered) - count("x") - count("y")) / 2))
+    except Exception:  # a tokenizer without a chat template: count the contents only
+        return 0
+
+
+def token_lengths(conversations: list[dict], tokenizer, batch_size: int = 2048) -> list[int]:
+    """Tokens per conversation: its messages' contents plus the chat template's per-message overhead."""
+    return _lengths(tokenizer, [[m["content"] for m in c["messages"]] for c in conversations], batch_size)
+
+
+def _lengths(tokenizer, conversations: list[list[str]], batch_size: int = 2048) -> list[int]:
+    overhead = _template_overhead(tokenizer)
+    lengths = [overhead * len(contents) for contents in conversations]
+    texts: list[str] = []
+    owners: list[int] = []
+
+    def flush() -> None:
+        ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        for owner, row in zip(owners, ids):
+            lengths[owner] += len(row)
+        texts.clear()
+        owners.clear()
+
+    for index, contents in enumerate(conversations):
+        texts.extend(contents)
+        owners.extend([index] * len(contents))
+        if len(texts) >= batch_size:
+            flush()
+    if texts:
+        flush()
+    return lengths
+
+
+def _token_limits(recipe) -> dict[str, tuple[int, int]]:
+    limits = {}
+    for source in recipe.data.sources:
+        rules = resolve_rules(load_template(source.template).rules, recipe.data.rules)
+        limits[source.path] = (rules.min_tokens, rules.max_tokens)
+    return limits
+
+
+def _apply_token_limits(result: Conversion, lengths: list[int], limits: dict[str, tuple[int, int]]) -> list[int]:
+    """Reject conversations outside their source's limits; the lengths of those kept."""
+    kept, kept_lengths = [], []
+    for conversation, length in zip(result.conversations, lengths):
+        source = conversation["source"]
+        low, high = limits.get(source["file"], (0, 0))
+        problem = None
+        if high and length > high:
+            problem = ("too_long", f"conversation has {length} tokens, over rules.max_tokens={high}")
+        elif low and length < low:
+            problem = ("too_short", f"conversation has {length} tokens, under rules.min_tokens={low}")
+        if problem is None:
+            kept.append(conversation)
+            kept_lengths.append(length)
+            continue
+        result.rejected_conversations += 1
+        for number in source["records"]:
+            where = {"file": source["file"], "record": number}
+            if number == source["record"]:
+                where.update({k: source[k] for k in ("line", "path") if k in source})
+            result.rejects.append({**where, "reason": problem[1], "code": problem[0], "kind": "rejected"})
+    result.conversations = kept
+    return kept_lengths
+
+
+def _percentiles(values: list[int]) -> dict | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50": pick(0.5), "p90": pick(0.9), "p95": pick(0.95), "p99": pick(0.99), "max": ordered[-1],
+            "mean": round(statistics.fmean(ordered), 1)}
+
+
+def _count_tokens_serve(section, connection) -> None:
+    """The helper process: load the tokenizer, then answer lists of conversations with their lengths."""
+    from kit import models
+
+    try:
+        tokenizer, problem = models.load_tokenizer(section), None
+    except KitError as exc:
+        tokenizer, problem = None, str(exc).splitlines()[0]
+    except Exception as exc:  # reported to the parent, which decides whether it matters
+        tokenizer, problem = None, f"{type(exc).__name__}: {exc}"
+    while (conversations := connection.recv()) is not None:
+        connection.send(("error", problem) if tokenizer is None else ("ok", _lengths(tokenizer, conversations)))
+
+
+class TokenCounter:
+    """The model's tokenizer, loaded in a forked helper process while the conversion runs: importing
+    transformers and loading a tokenizer takes seconds, and the conversion keeps the main process busy.
+    Without fork (or on error) it loads in-process."""
+
+    def __init__(self, section):
+        self.section = section
+        self.connection = self.process = None
+        if "fork" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("fork")
+            self.connection, child = context.Pipe()
+            self.process = context.Process(target=_count_tokens_serve, args=(section, child), daemon=True)
+            self.process.start()
+            child.close()
+
+    def lengths(self, conversations: list[dict]) -> tuple[list[int] | None, str | None]:
+        """(tokens per conversation, None), or (None, why the tokenizer is unavailable)."""
+        contents = [[m["content"] for m in c["messages"]] for c in conversations]
+        if self.process is not None:
+            try:
+                self.connection.send(contents)
+                status, payload = self.connection.recv()
+            except (EOFError, OSError) as exc:
+                return None, f"the tokenizer process ended ({exc})"
+            return (payload, None) if status == "ok" else (None, payload)
+        from kit import models
+
+        try:
+            return _lengths(models.load_tokenizer(self.section), contents), None
+        except KitError as exc:
+            return None, str(exc).splitlines()[0]
+
+    def close(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                self.connection.send(None)
+            self.process.join(timeout=10)
+            if self.process.is_alive():
+                self.process.kill()
+            self.connection.close()
+            self.process = None
+
+
+def _card(recipe, stats: dict, templates: dict[str, str]) -> str:
+    lines = [
+        f"# Dataset: {recipe.name}",
+        "",
+        "Chat conversations converted from customer-support exports by `python -m kit.data build`. "
+        "Private data was replaced by typed placeholders (`{{EMAIL}}`, `{{PHONE}}`, ...) before anything was written.",
+        "",
+        "## Sources",
+        "",
+        "| file | template | records | conversations |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for source in stats["sources"]:
+        lines.append(f"| `{source['file']}` | `{source['template']}` ({templates.get(source['template'], '')}) | "
+                     f"{source['records']} | {source['conversations']} |")
+    conv = stats["conversations"]
+    lines += [
+        "",
+        "## Accounting (records)",
+        "",
+        f"{stats['input']} input records = {stats['kept']} kept + {stats['rejected']} rejected + "
+        f"{stats['duplicates']} duplicates. Every record left out is listed in `rejects.jsonl` with its file, "
+        "record and line number or JSON path, and why.",
+        "",
+        f"Conversations: {conv['assembled']} assembled, {conv['kept']} kept, {conv['rejected']} rejected, "
+        f"{conv['duplicates']} duplicates.",
+        "",
+    ]
+    if stats["rejected_by_reason"]:
+        lines += ["| reason code | records |", "| --- | ---: |"]
+        lines += [f"| `{code}` | {count} |" for code, count in stats["rejected_by_reason"].items()]
+        lines.append("")
+    if stats.get("threads"):
+        lines += [f"Reply threads: {json.dumps(stats['threads'])}.", ""]
+    lines += ["## Private data redacted", ""]
+    if stats["pii"]:
+        lines += ["| kind | count |", "| --- | ---: |"] + [f"| {k} | {v} |" for k, v in stats["pii"].items()]
+    else:
+        lines.append("None found." if recipe.data.pii.enabled else "Redaction was switched off (`data.pii.enabled: false`).")
+    lines += ["", "## Splits", "", "| split | conversations |", "| --- | ---: |"]
+    lines += [f"| {name} | {count} |" for name, count in stats["splits"].items()]
+    if stats.get("augmented"):
+        lines += ["", f"{stats['augmented']} augmented training copies (`metadata.augmented`), none in validation or test."]
+    if stats.get("folds"):
+        lines += ["", f"Cross-validation folds in `folds/`: {stats['folds']}."]
+    tokens = stats.get("token_lengths")
+    if tokens:
+        where = f", from a seeded sample of {tokens['sample']}" if "sample" in tokens else ""
+        figures = ", ".join(f"{k} {v}" for k, v in tokens.items() if k != "sample")
+        lines += ["", f"Tokens per conversation ({recipe.model.name}{where}): {figures}."]
+    present = [name for name in DATASET_SPLITS if stats["splits"][name]]
+    files = ", ".join(f'"{name}": "{name}.jsonl"' for name in present)
+    lines += [
+        "",
+        "## Load it",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'dataset = load_dataset("json", data_files={{{files}}})',
+        "```",
+        "",
+        "Each line: `id`, `messages` (`role`, `content`), `metadata` (the template's fields), `source` "
+        "(`file`, `record`, `line` or `path`, `records`, `template`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def build(recipe, force: bool = False) -> Path:
+    """Write the dataset folder for a recipe (kept as is when it is complete and up to date)."""
+    with no_gc():
+        return _build(recipe, force)
+
+
+def _build(recipe, force: bool) -> Path:
+    from kit.runs import atomic_dir
+
+    target = dataset_dir(recipe)
+    stamp = fingerprint(recipe)
+    stats_path = target / "stats.json"
+    if not force and stats_path.is_file():
+        try:
+            if json.loads(stats_path.read_text()).get("fingerprint") == stamp:
+                return target
+        except (OSError, json.JSONDecodeError):
+            pass
+    sources = recipe_sources(recipe)
+    limits = _token_limits(recipe)
+    limited = any(low or high for low, high in limits.values())
+    counter = TokenCounter(recipe.model)
+    try:
+        result = convert(sources, recipe.data.system_prompt, _recipe_settings(recipe))
+        sampled = None
+        if limited:  # every conversation is measured against its limits
+            lengths, tokenizer_problem = counter.lengths(result.conversations)
+            if lengths is None:
+                raise KitError(f"data.rules.max_tokens/min_tokens need the model's tokenizer: {tokenizer_problem}")
+            lengths = _apply_token_limits(result, lengths, limits)
+        else:  # statistics only: a seeded sample is enough, and much faster on big exports
+            sample = result.conversations
+            if len(sample) > TOKEN_STATS_SAMPLE:
+                sample = random.Random(recipe.seed).sample(sample, TOKEN_STATS_SAMPLE)
+                sampled = len(sample)
+            lengths, tokenizer_problem = counter.lengths(sample)
+            lengths = lengths or []
+    finally:
+        counter.close()
+    if not result.conversations:
+        reasons = ", ".join(f"{code} {n}" for code, n in result.by_reason().items())
+        raise KitError(
+            f"data.sources: no usable conversation in {result.input} records ({reasons or 'none read'}); "
+            f"check the template's field names and roles, or see `python -m kit.data preview`"
+        )
+    data = recipe.data
+    splits = split(result.conversations, data.validation_fraction, data.test_fraction, recipe.seed, data.stratify_by)
+    augmented = augment(splits["train"], data.augment, recipe.seed) if data.augment.enabled else []
+    splits["train"] = splits["train"] + augmented
+    kept_records = sum(len(c["source"]["records"]) for c in result.conversations)
+    stats = {
+        "input": result.input,
+        "kept": kept_records,
+        "rejected": result.rejected,
+        "duplicates": result.duplicates,
+        "rejected_by_reason": result.by_reason(),
+        "conversations": {
+            "assembled": result.assembled or len(result.conversations) + result.duplicate_conversations
+            + result.rejected_conversations,
+            "kept": len(result.conversations),
+            "rejected": result.rejected_conversations,
+            "duplicates": result.duplicate_conversations,
+        },
+        "pii": dict(sorted(result.pii.items())),
+        "splits": {name: len(splits[name]) for name in DATASET_SPLITS},
+        "augmented": len(augmented),
+        "token_lengths": _percentiles(lengths) if sampled is None or not lengths else {**_percentiles(lengths), "sample": sampled},
+        "sources": result.sources,
+    }
+    if result.threads:
+        stats["threads"] = dict(result.threads)
+    if tokenizer_problem:
+        stats["token_lengths_unavailable"] = tokenizer_problem
+    assert stats["input"] == stats["kept"] + stats["rejected"] + stats["duplicates"], stats
+    with atomic_dir(target) as scratch:
+        digest = hashlib.sha256()
+        for name in DATASET_SPLITS:
+            _write_jsonl(scratch / f"{name}.jsonl", splits[name])
+            digest.update((scratch / f"{name}.jsonl").read_bytes())
+        _write_jsonl(scratch / "rejects.jsonl", result.rejects)
+        if data.folds:
+            originals = [c for name in ("train", "validation") for c in splits[name] if "augmented" not in c["metadata"]]
+            parts = folds(originals, data.folds, recipe.seed, data.stratify_by)
+            (scratch / "folds").mkdir()
+            for k, part in enumerate(parts):
+                _write_jsonl(scratch / "folds" / f"fold_{k}.jsonl", part)
+            stats["folds"] = [len(part) for part in parts]
+        stats["sha256"] = digest.hexdigest()
+        stats["fingerprint"] = stamp
+        (scratch / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+        templates = {Path(s.template).stem: load_template(s.template).description for s in data.sources}
+        (scratch / "README.md").write_text(_card(recipe, stats, templates), encoding="utf-8")
+    print(
+        f"kit.data: {stats['input']} records -> {stats['conversations']['kept']} conversations "
+        f"({stats['kept']} records kept, {stats['rejected']} rejected, {stats['duplicates']} duplicates; "
+        f"see {target / 'rejects.jsonl'}); split {stats['splits']}",
+        flush=True,
+    )
+    return target
+
+
+def load_split(recipe, name: str) -> list[dict]:
+    return read_jsonl(dataset_dir(recipe) / f"{name}.jsonl")
+
+
+def _describe_source(source: dict) -> str:
+    where = f"line {source['line']}" if "line" in source else source.get("path", "")
+    if "line" in source and "path" in source:
+        where += f", {source['path']}"
+    text = f"{source['file']} record {source['record']} ({where})"
+    if len(source["records"]) > 1:
+        text += f"; records {', '.join(map(str, source['records']))}"
+    return text
+
+
+def preview(recipe, n: int = 5) -> str:
+    """The first `n` converted conversations with their source file and record numbers, and the counts."""
+    result = convert(recipe_sources(recipe), recipe.data.system_prompt, settings_from(recipe))
+    lines = []
+    for conversation in result.conversations[:n]:
+        lines.append(f"--- {_describe_source(conversation['source'])} [{conversation['source']['template']}]")
+        if conversation["metadata"]:
+            lines.append(f"metadata: {json.dumps(conversation['metadata'], ensure_ascii=False)}")
+        for message in conversation["messages"]:
+            lines.append(f"[{message['role']}] {message['content']}")
+    reasons = ", ".join(f"{code} {count}" for code, count in result.by_reason().items())
+    lines.append(
+        f"--- {result.input} records: {result.kept} kept in {len(result.conversations)} conversations, "
+        f"{result.rejected} rejected, {result.duplicates} duplicates" + (f" ({reasons})" if reasons else "")
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    from kit.cli import add_recipe_arguments, run_cli
+    from kit.recipe import load_recipe
+
+    parser = argparse.ArgumentParser(prog="python -m kit.data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("templates", help="list the log formats")
+    for name, text in (("build", "write the dataset folder"), ("preview", "print converted conversations")):
+        child = sub.add_parser(name, help=text)
+        add_recipe_arguments(child)
+        if name == "preview":
+            child.add_argument("-n", type=int, default=5, help="how many conversations")
+        else:
+            child.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    args = parser.parse_args(argv)
+
+    def work() -> None:
+        if args.command == "templates":
+            sys.stdout.write(template_listing())
+            return
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.command == "build":
+            print(f"dataset: {build(recipe, force=args.force)}")
+        else:
+            sys.stdout.write(preview(recipe, args.n))
+
+    run_cli(work)

@@ -1,0 +1,194 @@
+"""Text cleaning rules: HTML to text, quoted replies, signatures, auto-replies, whitespace.
+
+Each rule is a plain function of a string, gated by a cheap substring test so that the common message
+(plain text, no quote, no signature) costs a few string scans. `Rules` holds the resolved switches:
+built-in defaults < the template's `rules` < the recipe's `data.rules`.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, fields
+
+DEFAULT_AUTO_REPLY_PATTERNS = (
+    r"\bout of (?:the )?office\b",
+    r"\bauto(?:matic)?[- ]?(?:reply|response|responder)\b",
+    r"\bthis is an automated (?:message|response|reply|notification)\b",
+    r"\bdo not reply to this (?:e-?mail|message)\b",
+    r"\bwe(?:'ve| have) received your (?:request|message|e-?mail|ticket)\b",
+    r"\bI am (?:currently )?(?:away|on (?:annual )?leave|out of the office)\b",
+)
+
+
+def _maybe_default_auto_reply(lower: str) -> bool:
+    # Each built-in pattern contains one of these words (a chain of `in` tests: no generator overhead).
+    return "office" in lower or "auto" in lower or "do not reply" in lower or "received your" in lower or "i am " in lower
+
+
+@dataclass(frozen=True)
+class Rules:
+    html_to_text: bool = True
+    strip_quoted_replies: bool = True
+    strip_signatures: bool = True
+    drop_auto_replies: bool = True
+    auto_reply_patterns: tuple[str, ...] = DEFAULT_AUTO_REPLY_PATTERNS
+    remove_patterns: tuple[str, ...] = ()
+    normalize_whitespace: bool = True
+    merge_consecutive: bool = True
+    require_both_sides: bool = True
+    trim_trailing_customer: bool = True
+    bot_role: str = "assistant"
+    min_tokens: int = 0
+    max_tokens: int = 0
+
+
+def resolve_rules(*layers) -> Rules:
+    """Built-in defaults, then each layer's set (non-null) values in order (template, then recipe)."""
+    values = {}
+    for layer in layers:
+        if layer is None:
+            continue
+        for f in fields(Rules):
+            value = getattr(layer, f.name, None)
+            if value is not None:
+                values[f.name] = tuple(value) if isinstance(value, list) else value
+    return Rules(**values)
+
+
+_LOOKS_HTML = re.compile(r"</?[A-Za-z][\w-]*(?:\s[^<>]*)?/?>")
+_HTML_DROP = re.compile(r"<(script|style|head)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_HTML_QUOTE = re.compile(
+    r"<blockquote\b.*?</blockquote\s*>|<div[^>]*class=\"[^\"]*(?:gmail_quote|moz-cite-prefix)[^\"]*\".*",
+    re.IGNORECASE | re.DOTALL,
+)
+_HTML_ITEM = re.compile(r"<li\b[^>]*>", re.IGNORECASE)
+_HTML_BREAK = re.compile(r"<(?:br|/?p|/?div|/tr|/h[1-6]|/?ul|/?ol|/?table|hr)\b[^>]*>", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^<>]+>")
+_ENTITY = re.compile(r"&(?:#\d+|#x[0-9A-Fa-f]+|[A-Za-z]+\d*);")
+
+
+def html_to_text(text: str, drop_quotes: bool = True) -> str:
+    if "<" in text and _LOOKS_HTML.search(text):
+        text = _HTML_DROP.sub("", text)
+        if drop_quotes:
+            text = _HTML_QUOTE.sub("", text)
+        text = text.replace("\n", " ")  # in HTML, newlines are spaces; tags make the lines
+        text = _HTML_ITEM.sub("\n- ", text)
+        text = _HTML_BREAK.sub("\n", text)
+        text = _HTML_TAG.sub("", text)
+    if "&" in text and _ENTITY.search(text):
+        text = html.unescape(text)
+    return text
+
+
+_QUOTE_START = re.compile(
+    r"^[ \t]*(?:"
+    r"On\b[^\n]{0,200}(?:\n[^\n]{0,200})?\bwrote:[ \t]*$"  # Gmail / Apple Mail, may wrap onto a second line
+    r"|Am\b[^\n]{0,200}schrieb[^\n]{0,80}:[ \t]*$"
+    r"|Le\b[^\n]{0,200}a écrit[ \t]*:[ \t]*$"
+    r"|-{2,}[ \t]*(?:Original Message|Forwarded message)[ \t]*-{2,}"
+    r"|_{10,}[ \t]*\n[ \t]*From:"
+    r"|From:[^\n]*\n[ \t]*(?:Sent|Date):"  # Outlook header block
+    r")",
+    re.MULTILINE | re.IGNORECASE,
+)
+_QUOTED_LINE = re.compile(r"^[ \t]*>[^\n]*(?:\n|$)", re.MULTILINE)
+
+
+def strip_quoted_replies(text: str) -> str:
+    if "wrote:" in text or "From:" in text or "-----" in text or "schrieb" in text or "a écrit" in text or "____" in text:
+        match = _QUOTE_START.search(text)
+        if match is not None:
+            text = text[: match.start()]
+    if ">" in text:
+        text = _QUOTED_LINE.sub("", text)
+    return text
+
+
+_SIGN_OFF = re.compile(
+    r"(?:(?:best|kind|warm|warmest|many)\s+)?(?:regards|wishes)\b.*"
+    r"|(?:thanks|thank you|thanks again|many thanks|thx|cheers|sincerely|yours(?: truly| sincerely)?|"
+    r"all the best|best|br|talk soon|take care|have a (?:great|nice|good) (?:day|one))[ \t]*[,.!]*"
+    r"|(?:thanks|thank you|cheers|best)[ \t]*[,!.]?[ \t]*[-–—]?[ \t]*[A-Z][\w.'-]*(?:[ \t]+[A-Z][\w.'-]*)?[ \t]*",
+    re.IGNORECASE,
+)
+_SENT_FROM = re.compile(r"^[ \t]*(?:Sent from my [^\n]{1,40}|Get Outlook for [^\n]{1,20})[ \t]*$", re.MULTILINE)
+
+
+def strip_signatures(text: str) -> str:
+    if "Sent from my" in text or "Get Outlook for" in text:
+        text = _SENT_FROM.sub("", text).rstrip()
+    if "\n" not in text:
+        return text
+    lines = text.rstrip().split("\n")
+    n = len(lines)
+    # "-- " alone on a line starts a signature (RFC 3676); only trusted near the end.
+    for i in range(max(1, n - 8), n):
+        if lines[i].rstrip() in ("--", "-- ", "—"):
+            return "\n".join(lines[:i]).rstrip()
+    # A sign-off line near the end, followed only by a few short lines (name, title, company, phone).
+    for i in range(max(1, n - 6), n):
+        line = lines[i].strip()
+        if len(line) <= 40 and _SIGN_OFF.fullmatch(line):
+            tail = lines[i + 1 :]
+            if len(tail) <= 4 and all(len(rest.strip()) <= 60 for rest in tail):
+                head = "\n".join(lines[:i]).rstrip()
+                if head:
+                    return head
+    return text
+
+
+_WS_NEEDED = re.compile(r"[ \t\u00a0\u2009\u202f]{2}|[\t\u00a0\u2009\u202f\u200b\u200c\u200d\ufeff]| \n|\n |\n\n\n")
+_WS_RUN = re.compile(r"[ \t\u00a0\u2009\u202f]+")
+_BLANKS = re.compile(r"\n{3,}")
+
+
+def normalize_whitespace(text: str) -> str:
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if _WS_NEEDED.search(text) is None:
+        return text.strip()
+    for char in "\u200b\u200c\u200d\ufeff":
+        text = text.replace(char, "")
+    text = "\n".join(_WS_RUN.sub(" ", line).strip() for line in text.split("\n"))
+    return _BLANKS.sub("\n\n", text).strip()
+
+
+class Cleaner:
+    """The rules compiled for one source: `clean(text)` and `is_auto_reply(text)`."""
+
+    def __init__(self, rules: Rules):
+        self.rules = rules
+        self.auto_reply = (
+            re.compile("|".join(f"(?:{p})" for p in rules.auto_reply_patterns), re.IGNORECASE)
+            if rules.drop_auto_replies and rules.auto_reply_patterns
+            else None
+        )
+        self.remove = [re.compile(p, re.MULTILINE) for p in rules.remove_patterns]
+        # Most messages contain none of the built-in patterns' words, and a few substring tests cost far
+        # less than a case-insensitive regex search.
+        self.default_patterns = rules.auto_reply_patterns == DEFAULT_AUTO_REPLY_PATTERNS
+
+    def clean(self, text: str) -> str:
+        rules = self.rules
+        if rules.html_to_text:
+            text = html_to_text(text, rules.strip_quoted_replies)
+        for pattern in self.remove:
+            text = pattern.sub("", text)
+        if rules.strip_quoted_replies:
+            text = strip_quoted_replies(text)
+        if rules.strip_signatures:
+            text = strip_signatures(text)
+        if rules.normalize_whitespace:
+            text = normalize_whitespace(text)
+        else:
+            text = text.strip()
+        return text
+
+    def is_auto_reply(self, text: str) -> bool:
+        if self.auto_reply is None:
+            return False
+        if self.default_patterns and not _maybe_default_auto_reply(text.lower()):
+            return False
+        return self.auto_reply.search(text) is not None

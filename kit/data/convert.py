@@ -1,0 +1,849 @@
+"""Records -> conversations for every template shape, with every input record accounted for.
+
+Each input record (a CSV row, a JSONL line, a JSON item, or one message of a nested list) ends as
+exactly one of: part of a kept conversation, a reject (with file, record, line or JSON path, reason
+and a short code), or a duplicate. So `input == kept + rejected + duplicates` counts records, and the
+record numbers across the dataset and `rejects.jsonl` are exactly the input's.
+
+Two phases per source file:
+1. read (streaming, one pass): parse each record, apply the template's field mapping, exclusion
+   rules and role mapping, parse timestamps, and group messages by conversation (rows may arrive in
+   any order, so groups are complete only at the end of the file). People's names are collected.
+2. assemble (per conversation, independent): clean each text, drop auto-replies, redact private data
+   (phase 1 ran for every source first, so every name in the recipe's exports is known), order by
+   time, merge consecutive turns, apply the
+   conversation rules, compute the dedup key. Large exports run this phase in forked worker
+   processes (`data.workers`), which read the groups they inherited and send back conversations.
+Dedup across all sources runs last, in input order, so the first copy is the one kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import multiprocessing
+import operator
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from kit import pii
+from kit.data import read
+from kit.data.clean import Cleaner, Rules, resolve_rules
+from kit.data.dedup import NearDuplicates, exact_key, normalized_key
+from kit.data.template import Template
+from kit.errors import KitError
+
+REJECT_TEXT_CHARS = 400
+_dumps = json.JSONEncoder(ensure_ascii=False).encode  # one line of the dataset
+# Metadata keys that are lists of strings (kit.eval reads `required_phrases`); text cells split on "|".
+LIST_METADATA = frozenset({"required_phrases"})
+# Below this many records a source is assembled in-process: starting workers costs more than it saves.
+PARALLEL_MIN_RECORDS = 50_000
+CHUNK_RECORDS = 4_000
+
+
+@dataclass
+class Settings:
+    """What the recipe adds to the templates: rule overrides, PII, dedup and parallelism settings."""
+
+    rules: object = None  # kit.recipe.DataRules or None
+    pii: object = None  # kit.recipe.PiiSection or None (None: redaction with defaults)
+    dedup: str = "normalized"
+    near_threshold: float = 0.8
+    workers: int | None = None  # None: one per CPU core for large sources; 0 or 1: in-process
+    # Also serialize each conversation's JSON line (`_line`) where it is assembled, i.e. in the workers.
+    serialize: bool = False
+
+
+@dataclass
+class Conversion:
+    """What a set of sources turned into. Counts are in records unless named `conversations`."""
+
+    conversations: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    input: int = 0
+    duplicates: int = 0
+    pii: Counter = field(default_factory=Counter)
+    assembled: int = 0  # conversations built before the conversation rules and dedup
+    duplicate_conversations: int = 0
+    rejected_conversations: int = 0
+    threads: Counter = field(default_factory=Counter)
+    sources: list[dict] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejects) - self.duplicates
+
+    @property
+    def kept(self) -> int:
+        return self.input - len(self.rejects)
+
+    def by_reason(self) -> dict[str, int]:
+        return dict(sorted(Counter(r["code"] for r in self.rejects).items()))
+
+
+def _where(file: str, number: int, loc) -> dict:
+    if loc.__class__ is int:
+        return {"file": file, "record": number, "line": loc}
+    if isinstance(loc, tuple):
+        return {"file": file, "record": number, "line": loc[0], "path": loc[1]}
+    return {"file": file, "record": number, "path": loc}
+
+
+def _text(value) -> str | None:
+    if value.__class__ is str:
+        return value
+    if value is read.MISSING or value is None or isinstance(value, (list, dict)):
+        return None
+    return str(value)
+
+
+_FLOAT_ID = re.compile(r"^(\d+)\.0+$")
+
+
+def _id(value) -> str:
+    """Ids as strings; `2414304.0` (a pandas round trip) is `2414304`."""
+    text = _text(value)
+    if not text:
+        return ""
+    text = text.strip()
+    if text.endswith(".0") or text.endswith(".00"):
+        match = _FLOAT_ID.match(text)
+        if match:
+            return match.group(1)
+    return text
+
+
+_EPOCH = datetime(1970, 1, 1)
+_fromiso = datetime.fromisoformat
+_strptime = datetime.strptime
+
+
+def parse_time(value, fmt: str | None) -> float | None:
+    """Seconds since the epoch, or None. ISO 8601, epoch seconds / milliseconds, or a strptime format.
+    Times without a zone are read as UTC."""
+    if value.__class__ is not str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) / (1000.0 if value > 1e11 else 1.0)
+        value = _text(value)
+        if value is None:
+            return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        moment = _strptime(value, fmt) if fmt else _fromiso(value)
+    except ValueError:
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number / (1000.0 if number > 1e11 else 1.0)
+    if moment.tzinfo is None:
+        return (moment - _EPOCH).total_seconds()
+    return moment.timestamp()
+
+
+def _metadata_value(value):
+    if isinstance(value, list):
+        return [str(v) for v in value if v is not None]
+    if isinstance(value, dict) or value is None or value is read.MISSING:
+        return None
+    return value.strip() if value.__class__ is str else str(value)
+
+
+def _raw_text(raw) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list) and all(isinstance(cell, str) for cell in raw):
+        return " | ".join(raw)  # a CSV row
+    return json.dumps(raw, ensure_ascii=False, default=str)
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= REJECT_TEXT_CHARS else text[:REJECT_TEXT_CHARS] + "…"
+
+
+@contextlib.contextmanager
+def no_gc():
+    """Pause the cyclic garbage collector: a conversion creates millions of small containers and no
+    cycles, and each full collection walks them all again (3x slower on a 1M-message export)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _scanner(settings: Settings, names: list[str]) -> pii.Scanner | None:
+    section = settings.pii
+    if section is not None and not section.enabled:
+        return None
+    if section is None:
+        return pii.Scanner(names=names)
+    return pii.Scanner(section.allowlist, names, section.patterns, section.phone_regions, section.kinds)
+
+
+# -- phase 1: reading ---------------------------------------------------------------------------------
+
+
+class _Source:
+    """One export file read through its template: records in file order, and field getters."""
+
+    def __init__(self, path_text: str, template: Template, template_name: str, users_file: str | None):
+        self.file = path_text
+        self.path = Path(path_text)
+        if not self.path.is_file():
+            raise KitError(f"data.sources[].path: {path_text} not found; point it at an export file")
+        self.template = template
+        self.template_name = template_name
+        self.encoding = read.detect_encoding(self.path, template.encoding)
+        self.header: list[str] | None = None
+        self.document = None
+        self.document_problem: tuple | None = None
+        self.document_line = 0
+        if template.reader == "csv":
+            self.header, self.delimiter = read.csv_header(self.path, self.encoding, template.delimiter)
+            self._check_columns()
+        elif template.reader == "json":
+            self.document, self.document_problem, self.document_line = read.load_json(self.path, self.encoding)
+        self.users = self._users(users_file)
+
+    def _check_columns(self) -> None:
+        f = self.template.fields
+        required = [f.question, f.answer, f.conversation, f.message_id, f.reply_to, f.text, f.role, f.author, f.timestamp]
+        missing = [name for name in dict.fromkeys(required) if name and name not in self.header]
+        if missing:
+            raise KitError(
+                f"{self.file}: header has no column {', '.join(map(repr, missing))} (columns: {', '.join(self.header)}); "
+                f"fix the template's fields or the file"
+            )
+
+    def get(self, name: str | None):
+        """A getter for a template field (a CSV column or a dotted JSON path); None when unset."""
+        if name is None:
+            return None
+        if self.header is not None and name not in self.header:
+            return lambda row: read.MISSING  # an optional column this export lacks
+        return read.getter(name, self.header)
+
+    def _users(self, users_file: str | None) -> dict[str, tuple]:
+        table = self.template.users
+        if table is None:
+            if users_file:
+                raise KitError(f"data.sources[].users: template {self.template_name} has no `users` section; remove it")
+            return {}
+        if users_file:
+            rows = read.read_users(Path(users_file), table)
+        elif table.path and self.document is not None:
+            rows = read.get_path(self.document, read.split_path(table.path))
+            if not isinstance(rows, list):
+                raise KitError(f"{self.file}: no users list at `{table.path}`; fix the template's users.path")
+        elif table.path and self.document_problem:
+            rows = []
+        else:
+            raise KitError(
+                f"data.sources[].users: template {self.template_name} resolves authors through a users table; "
+                f"set data.sources[].users to the users export"
+            )
+        users = {}
+        get_id = read.getter(table.id, None)
+        getters = [read.getter(name, None) if name else None for name in (table.role, table.name, table.email)]
+        for row in rows:
+            if isinstance(row, dict) and (key := _id(get_id(row))):
+                users[key] = tuple(_text(get(row)) if get else None for get in getters)
+        return users
+
+    def user_names(self) -> list[str]:
+        return [value for _, name, email in self.users.values() for value in (name, email) if value]
+
+    def records(self):
+        """(location, message row, problem, container row) for every input record, in file order."""
+        t = self.template
+        if t.reader == "csv":
+            return ((line, row, problem, row) for line, row, problem in read.csv_records(self.path, self.encoding, self.delimiter))
+        if t.reader == "jsonl":
+            outer = read.jsonl_records(self.path, self.encoding)
+        elif self.document_problem:
+            outer = iter([(self.document_line, None, self.document_problem)])
+        else:
+            outer = read.json_records(self.document, t.records, self.path)
+        if not t.messages:
+            return ((loc, row, problem, row) for loc, row, problem in outer)
+        return self._nested(outer, read.split_path(t.messages))
+
+    def _nested(self, outer, parts):
+        name = self.template.messages
+        for loc, row, problem in outer:
+            if problem:
+                yield loc, row, problem, None
+                continue
+            items = read.get_path(row, parts)
+            if not isinstance(items, list) or not items:
+                what = "no list" if not isinstance(items, list) else "an empty list"
+                yield loc, row, ("no_messages", f"{what} of messages at `{name}`"), None
+                continue
+            for index, item in enumerate(items):
+                sub = f"{name}[{index}]"
+                yield ((loc, sub) if isinstance(loc, int) else f"{loc}.{sub}"), item, None, row
+
+
+class _Reader:
+    """Phase 1 for one source: records -> work items (qa pairs or message groups) and early rejects."""
+
+    def __init__(self, result: Conversion, source: _Source, rules: Rules):
+        self.result = result
+        self.source = source
+        self.rules = rules
+        self.rejects: list[dict] = []  # raw texts: redacted once every name is known
+        self.names_seen: set[str] = set(source.user_names())
+        t = source.template
+        f = t.fields
+        self.container_level = bool(t.messages)  # conversation id, metadata and names live on the container
+        get = source.get
+        self.get_conversation = get(f.conversation)
+        self.get_text = get(f.text)
+        self.get_role = get(f.role)
+        self.get_author = get(f.author)
+        self.get_time = get(f.timestamp)
+        self.get_message_id = get(f.message_id)
+        self.get_reply_to = get(f.reply_to)
+        self.get_replies = get(f.replies)
+        self.metadata = [(key, get(path)) for key, path in t.metadata_fields().items()]
+        self.name_getters = [get(path) for path in f.names]
+        # CSV: all name columns in one C-level call (each index twice, so that itemgetter always returns a
+        # tuple); values are stripped when the scanner is built.
+        self.flat_names = (operator.itemgetter(*[source.header.index(n) for n in f.names] * 2)
+                           if source.header is not None and f.names and all(n in source.header for n in f.names) else None)
+        self.roles = {str(k).strip().lower(): v for k, v in t.roles.items()}
+        # Raw role values seen so far -> their chat role (user / assistant), filled by `role_of`.
+        self.fast_roles: dict[str, str] = {}
+        self.iso_times = t.timestamp_format is None
+        self.exclude = []
+        for rule in t.exclude:
+            values = None if rule.equals is None else {v.strip().lower() for v in rule.equals}
+            pattern = re.compile(rule.matches, re.IGNORECASE) if rule.matches else None
+            self.exclude.append((get(rule.field), values, pattern, rule.reason))
+
+    def reject(self, number: int, loc, code: str, reason: str, raw=None) -> None:
+        entry = {**_where(self.source.file, number, loc), "reason": reason, "code": code, "kind": "rejected"}
+        if raw is not None and raw is not read.MISSING:
+            text = _raw_text(raw).strip()
+            if text:
+                entry["text"] = text
+        self.rejects.append(entry)
+
+    def excluded(self, row) -> str | None:
+        for get, values, pattern, reason in self.exclude:
+            value = _text(get(row))
+            if value is None:
+                continue
+            value = value.strip()
+            if (values is not None and value.lower() in values) or (pattern is not None and pattern.search(value)):
+                return reason
+        return None
+
+    def role_of(self, row) -> tuple[str | None, tuple | None]:
+        """(user / assistant / drop, None) or (None, (code, reason))."""
+        if self.get_role is not None:
+            raw = self.get_role(row)
+            raw = raw.strip() if raw.__class__ is str else (_text(raw) or "").strip()
+        else:
+            author = _id(self.get_author(row))
+            user = self.source.users.get(author)
+            if user is None or not user[0]:
+                what = "has no role" if user else "is not in the users table"
+                return None, ("unknown_author", f"author {author or '(none)'} {what}")
+            raw = user[0].strip()
+        role = self.roles.get(raw.lower(), self.source.template.unknown_role)
+        if role is None:
+            return None, ("unknown_role", f"unknown role {raw!r}: add it to the template's roles")
+        if role == "bot":
+            role = self.rules.bot_role
+        if role == "drop":
+            return None, ("excluded", f"role {raw!r} is dropped by the template")
+        if self.get_role is not None:
+            self.fast_roles[self.get_role(row)] = role
+        return role, None
+
+    def metadata_of(self, row) -> dict:
+        metadata = {}
+        for key, get in self.metadata:
+            value = _metadata_value(get(row))
+            if value:
+                if key in LIST_METADATA and value.__class__ is str:  # a CSV cell: "phrase one | phrase two"
+                    value = [part.strip() for part in value.split("|") if part.strip()]
+                metadata[key] = value
+        return metadata
+
+    def collect_names(self, row) -> None:
+        """Remember the people named in this record: their names are redacted everywhere in the export."""
+        if self.flat_names is not None and row.__class__ is list:  # a CSV row: one set update
+            try:
+                self.names_seen.update(self.flat_names(row))
+                return
+            except IndexError:  # a short, broken CSV row
+                pass
+        for get in self.name_getters:
+            try:
+                value = get(row)
+            except (IndexError, KeyError, TypeError):  # a short, broken CSV row
+                continue
+            if value.__class__ is str:
+                if value:
+                    self.names_seen.add(value.strip())
+            elif isinstance(value, list):
+                self.names_seen.update(str(v).strip() for v in value if v)
+            elif (text := _text(value)) is not None:
+                self.names_seen.add(text.strip())
+
+    # -- shapes --------------------------------------------------------------------------------------
+    def qa_pairs(self) -> list:
+        """Work items: (number, loc, question, answer, metadata)."""
+        f = self.source.template.fields
+        get_q, get_a, get_id = self.source.get(f.question), self.source.get(f.answer), self.source.get(f.id)
+        items = []
+        number = 0
+        names = self.name_getters
+        for number, (loc, row, problem, _) in enumerate(self.source.records(), start=1):
+            if names and row is not None:
+                self.collect_names(row)
+            if problem is not None:
+                self.reject(number, loc, *problem, raw=row)
+                continue
+            if self.exclude and (reason := self.excluded(row)) is not None:
+                self.reject(number, loc, "excluded", reason, raw=row)
+                continue
+            question, answer = _text(get_q(row)), _text(get_a(row))
+            if question is None or answer is None:
+                missing = f.question if question is None else f.answer
+                self.reject(number, loc, "missing_field", f"missing field {missing!r}", raw=row)
+                continue
+            metadata = self.metadata_of(row)
+            if get_id is not None and (value := _text(get_id(row))) is not None:
+                metadata["id"] = value.strip()
+            items.append((number, loc, question, answer, metadata))
+        self.result.input += number
+        return items
+
+    def _message(self, number, loc, row, problem, container) -> list | None:
+        """[time, number, role, raw text, loc] for a chat message, or None after rejecting the record.
+
+        This runs once per input record, so the common case (a role column, an ISO timestamp) is inlined."""
+        if self.name_getters:
+            if row is not None:
+                self.collect_names(row)
+            if self.container_level and container is not None and container is not row:
+                self.collect_names(container)
+        if problem is not None:
+            self.reject(number, loc, *problem, raw=row)
+            return None
+        if self.exclude and (reason := self.excluded(row)) is not None:
+            self.reject(number, loc, "excluded", reason, raw=self.get_text(row))
+            return None
+        raw_role = self.get_role(row) if self.get_role is not None else None
+        role = self.fast_roles.get(raw_role) if raw_role.__class__ is str else None
+        if role is None:
+            role, role_problem = self.role_of(row)
+            if role_problem is not None:
+                self.reject(number, loc, *role_problem, raw=self.get_text(row))
+                return None
+        text = self.get_text(row)
+        if text.__class__ is not str:
+            text = _text(text)
+            if text is None:
+                self.reject(number, loc, "missing_field", f"missing field {self.source.template.fields.text!r}", raw=row)
+                return None
+        if self.get_time is not None:
+            value = self.get_time(row)
+            try:
+                moment = (_fromiso(value) - _EPOCH).total_seconds() if self.iso_times else None
+            except (ValueError, TypeError):  # not ISO, or with a time zone: the general parser
+                moment = None
+            if moment is None:
+                moment = parse_time(value, self.source.template.timestamp_format)
+            if moment is None:
+                value = _text(value)
+                self.reject(number, loc, "bad_timestamp",
+                            f"unreadable timestamp {value!r}" if value and value.strip() else "missing timestamp", raw=text)
+                return None
+        else:
+            moment = float(number)
+        return [moment, number, role, text, loc]
+
+    def messages(self) -> list:
+        """Work items: (conversation key, [messages], metadata), one per conversation id."""
+        groups: dict[str, list] = {}
+        metadata: dict[str, dict] = {}
+        get_conversation = self.get_conversation
+        container_level = self.container_level
+        message_of = self._message
+        number = 0
+        for number, (loc, row, problem, container) in enumerate(self.source.records(), start=1):
+            message = message_of(number, loc, row, problem, container)
+            if message is None:
+                continue
+            holder = container if container_level else row
+            key = get_conversation(holder)
+            if key.__class__ is not str or not key or key[0] == " " or key[-1] == " " or key[-2:] == ".0":
+                key = _id(key)
+            if not key:
+                self.reject(number, loc, "missing_field", f"missing field {self.source.template.fields.conversation!r}",
+                            raw=message[3])
+                continue
+            group = groups.get(key)
+            if group is None:
+                groups[key] = group = []
+                metadata[key] = self.metadata_of(holder)
+            group.append(message)
+        self.result.input += number
+        return [(key, group, metadata[key]) for key, group in groups.items()]
+
+    def reply_threads(self) -> list:
+        """Work items like `messages`, with threads rebuilt from reply ids. A post whose parent is not in
+        the export (an orphan) starts its own thread, marked `broken_thread`; reply cycles are rejected."""
+        nodes: dict[str, list] = {}
+        parents: dict[str, str] = {}
+        listed: dict[str, str] = {}
+        holders: dict[str, object] = {}
+        number = 0
+        for number, (loc, row, problem, container) in enumerate(self.source.records(), start=1):
+            message = self._message(number, loc, row, problem, container)
+            if message is None:
+                continue
+            key = _id(self.get_message_id(row))
+            if not key or key in nodes:
+                code, reason = ("missing_field", "missing message id") if not key else ("bad_thread", f"message id {key} appears twice")
+                self.reject(number, loc, code, reason, raw=message[3])
+                continue
+            nodes[key] = message
+            holders[key] = container if self.container_level else row
+            parent = _id(self.get_reply_to(row))
+            if parent:
+                parents[key] = parent
+            if self.get_replies is not None:
+                for child in (_text(self.get_replies(row)) or "").replace(";", ",").split(","):
+                    if child := _id(child):
+                        listed.setdefault(child, key)
+        self.result.input += number
+        for child, parent in listed.items():  # a reply known only from its parent's list of replies
+            if child in nodes and child not in parents:
+                parents[child] = parent
+        roots: dict[str, str | None] = {}
+
+        def root_of(key: str) -> str | None:
+            path, seen = [], set()
+            while True:
+                if key in roots:
+                    top = roots[key]
+                    break
+                parent = parents.get(key)
+                if parent is None or parent not in nodes:
+                    top = key
+                    break
+                if key in seen:
+                    top = None  # a reply cycle
+                    break
+                seen.add(key)
+                path.append(key)
+                key = parent
+            for item in path:
+                roots[item] = top
+            return top
+
+        threads: dict[str, list] = {}
+        for key, message in nodes.items():
+            top = root_of(key)
+            if top is None:
+                self.reject(message[1], message[4], "bad_thread", "reply cycle: the thread never reaches a first message",
+                            raw=message[3])
+                continue
+            threads.setdefault(top, []).append(message)
+        self.result.threads["threads"] += len(threads)
+        self.result.threads["orphans"] += sum(1 for key in nodes if key in parents and parents[key] not in nodes)
+        self.result.threads["broken_threads"] += sum(1 for top in threads if top in parents)
+        items = []
+        for top, group in threads.items():
+            metadata = self.metadata_of(holders[top])
+            if top in parents:
+                metadata["broken_thread"] = "true"
+            items.append((top, group, metadata))
+        return items
+
+
+# -- phase 2: assembling ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    conversations: list = field(default_factory=list)
+    rejects: list = field(default_factory=list)
+    pii: Counter = field(default_factory=Counter)
+    assembled: int = 0
+    rejected_conversations: int = 0
+
+
+class _Assembler:
+    """Phase 2: clean, redact, order, merge and check. Holds no per-run state, so workers can run it."""
+
+    def __init__(self, source: _Source, rules: Rules, scanner: pii.Scanner | None, dedup: str, system_prompt: str | None,
+                 serialize: bool = False):
+        self.file = source.file
+        self.file_name = source.path.name
+        self.template_name = source.template_name
+        self.fields = source.template.fields
+        self.rules = rules
+        self.cleaner = Cleaner(rules)
+        self.scanner = scanner
+        self.key_of = {"exact": exact_key, "normalized": normalized_key, "near": normalized_key}.get(dedup)
+        self.system_prompt = system_prompt
+        self.value_cache: dict[str, tuple] = {}
+        self.serialize = serialize
+
+    def _redact(self, text: str, batch: _Batch) -> str:
+        if self.scanner is None:
+            return text
+        out, counts = self.scanner.redact(text)
+        if counts:
+            batch.pii.update(counts)
+        return out
+
+    def _redact_value(self, value: str, batch: _Batch) -> str:
+        """Metadata values repeat (categories, subjects, tags): each distinct value is scanned once."""
+        cached = self.value_cache.get(value)
+        if cached is None:
+            cached = self.scanner.redact(value)
+            if len(self.value_cache) < 100_000:
+                self.value_cache[value] = cached
+        if cached[1]:
+            batch.pii.update(cached[1])
+        return cached[0]
+
+    def _reject(self, batch: _Batch, number: int, loc, code: str, reason: str, text: str | None) -> None:
+        entry = {**_where(self.file, number, loc), "reason": reason, "code": code, "kind": "rejected"}
+        if text:
+            entry["text"] = _shorten(text)
+        batch.rejects.append(entry)
+
+    def _clean(self, batch: _Batch, number: int, loc, raw: str, name: str) -> str | None:
+        """Cleaned, redacted text, or None after rejecting the record."""
+        text = self.cleaner.clean(raw)
+        if not text:
+            reason = f"empty {name}" if not raw.strip() else f"empty {name} after cleaning"
+            self._reject(batch, number, loc, "empty_text", reason, self._redact(raw.strip(), batch) if raw.strip() else None)
+            return None
+        if self.cleaner.is_auto_reply(text):
+            self._reject(batch, number, loc, "auto_reply", "automatic reply (rules.auto_reply_patterns)", self._redact(text, batch))
+            return None
+        return self._redact(text, batch)
+
+    def _metadata(self, metadata: dict, batch: _Batch) -> dict:
+        if self.scanner is None:
+            return metadata
+        redact = self._redact_value
+        return {key: redact(value, batch) if value.__class__ is str else [redact(v, batch) for v in value]
+                for key, value in metadata.items()}
+
+    def _conversation(self, cid: str, messages: list[dict], metadata: dict, located: list, batch: _Batch) -> dict:
+        source = {**_where(self.file, *located[0]), "records": [n for n, _ in located], "template": self.template_name}
+        conversation = {"id": cid, "messages": messages, "metadata": self._metadata(metadata, batch), "source": source,
+                        "_locs": located}
+        if self.key_of is not None:
+            conversation["_key"] = self.key_of(messages)
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        if self.serialize:
+            conversation["_line"] = _dumps({k: conversation[k] for k in ("id", "messages", "metadata", "source")})
+        return conversation
+
+    def qa_pairs(self, items: list) -> _Batch:
+        batch = _Batch()
+        question_name, answer_name = self.fields.question, self.fields.answer
+        for number, loc, question, answer, metadata in items:
+            question = self._clean(batch, number, loc, question, question_name)
+            if question is None:
+                continue
+            answer = self._clean(batch, number, loc, answer, answer_name)
+            if answer is None:
+                continue
+            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            batch.assembled += 1
+            batch.conversations.append(self._conversation(f"{self.file_name}:{number}", messages, metadata, [(number, loc)], batch))
+        return batch
+
+    def groups(self, items: list) -> _Batch:
+        batch = _Batch()
+        rules = self.rules
+        merge = rules.merge_consecutive
+        text_name = self.fields.text
+        for key, group, metadata in items:
+            batch.assembled += 1
+            group.sort()  # [time, number, ...]: by time, then by record number (unique)
+            turns: list[list] = []  # [role, [texts], [(number, loc)]]
+            for _, number, role, raw, loc in group:
+                text = self._clean(batch, number, loc, raw, text_name)
+                if text is None:
+                    continue
+                if merge and turns and turns[-1][0] == role:
+                    turns[-1][1].append(text)
+                    turns[-1][2].append((number, loc))
+                else:
+                    turns.append([role, [text], [(number, loc)]])
+            if rules.trim_trailing_customer and any(t[0] == "assistant" for t in turns):
+                while turns and turns[-1][0] == "user":
+                    _, texts, located = turns.pop()
+                    for text, (number, loc) in zip(texts, located):
+                        self._reject(batch, number, loc, "after_last_answer", "customer message after the last agent answer", text)
+            problem = None
+            if not turns:
+                problem = None  # every message was rejected on its own already
+            elif rules.require_both_sides and not any(t[0] == "user" for t in turns):
+                problem = ("no_customer_turn", "conversation has no customer message")
+            elif rules.require_both_sides and not any(t[0] == "assistant" for t in turns):
+                problem = ("no_agent_answer", "conversation has no agent answer")
+            if problem is not None or not turns:
+                batch.rejected_conversations += 1
+                for _, texts, located in turns:
+                    for text, (number, loc) in zip(texts, located):
+                        self._reject(batch, number, loc, problem[0], f"{problem[1]} (conversation {key})", text)
+                continue
+            messages = [{"role": role, "content": "\n\n".join(texts)} for role, texts, _ in turns]
+            located = sorted(item for t in turns for item in t[2])
+            batch.conversations.append(self._conversation(f"{self.file_name}:{key}", messages, metadata, located, batch))
+        return batch
+
+
+_SHARED: tuple | None = None  # (assembler, method name, items): inherited by forked workers
+
+
+def _run_chunk(bounds: tuple[int, int]) -> _Batch:
+    assembler, method, items = _SHARED
+    return getattr(assembler, method)(items[bounds[0] : bounds[1]])
+
+
+def _chunks(items: list, sizes: list[int], target: int) -> list[tuple[int, int]]:
+    bounds, start, count = [], 0, 0
+    for index, size in enumerate(sizes):
+        count += size
+        if count >= target:
+            bounds.append((start, index + 1))
+            start, count = index + 1, 0
+    if start < len(items):
+        bounds.append((start, len(items)))
+    return bounds
+
+
+def worker_count(settings: Settings, records: int) -> int:
+    """Worker processes for phase 2: the setting, else one per CPU core for large sources."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 0  # workers inherit the groups by fork; without it, assemble in-process
+    if settings.workers is not None:
+        return settings.workers if settings.workers > 1 else 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cores, 8) if records >= PARALLEL_MIN_RECORDS and cores > 1 else 0
+
+
+def _assemble(assembler: _Assembler, method: str, items: list, records: int, settings: Settings) -> list[_Batch]:
+    workers = worker_count(settings, records)
+    if not workers:
+        return [getattr(assembler, method)(items)]
+    global _SHARED
+    sizes = [1] * len(items) if method == "qa_pairs" else [len(item[1]) for item in items]
+    bounds = _chunks(items, sizes, CHUNK_RECORDS)
+    _SHARED = (assembler, method, items)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return list(pool.imap(_run_chunk, bounds))
+    finally:
+        _SHARED = None
+
+
+# -- the whole conversion -----------------------------------------------------------------------------
+
+
+def convert(sources: list[tuple], system_prompt: str | None, settings: Settings | None = None) -> Conversion:
+    """Read each (path, template[, template name[, users file]]) source into conversations, rejects and counts.
+
+    Dedup runs across all sources. Token limits are applied by `kit.data.build` (they need the model's
+    tokenizer).
+    """
+    with no_gc():
+        return _convert(sources, system_prompt, settings or Settings())
+
+
+def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings) -> Conversion:
+    result = Conversion()
+    read_sources = []
+    names: set[str] = set()
+    for item in sources:  # phase 1 for every source first: a name known anywhere is redacted everywhere
+        path_text, template = item[0], item[1]
+        template_name = item[2] if len(item) > 2 else "template"
+        source = _Source(path_text, template, template_name, item[3] if len(item) > 3 else None)
+        rules = resolve_rules(template.rules, settings.rules)
+        reader = _Reader(result, source, rules)
+        before = result.input
+        items = reader.qa_pairs() if template.shape == "qa_pairs" else getattr(reader, template.shape)()
+        names.update(name for name in reader.names_seen if name)
+        read_sources.append((source, rules, reader, items, result.input - before))
+    scanner = _scanner(settings, sorted({name.strip() for name in names} - {""}))
+    for source, rules, reader, items, records in read_sources:
+        # Early rejects kept their raw text until every name was known; redact them now.
+        for entry in reader.rejects:
+            if "text" in entry:
+                text = entry["text"]
+                if scanner is not None:
+                    text, counts = scanner.redact(text)
+                    result.pii.update(counts)
+                entry["text"] = _shorten(text)
+        result.rejects.extend(reader.rejects)
+        assembler = _Assembler(source, rules, scanner, settings.dedup, system_prompt, settings.serialize)
+        method = "qa_pairs" if source.template.shape == "qa_pairs" else "groups"
+        for batch in _assemble(assembler, method, items, records, settings):
+            result.conversations.extend(batch.conversations)
+            result.rejects.extend(batch.rejects)
+            result.pii.update(batch.pii)
+            result.assembled += batch.assembled
+            result.rejected_conversations += batch.rejected_conversations
+        result.sources.append({"file": source.file, "template": source.template_name, "records": records})
+    _dedup(result, settings)
+    kept = Counter(c["source"]["file"] for c in result.conversations)
+    for entry in result.sources:  # after dedup across sources (the same file listed twice shares its count)
+        entry["conversations"] = kept[entry["file"]]
+    for conversation in result.conversations:
+        del conversation["_locs"]
+        conversation.pop("_key", None)
+    return result
+
+
+def _dedup(result: Conversion, settings: Settings) -> None:
+    if settings.dedup == "none":
+        return
+    near = NearDuplicates(settings.near_threshold) if settings.dedup == "near" else None
+    seen: dict[bytes, str] = {}
+    kept = []
+    for conversation in result.conversations:
+        source = conversation["source"]
+        label = f"{source['file']} record {source['record']}"
+        original = seen.get(conversation["_key"])
+        kind = "duplicate"
+        if original is None and near is not None:
+            text = "\n".join(m["content"] for m in conversation["messages"] if m["role"] != "system")
+            original = near.check_and_add(label, text)
+            kind = "near_duplicate"
+        if original is None:
+            seen[conversation["_key"]] = label
+            kept.append(conversation)
+            continue
+        result.duplicate_conversations += 1
+        for number, loc in conversation["_locs"]:
+            result.rejects.append({**_where(source["file"], number, loc), "reason": f"{kind.replace('_', ' ')} of {original}",
+                                   "code": kind, "kind": "duplicate"})
+            result.duplicates += 1
+    result.conversations = kept

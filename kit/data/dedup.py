@@ -1,0 +1,96 @@
+"""Duplicate conversations: exact and normalized keys, and MinHash near-duplicates (LSH banding)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+
+import numpy as np
+
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def exact_key(messages: list[dict]) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for message in messages:
+        digest.update(message["role"].encode())
+        digest.update(b"\x1f")
+        digest.update(message["content"].encode())
+        digest.update(b"\x1e")
+    return digest.digest()
+
+
+_ASCII_PUNCTUATION = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isalnum()})
+
+
+def normalize(text: str) -> str:
+    """Case, whitespace and punctuation folded away: `Hi,  there!` and `hi there` are the same."""
+    lower = text.lower()
+    if lower.isascii():  # the same result, with C-level string methods instead of a regex
+        return " ".join(lower.translate(_ASCII_PUNCTUATION).split())
+    return _NOT_WORD.sub(" ", lower).strip()
+
+
+def normalized_key(messages: list[dict]) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for message in messages:
+        digest.update(message["role"].encode())
+        digest.update(b"\x1f")
+        digest.update(normalize(message["content"]).encode())
+        digest.update(b"\x1e")
+    return digest.digest()
+
+
+class NearDuplicates:
+    """MinHash over word 3-grams with LSH banding; a candidate pair is confirmed by its estimated Jaccard.
+
+    128 permutations in 32 bands of 4 rows catch pairs above ~0.4 similarity as candidates, then the
+    signature agreement (an unbiased Jaccard estimate) must reach `threshold`.
+    """
+
+    PRIME = (1 << 61) - 1
+
+    def __init__(self, threshold: float = 0.8, permutations: int = 128, bands: int = 32, seed: int = 1):
+        assert permutations % bands == 0
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(1, self.PRIME, size=permutations, dtype=np.uint64)
+        self.b = rng.integers(0, self.PRIME, size=permutations, dtype=np.uint64)
+        self.threshold = threshold
+        self.bands = bands
+        self.rows = permutations // bands
+        self.buckets: list[dict] = [dict() for _ in range(bands)]
+        self.signatures: list[np.ndarray] = []
+        self.names: list[str] = []
+
+    def signature(self, text: str) -> np.ndarray:
+        words = normalize(text).split()
+        grams = {" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))} or {""}
+        hashes = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
+        # (a*x + b) mod p with x < 2^32: a*x can overflow 64 bits, which only reshuffles the hash; it
+        # stays a fixed random function of x, which is all MinHash needs.
+        values = (hashes[:, None] * self.a[None, :] + self.b[None, :]) % np.uint64(self.PRIME)
+        return values.min(axis=0)
+
+    def check_and_add(self, name: str, text: str) -> str | None:
+        """The name of an earlier near-duplicate of `text`, or None (then `text` is remembered)."""
+        signature = self.signature(text)
+        candidates: set[int] = set()
+        keys = []
+        for band in range(self.bands):
+            key = signature[band * self.rows : (band + 1) * self.rows].tobytes()
+            keys.append(key)
+            candidates.update(self.buckets[band].get(key, ()))
+        best, best_score = None, 0.0
+        for index in candidates:
+            score = float(np.mean(self.signatures[index] == signature))
+            if score >= self.threshold and score > best_score:
+                best, best_score = index, score
+        if best is not None:
+            return self.names[best]
+        index = len(self.signatures)
+        self.signatures.append(signature)
+        self.names.append(name)
+        for band, key in enumerate(keys):
+            self.buckets[band].setdefault(key, []).append(index)
+        return None

@@ -1,0 +1,189 @@
+"""Streaming readers: a file -> (location, record, problem) triples, never an exception for a bad record.
+
+A location is the physical line where a CSV / JSONL record starts, or the JSON path of a record in a
+JSON document (`tickets[3]`). A record is a list (CSV row) or the parsed JSON value. A problem is a
+(code, reason) pair saying why the record cannot be read; the caller sends such records to the rejects.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import operator
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from kit.errors import KitError
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # support bodies can be long; the default is 128 KiB
+
+MISSING = object()
+_CHUNK = 1 << 20
+
+
+def detect_encoding(path: Path, declared: str = "auto") -> str:
+    """UTF-8 (with or without BOM) or UTF-16 with BOM when the bytes say so, else cp1252, else latin-1."""
+    if declared != "auto":
+        try:
+            codecs.lookup(declared)
+        except LookupError:
+            raise KitError(f"template encoding: unknown codec {declared!r}; use auto, utf-8, cp1252, latin-1...") from None
+        return declared
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    for encoding in ("utf-8", "cp1252"):
+        decoder = codecs.getincrementaldecoder(encoding)()
+        try:
+            with path.open("rb") as handle:
+                while chunk := handle.read(_CHUNK):
+                    decoder.decode(chunk)
+                decoder.decode(b"", final=True)
+            return encoding
+        except UnicodeDecodeError:
+            continue
+    return "latin-1"  # decodes any byte string
+
+
+def _open_text(path: Path, encoding: str):
+    return path.open(encoding=encoding, newline="", errors="strict")
+
+
+def csv_header(path: Path, encoding: str, delimiter: str) -> tuple[list[str], str]:
+    """The header row and the delimiter (sniffed among , ; tab | when `auto`)."""
+    with _open_text(path, encoding) as handle:
+        sample = handle.read(16 * 1024)
+    if "\n" in sample[:-1]:
+        sample = sample[: sample.rindex("\n") + 1]  # whole lines only
+    if delimiter == "auto":
+        # The header decides: the candidate that splits it into the most fields. (csv.Sniffer looks at
+        # the data rows too and guesses wrong on small or messy files; headers rarely hold , ; tab |.)
+        first = sample.split("\n", 1)[0].rstrip("\r")
+        delimiter = max(",\t;|", key=lambda d: len(next(csv.reader([first], delimiter=d), [])))
+    elif delimiter in ("\\t", "tab"):
+        delimiter = "\t"
+    try:
+        header = next(csv.reader(sample.splitlines(), delimiter=delimiter))
+    except (StopIteration, csv.Error):
+        header = []
+    return [name.strip() for name in header], delimiter
+
+
+def csv_records(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int, list | None, tuple | None]]:
+    """Yield (first line, row, problem) for each record after the header. Blank lines are layout, not records."""
+    with _open_text(path, encoding) as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            header = []
+        width = len(header)
+        line = reader.line_num + 1
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield line, None, ("bad_row", f"unreadable CSV record ({exc})")
+                line = reader.line_num + 1
+                continue
+            if not row:
+                line = reader.line_num + 1
+                continue
+            if not any(row):
+                yield line, None, ("empty_row", "empty row")
+            elif len(row) != width:
+                yield line, row, ("bad_row", f"expected {width} fields, got {len(row)}")
+            else:
+                yield line, row, None
+            line = reader.line_num + 1
+
+
+def jsonl_records(path: Path, encoding: str) -> Iterator[tuple[int, object, tuple | None]]:
+    with _open_text(path, encoding) as handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            try:
+                yield number, json.loads(text), None
+            except json.JSONDecodeError as exc:
+                yield number, text.rstrip("\r\n"), ("invalid_json", f"invalid JSON line ({exc.msg}: column {exc.colno})")
+
+
+def load_json(path: Path, encoding: str) -> tuple[object, tuple | None, int]:
+    """The parsed document, or (None, problem, line) when it is not valid JSON."""
+    with _open_text(path, encoding) as handle:
+        text = handle.read()
+    try:
+        return json.loads(text), None, 0
+    except json.JSONDecodeError as exc:
+        return None, ("invalid_json", f"invalid JSON document ({exc.msg}: line {exc.lineno} column {exc.colno})"), exc.lineno
+
+
+def split_path(dotted: str) -> list:
+    return [int(part) if part.lstrip("-").isdigit() else part for part in dotted.split(".") if part != ""]
+
+
+def get_path(value, parts: list):
+    """Walk a dotted path through dicts and lists; MISSING when any step is absent."""
+    for part in parts:
+        if isinstance(value, dict):
+            value = value.get(part if isinstance(part, str) else str(part), MISSING)
+        elif isinstance(value, list) and isinstance(part, int):
+            value = value[part] if -len(value) <= part < len(value) else MISSING
+        else:
+            return MISSING
+        if value is MISSING:
+            return MISSING
+    return value
+
+
+def json_records(document, dotted: str | None, path: Path) -> Iterator[tuple[str, object, tuple | None]]:
+    """Yield (JSON path, record, None) for each item of the list at `dotted` (the document itself when unset)."""
+    items = document if not dotted else get_path(document, split_path(dotted))
+    if not isinstance(items, list):
+        where = f"`{dotted}`" if dotted else "the top level"
+        keys = f" (top-level keys: {', '.join(map(str, list(document)[:12]))})" if isinstance(document, dict) else ""
+        raise KitError(f"{path}: no list of records at {where}{keys}; fix the template's `records` path")
+    prefix = dotted or ""
+    for index, item in enumerate(items):
+        yield f"{prefix}[{index}]", item, None
+
+
+def getter(field: str, header: list[str] | None) -> Callable:
+    """A function row -> value for a CSV column name (header given) or a dotted JSON path."""
+    if header is not None:
+        return operator.itemgetter(header.index(field))
+    parts = split_path(field)
+    if len(parts) == 1 and isinstance(parts[0], str):
+        key = parts[0]
+        return lambda row: row.get(key, MISSING) if isinstance(row, dict) else MISSING
+    return lambda row: get_path(row, parts)
+
+
+def read_users(path: Path, table, declared_encoding: str = "auto") -> list:
+    """Rows of a separate users file (CSV, JSON or JSONL) as dicts."""
+    if not path.is_file():
+        raise KitError(f"data.sources[].users: {path} not found; point it at the users export")
+    encoding = detect_encoding(path, declared_encoding)
+    suffix = path.suffix.lower()
+    if suffix in (".json",):
+        document, problem, _ = load_json(path, encoding)
+        if problem:
+            raise KitError(f"data.sources[].users: {path}: {problem[1]}")
+        items = get_path(document, split_path(table.path)) if table.path else document
+        if not isinstance(items, list):
+            raise KitError(f"data.sources[].users: {path}: no list of users; set the template's users.path")
+        return items
+    if suffix in (".jsonl", ".ndjson"):
+        return [row for _, row, problem in jsonl_records(path, encoding) if problem is None]
+    header, delimiter = csv_header(path, encoding, "auto")
+    return [dict(zip(header, row)) for _, row, problem in csv_records(path, encoding, delimiter) if problem is None]

@@ -1,0 +1,343 @@
+"""Reading, cleaning, conversation rules, dedup, splits, augmentation and outputs of kit.data."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kit import data
+from kit.data import clean
+from kit.data.convert import Settings
+from kit.recipe import DataRules, load_recipe
+
+THREAD_TEMPLATE = {
+    "description": "test threads",
+    "reader": "csv",
+    "shape": "messages",
+    "fields": {"conversation": "ticket", "timestamp": "time", "role": "who", "text": "body"},
+    "roles": {"customer": "user", "agent": "assistant", "bot": "bot"},
+}
+
+
+def template(tmp_path: Path, **changes) -> tuple[Path, data.Template]:
+    tree = {**THREAD_TEMPLATE, **changes}
+    path = tmp_path / "threads.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path, data.load_template(str(path))
+
+
+def write_rows(path: Path, rows: list[list], header=("ticket", "time", "who", "body"), encoding="utf-8") -> Path:
+    with path.open("w", newline="", encoding=encoding) as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def convert(tmp_path, rows, rules=None, **template_changes):
+    _, tpl = template(tmp_path, **template_changes)
+    path = write_rows(tmp_path / "export.csv", rows)
+    result = data.convert([(str(path), tpl, "threads")], None, Settings(rules=rules))
+    assert result.input == result.kept + result.rejected + result.duplicates
+    return result
+
+
+# -- text rules ------------------------------------------------------------------------------------
+
+
+def test_html_to_text():
+    html = '<div><p>Hi&nbsp;there,</p><ul><li>one</li><li>two &amp; three</li></ul><script>x()</script><br>bye</div>'
+    assert clean.normalize_whitespace(clean.html_to_text(html)) == "Hi there,\n\n- one\n- two & three\n\nbye"
+    assert clean.html_to_text("a < b and c > d, AT&T") == "a < b and c > d, AT&T"  # not HTML: unchanged
+    quoted = "<p>Fixed, thanks</p><blockquote>On Monday you wrote: old text</blockquote>"
+    assert clean.html_to_text(quoted).strip() == "Fixed, thanks"
+    assert "old text" in clean.html_to_text(quoted, drop_quotes=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Works now.\n\nOn Tue, Mar 3, 2026 at 10:12 AM Brightloop <help@brightloop.example> wrote:\n> old\n> older",
+        "Works now.\n\nOn Tue, Mar 3, 2026 at 10:12 AM Brightloop Support\n<help@brightloop.example> wrote:\n> old",
+        "Works now.\n-----Original Message-----\nFrom: Brightloop\nSent: Monday\nold",
+        "Works now.\n\nFrom: Brightloop Support <help@brightloop.example>\nSent: Monday, March 2, 2026 9:14 AM\nold",
+        "Works now.\n> quoted line\n>> deeper",
+        "Works now.\n\nAm 02.03.2026 um 09:14 schrieb Brightloop:\n> alt",
+    ],
+)
+def test_quoted_replies_are_cut(text):
+    assert clean.normalize_whitespace(clean.strip_quoted_replies(text)) == "Works now."
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Your refund is on its way.\n\nBest regards,\nPriya Raman\nBrightloop Support", "Your refund is on its way."),
+        ("Your refund is on its way.\nThanks,\nPriya", "Your refund is on its way."),
+        ("Your refund is on its way.\n-- \nPriya | Billing\n+1 415 555 2671", "Your refund is on its way."),
+        ("Is it shipped?\n\nSent from my iPhone", "Is it shipped?"),
+        ("Thanks, that worked!", "Thanks, that worked!"),  # one line: content, not a sign-off
+        ("Thanks!", "Thanks!"),
+        ("Step 1: unplug it.\nStep 2: wait.\nBest regards do not apply here because this line is long", None),
+    ],
+)
+def test_signatures_and_sign_offs_are_cut(text, expected):
+    assert clean.strip_signatures(text).strip() == (expected if expected is not None else text)
+
+
+def test_auto_replies_default_and_configured():
+    cleaner = clean.Cleaner(clean.Rules())
+    assert cleaner.is_auto_reply("I am currently out of the office until Monday.")
+    assert cleaner.is_auto_reply("This is an automated message: we have received your request.")
+    assert not cleaner.is_auto_reply("Sorry for the wait, I checked your order.")
+    custom = clean.Cleaner(clean.resolve_rules(DataRules(auto_reply_patterns=[r"^ticket #\d+ created"])))
+    assert custom.is_auto_reply("Ticket #123 created") and not custom.is_auto_reply("out of office")
+    assert not clean.Cleaner(clean.resolve_rules(DataRules(drop_auto_replies=False))).is_auto_reply("out of office")
+
+
+def test_whitespace_normalisation():
+    assert clean.normalize_whitespace("  a\u00a0\u00a0b \t c \r\n\r\n\r\n\r\nd\u200b  ") == "a b c\n\nd"
+    assert clean.normalize_whitespace("plain text") == "plain text"
+
+
+def test_rules_precedence_defaults_template_recipe():
+    assert clean.resolve_rules().strip_signatures is True
+    template_rules = DataRules(strip_signatures=False, max_tokens=100)
+    assert clean.resolve_rules(template_rules).strip_signatures is False
+    resolved = clean.resolve_rules(template_rules, DataRules(strip_signatures=True, max_tokens=0))
+    assert resolved.strip_signatures is True and resolved.max_tokens == 0
+
+
+# -- conversation rules ----------------------------------------------------------------------------
+
+ROWS = [
+    ["T1", "2026-03-01T10:05:00", "agent", "We can help.\n\nBest regards,\nPriya"],
+    ["T1", "2026-03-01T10:00:00", "customer", "My plug is offline."],
+    ["T1", "2026-03-01T10:01:00", "customer", "Since the update."],
+    ["T1", "2026-03-01T10:09:00", "customer", "Thanks!"],
+    ["T2", "2026-03-01T11:00:00", "customer", "Anyone there?"],
+    ["T3", "2026-03-01T12:00:00", "bot", "Hi, how can I help?"],
+    ["T3", "2026-03-01T12:01:00", "customer", "Refund status?"],
+    ["T3", "2026-03-01T12:02:00", "agent", "It is on its way."],
+]
+
+
+def test_default_conversation_rules(tmp_path):
+    result = convert(tmp_path, ROWS)
+    t1 = result.conversations[0]["messages"]
+    assert t1 == [{"role": "user", "content": "My plug is offline.\n\nSince the update."},
+                  {"role": "assistant", "content": "We can help."}]
+    assert result.by_reason() == {"after_last_answer": 1, "no_agent_answer": 1}
+    assert [m["role"] for m in result.conversations[1]["messages"]] == ["assistant", "user", "assistant"]  # bot -> assistant
+
+
+def test_conversation_rules_switched_off(tmp_path):
+    rules = DataRules(merge_consecutive=False, trim_trailing_customer=False, require_both_sides=False,
+                      strip_signatures=False, bot_role="user")
+    result = convert(tmp_path, ROWS, rules=rules)
+    assert result.rejected == 0 and len(result.conversations) == 3
+    t1 = result.conversations[0]["messages"]
+    assert [m["role"] for m in t1] == ["user", "user", "assistant", "user"]
+    assert t1[2]["content"].endswith("Best regards,\nPriya")
+    assert [m["role"] for m in result.conversations[2]["messages"]] == ["user", "user", "assistant"]
+
+
+def test_exclude_rules_equals_and_matches(tmp_path):
+    rows = [["T1", "2026-03-01T10:00", "customer", "Help", "public"], ["T1", "2026-03-01T10:01", "agent", "Sure", "public"],
+            ["T1", "2026-03-01T10:02", "agent", "note: VIP", "Internal"], ["T1", "2026-03-01T10:03", "agent", "[macro] closed", "public"]]
+    _, tpl = template(tmp_path, exclude=[{"field": "visibility", "equals": ["internal"], "reason": "internal note"},
+                                         {"field": "body", "matches": r"^\[macro\]", "reason": "macro"}])
+    path = write_rows(tmp_path / "x.csv", rows, header=("ticket", "time", "who", "body", "visibility"))
+    result = data.convert([(str(path), tpl, "t")], None)
+    assert [(r["record"], r["reason"]) for r in result.rejects] == [(3, "internal note"), (4, "macro")]
+
+
+def test_remove_patterns_and_unknown_roles(tmp_path):
+    rows = [["T1", "2026-03-01T10:00", "customer", "@brand my cam is off https://t.co/abc"],
+            ["T1", "2026-03-01T10:01", "agent", "@user1 Restart it ^AB"], ["T1", "2026-03-01T10:02", "narrator", "..."]]
+    rules = DataRules(remove_patterns=[r"^@\w+\s*", r"\s*https://t\.co/\w+", r"\s*\^[A-Z]{2}$"])
+    result = convert(tmp_path, rows, rules=rules)
+    assert [m["content"] for m in result.conversations[0]["messages"]] == ["my cam is off", "Restart it"]
+    assert result.rejects[0]["reason"] == "unknown role 'narrator': add it to the template's roles"
+
+
+def test_token_limits_use_the_model_tokenizer(tiny_recipe):
+    # With the tiny model, the 12 conversations are 59-85 tokens long (system prompt and template included).
+    recipe = load_recipe(tiny_recipe(data={"rules": {"max_tokens": 70}}))
+    folder = data.build(recipe)
+    stats = json.loads((folder / "stats.json").read_text())
+    assert stats["rejected_by_reason"] == {"too_long": 3} and stats["token_lengths"]["max"] == 69
+    assert stats["input"] == stats["kept"] + stats["rejected"] + stats["duplicates"]
+    unlimited = json.loads((data.build(load_recipe(tiny_recipe())) / "stats.json").read_text())
+    assert unlimited["rejected_by_reason"] == {} and unlimited["token_lengths"]["max"] == 85
+    with pytest.raises(data.KitError, match="no usable conversation.*too_short"):
+        data.build(load_recipe(tiny_recipe(data={"rules": {"min_tokens": 1000}})))
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding, text", [("utf-8", "café ☕"), ("utf-8-sig", "café ☕"), ("utf-16", "café ☕"),
+                                            ("cp1252", "café – “quoted”"), ("latin-1", "café \x81")])
+def test_encodings_are_detected(tmp_path, encoding, text):
+    path = tmp_path / "e.csv"
+    path.write_bytes(f"customer_question,agent_answer\n{text},fine\n".encode(encoding))
+    tpl = data.load_template("qa_csv").model_copy(update={"fields": data.TemplateFields(question="customer_question", answer="agent_answer")})
+    result = data.convert([(str(path), tpl, "qa")], None)
+    assert result.conversations[0]["messages"][0]["content"] == text
+
+
+def test_broken_records_are_rejected_with_location(tmp_path):
+    _, tpl = template(tmp_path)
+    path = tmp_path / "bad.csv"
+    path.write_text('ticket,time,who,body\nT1,2026-03-01,customer,"fine"\nT1,2026-03-01,agent\n'
+                    'T1,2026-03-02,agent,ok\n,,,\nT2,2026-03-03,"customer,never closed\nT2,2026-03-03,agent,swallowed\n')
+    result = data.convert([(str(path), tpl, "t")], None)
+    assert [(r["record"], r["line"], r["code"]) for r in result.rejects] == [
+        (2, 3, "bad_row"), (4, 5, "empty_row"), (5, 6, "bad_row")]
+    assert result.rejects[2]["reason"] == "expected 4 fields, got 3"  # the open quote ran to the end of the file
+    jsonl = tmp_path / "x.jsonl"
+    jsonl.write_text('{"q": "a", "a": "b"}\n{"q": "broken"\n{"q": "c"}\n[1, 2]\n')
+    qa = data.Template(description="x", reader="jsonl", fields=data.TemplateFields(question="q", answer="a"))
+    result = data.convert([(str(jsonl), qa, "x")], None)
+    assert [(r["record"], r["line"], r["code"]) for r in result.rejects] == [
+        (2, 2, "invalid_json"), (3, 3, "missing_field"), (4, 4, "missing_field")]
+    document = tmp_path / "x.json"
+    document.write_text('[{"q": "a", "a": "b"},\n {"q": "c" "a": "d"}]')
+    result = data.convert([(str(document), qa.model_copy(update={"reader": "json"}), "x")], None)
+    assert result.input == 1 and result.rejects[0]["code"] == "invalid_json" and result.rejects[0]["line"] == 2
+    other = tmp_path / "y.json"
+    other.write_text('{"other": []}')
+    with pytest.raises(data.KitError, match="no list of records at `items` \\(top-level keys: other\\)"):
+        data.convert([(str(other), qa.model_copy(update={"reader": "json", "records": "items"}), "x")], None)
+
+
+def test_users_table_from_a_separate_file(tmp_path):
+    users = tmp_path / "users.csv"
+    users.write_text("id,name,kind\n1,Dana Reyes,customer\n2,Sam Ortiz,staff\n")
+    _, tpl = template(tmp_path, fields={"conversation": "ticket", "timestamp": "time", "author": "author", "text": "body"},
+                      users={"id": "id", "name": "name", "role": "kind"}, roles={"customer": "user", "staff": "assistant"})
+    path = write_rows(tmp_path / "e.csv", [["T1", "2026-03-01T10:00", "1", "Hi, Dana here"], ["T1", "2026-03-01T10:01", "2", "Hi Dana, Sam here"],
+                                           ["T1", "2026-03-01T10:02", "3", "who am I"]], header=("ticket", "time", "author", "body"))
+    result = data.convert([(str(path), tpl, "t", str(users))], None)
+    assert [m["content"] for m in result.conversations[0]["messages"]] == ["Hi, {{NAME}} here", "Hi {{NAME}}, {{NAME}} here"]
+    assert result.rejects[0]["reason"] == "author 3 is not in the users table"
+    with pytest.raises(data.KitError, match="set data.sources\\[\\].users"):
+        data.convert([(str(path), tpl, "t")], None)
+
+
+# -- dedup, splits, augmentation, outputs ----------------------------------------------------------
+
+
+def test_dedup_exact_normalized_and_near(tmp_path):
+    long = ("My Loop Cam stopped recording at night after the last firmware update and the app now shows a grey "
+            "screen instead of the live view, even after I restarted the camera, the hub and my router twice today")
+    rows = [["T1", "2026-03-01T10:00", "customer", long], ["T1", "2026-03-01T10:01", "agent", "Reinstall the app."],
+            ["T2", "2026-03-01T10:00", "customer", long.upper() + "!!"], ["T2", "2026-03-01T10:01", "agent", "reinstall the app"],
+            ["T3", "2026-03-01T10:00", "customer", long.replace("grey", "black")], ["T3", "2026-03-01T10:01", "agent", "Reinstall the app."]]
+    _, tpl = template(tmp_path)
+    path = write_rows(tmp_path / "d.csv", rows)
+    counts = {}
+    for mode in ("none", "exact", "normalized", "near"):
+        result = data.convert([(str(path), tpl, "t")], None, Settings(dedup=mode))
+        counts[mode] = (len(result.conversations), result.duplicates)
+        assert result.input == result.kept + result.rejected + result.duplicates
+    assert counts == {"none": (3, 0), "exact": (3, 0), "normalized": (2, 2), "near": (1, 4)}
+    near = data.convert([(str(path), tpl, "t")], None, Settings(dedup="near"))
+    assert {r["code"] for r in near.rejects} == {"duplicate", "near_duplicate"}
+    assert all(r["reason"].endswith("d.csv record 1") for r in near.rejects)
+
+
+def conversations_with(categories: dict[str, int]) -> list[dict]:
+    return [{"id": f"{cat}-{i}", "metadata": {"category": cat}, "messages": []} for cat, n in categories.items() for i in range(n)]
+
+
+def test_stratified_split_keeps_shares_and_never_splits_a_conversation():
+    items = conversations_with({"a": 50, "b": 30, "c": 20})
+    parts = data.split(items, 0.1, 0.2, seed=1, stratify="category")
+    assert [len(parts[k]) for k in ("train", "validation", "test")] == [70, 10, 20]
+    for name, share in (("test", 0.2), ("validation", 0.1)):
+        for cat, n in (("a", 50), ("b", 30), ("c", 20)):
+            got = sum(1 for c in parts[name] if c["metadata"]["category"] == cat)
+            assert abs(got - n * share) <= 1, (name, cat, got)
+    ids = [c["id"] for k in parts for c in parts[k]]
+    assert len(ids) == len(set(ids)) == 100
+    assert parts == data.split(items, 0.1, 0.2, seed=1, stratify="category")
+    assert parts != data.split(items, 0.1, 0.2, seed=2, stratify="category")
+
+
+def test_folds_are_disjoint_and_cover_everything():
+    items = conversations_with({"a": 12, "b": 9})
+    parts = data.folds(items, 3, seed=0, stratify="category")
+    assert [len(p) for p in parts] == [7, 7, 7]
+    assert sorted(c["id"] for p in parts for c in p) == sorted(c["id"] for c in items)
+    assert all(sum(1 for c in p if c["metadata"]["category"] == "b") == 3 for p in parts)
+
+
+def test_augmentation_is_seeded_marked_and_keeps_placeholders():
+    from kit.data.augment import augment, augment_text
+    from kit.recipe import AugmentSection
+
+    import random
+
+    text = "Hi, my order {{ORDER}} is late and the package is damaged, please help {{EMAIL}}"
+    for operation in ("synonym", "insert", "swap", "delete"):
+        out = augment_text(text, operation, 0.3, random.Random(0), {"order": ["purchase"], "package": ["parcel"]})
+        assert out != text and out.count("{{EMAIL}}") == 1 and out.count("{{ORDER}}") == 1, operation
+    conversation = {"id": "c1", "metadata": {"category": "x"}, "source": {},
+                    "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "On it."}]}
+    settings = AugmentSection(enabled=True, copies=2)
+    first, again = augment([conversation], settings, seed=3), augment([conversation], settings, seed=3)
+    assert first == again and len(first) == 2
+    assert first[0]["metadata"]["augmented_from"] == "c1" and first[0]["messages"][1]["content"] == "On it."
+    assert first[0]["id"] == "c1#aug1"
+
+
+def test_build_outputs_card_folds_augmentation_and_loads_with_datasets(tiny_recipe):
+    from datasets import load_dataset
+
+    recipe = load_recipe(tiny_recipe(data={"folds": 2, "augment": {"enabled": True}, "stratify_by": "category"}))
+    folder = data.build(recipe)
+    stats = json.loads((folder / "stats.json").read_text())
+    assert stats["augmented"] > 0 and stats["folds"] == [5, 5]  # train 8 + validation 2
+    card = (folder / "README.md").read_text()
+    assert "input records =" in card and "load_dataset" in card and f"{stats['augmented']} augmented" in card
+    for name in ("validation", "test"):
+        assert all("augmented" not in c["metadata"] for c in data.load_split(recipe, name))
+    train = data.load_split(recipe, "train")
+    assert sum("augmented" in c["metadata"] for c in train) == stats["augmented"]
+    loaded = load_dataset("json", data_files={n: str(folder / f"{n}.jsonl") for n in data.DATASET_SPLITS})
+    assert loaded["train"].num_rows == stats["splits"]["train"]
+    assert loaded["test"][0]["messages"][0]["role"] == "system"
+
+
+def test_workers_give_the_same_result_as_in_process(tmp_path):
+    rows = [[f"T{i // 3}", f"2026-03-01T10:0{i % 3}", "customer" if i % 3 != 1 else "agent", f"message {i} mail x{i}@example.com"]
+            for i in range(60)]
+    _, tpl = template(tmp_path)
+    path = write_rows(tmp_path / "w.csv", rows)
+    inline = data.convert([(str(path), tpl, "t")], None, Settings(workers=0))
+    forked = data.convert([(str(path), tpl, "t")], None, Settings(workers=2))
+    assert forked.conversations == inline.conversations and forked.rejects == inline.rejects
+    assert forked.pii == inline.pii and inline.pii["EMAIL"] == 60
+
+
+def test_required_phrases_metadata_is_a_list(tmp_path):
+    path = tmp_path / "qa.csv"
+    write_rows(path, [["where is my order", "It ships today.", "ships today | tracking link"]],
+               header=("question", "answer", "phrases"))
+    tpl = data.Template(description="x", reader="csv",
+                        fields=data.TemplateFields(question="question", answer="answer", metadata={"required_phrases": "phrases"}))
+    result = data.convert([(str(path), tpl, "x")], None)
+    assert result.conversations[0]["metadata"]["required_phrases"] == ["ships today", "tracking link"]
+
+
+def test_unloadable_tokenizer_only_matters_for_token_limits(tiny_recipe, tmp_path):
+    recipe = load_recipe(tiny_recipe(model={"name": str(tmp_path / "no-such-model")}))
+    stats = json.loads((data.build(recipe) / "stats.json").read_text())
+    assert stats["token_lengths"] is None and "no-such-model" in stats["token_lengths_unavailable"]
+    limited = load_recipe(tiny_recipe(model={"name": str(tmp_path / "no-such-model")}, data={"rules": {"max_tokens": 50}}))
+    with pytest.raises(data.KitError, match="max_tokens/min_tokens need the model's tokenizer"):
+        data.build(limited)

@@ -1,0 +1,176 @@
+"""Every shipped template converts its synthetic sample log; counts and key behaviours are pinned."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kit import data
+from kit.data.convert import Settings
+from kit.recipe import DataRules
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "data_templates" / "samples"
+
+
+def run(template: str, sample: str, **settings):
+    return data.convert([(str(SAMPLES / sample), data.load_template(template), template)], None, Settings(**settings))
+
+
+def by_code(result) -> dict:
+    return result.by_reason()
+
+
+def test_every_template_is_listed_with_a_sample_and_a_description():
+    templates = sorted(p.stem for p in (REPO / "data_templates").glob("*.yaml"))
+    assert templates == ["chat_transcripts_csv", "dialogue_json", "helpdesk_json", "qa_csv", "qa_json", "qa_jsonl",
+                         "reply_threads_csv", "ticket_threads_csv"]
+    listing = data.template_listing()
+    for name in templates:
+        line = next(line for line in listing.splitlines() if line.startswith(name + " "))
+        assert len(line.split(None, 1)[1]) > 20  # a one-line description
+        assert "samples/" in (REPO / "data_templates" / f"{name}.yaml").read_text()
+
+
+def test_qa_jsonl_keeps_intent_and_rejects_broken_lines():
+    result = run("qa_jsonl", "brightloop_faq.jsonl")
+    assert (result.input, result.kept, result.rejected, result.duplicates) == (12, 9, 2, 1)
+    rejects = {r["record"]: r for r in result.rejects}
+    assert rejects[5]["code"] == "invalid_json" and rejects[5]["line"] == 5
+    assert rejects[7]["reason"] == "empty answer" and rejects[7]["line"] == 8  # a blank line before it is layout
+    assert rejects[8]["kind"] == "duplicate"
+    first = result.conversations[0]
+    assert first["metadata"] == {"intent": "track_order", "category": "orders_shipping", "id": "F-1"}
+    assert "{{EMAIL}}" in result.conversations[3]["messages"][0]["content"]
+
+
+def test_qa_json_reads_a_dotted_record_path_and_nested_fields():
+    result = run("qa_json", "brightloop_faq_export.json")
+    assert (result.input, result.kept, result.rejected, result.duplicates) == (8, 6, 1, 1)
+    missing = next(r for r in result.rejects if r["code"] == "missing_field")
+    assert missing["path"] == "export.items[4]" and missing["reason"] == "missing field 'reply.text'"
+    # KB-106 differs from KB-101 only in case and punctuation: a normalized duplicate
+    assert next(r for r in result.rejects if r["kind"] == "duplicate")["path"] == "export.items[5]"
+    assert result.conversations[0]["metadata"] == {"intent": "shipping_cost", "category": "orders_shipping", "id": "KB-101"}
+    assert "{{CARD}}" in result.conversations[3]["messages"][0]["content"]
+    assert run("qa_json", "brightloop_faq_export.json", dedup="exact").duplicates == 0
+
+
+def test_ticket_threads_ordered_merged_and_internal_notes_excluded():
+    result = run("ticket_threads_csv", "brightloop_ticket_threads.csv")
+    assert (result.input, result.kept, result.rejected, result.duplicates) == (22, 15, 7, 0)
+    assert by_code(result) == {"after_last_answer": 1, "auto_reply": 1, "bad_row": 1, "excluded": 2,
+                               "no_agent_answer": 1, "no_customer_turn": 1}
+    tickets = {c["id"].split(":")[1]: c for c in result.conversations}
+    late = tickets["TK-2001"]["messages"]  # rows arrive shuffled; time order restored
+    assert [m["role"] for m in late] == ["user", "assistant", "user", "assistant"]
+    assert late[0]["content"].startswith("Hello, my order BL-771204") and "Thanks" not in late[0]["content"]  # sign-off cut
+    assert late[1]["content"].endswith("arrives tomorrow before 6 pm.")  # "Best regards, Priya" cut
+    assert late[2]["content"] == "Great, thank you!"  # quoted reply cut
+    assert "label damaged" not in json.dumps(result.conversations)  # the internal note
+    charged = tickets["TK-2002"]["messages"]  # two customer rows merged; the auto-reply rejected
+    assert charged[0]["content"].count("\n\n") == 1 and len(charged) == 2
+    assert "{{CARD}}" in charged[0]["content"] and "leo.martins" not in charged[1]["content"]  # "--" signature cut
+    assert tickets["TK-2001"]["source"]["records"] == [3, 6, 8, 16]
+    assert tickets["TK-2001"]["metadata"] == {"category": "orders_shipping", "subject": "Late delivery"}
+    bad_row = next(r for r in result.rejects if r["code"] == "bad_row")
+    assert bad_row["line"] == 35 and "{{NAME}}" in bad_row["text"] and "Omar" not in bad_row["text"]
+
+
+def test_helpdesk_json_resolves_roles_and_names_through_the_users_table():
+    result = run("helpdesk_json", "brightloop_helpdesk_export.json")
+    assert (result.input, result.kept, result.rejected, result.duplicates) == (12, 8, 4, 0)
+    assert by_code(result) == {"excluded": 1, "missing_field": 1, "no_messages": 1, "unknown_author": 1}
+    bulb = result.conversations[0]
+    assert [m["role"] for m in bulb["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert bulb["messages"][0]["content"] == "Hello,\n\nMy Glow Bulb shows green when I pick warm white.\n\n{{NAME}}\n{{PHONE}}"
+    assert bulb["messages"][2]["content"] == "Updated and fixed, thank you & have a nice day."  # HTML, entity, blockquote
+    assert bulb["metadata"]["tags"] == ["glow_bulb", "colour"] and bulb["metadata"]["category"] == "device_troubleshooting"
+    assert bulb["source"]["path"] == "tickets[0].comments[0]"
+    plus = result.conversations[1]["messages"]  # comments listed out of order
+    assert plus[0]["role"] == "user" and plus[0]["content"].startswith("Why did my Plus")
+    text = json.dumps(result.conversations) + json.dumps(result.rejects)
+    for name in ("Grace", "Ndlovu", "Hiroshi", "Carmen", "Ortiz"):
+        assert name not in text
+
+
+def test_chat_transcripts_bot_role_is_configurable():
+    result = run("chat_transcripts_csv", "brightloop_chat_transcripts.csv")
+    assert (result.input, result.kept, result.rejected) == (14, 12, 2)
+    assert by_code(result) == {"bad_timestamp": 1, "no_customer_turn": 1}
+    pairing = result.conversations[0]["messages"]
+    assert pairing[0] == {"role": "assistant", "content": "Hi! I'm the Brightloop assistant. What can I help you with?"}
+    assert pairing[3]["content"] == "yes, it is\n\noh wait, the password has a & in it"
+    template = data.load_template("chat_transcripts_csv")
+    dropped = data.convert([(str(SAMPLES / "brightloop_chat_transcripts.csv"), template, "x")], None,
+                           Settings(rules=DataRules(bot_role="drop")))
+    assert by_code(dropped)["excluded"] == 4  # bot and operator messages
+    assert dropped.conversations[0]["messages"][0]["role"] == "user"
+    assert dropped.input == dropped.kept + dropped.rejected + dropped.duplicates
+
+
+def test_reply_threads_rebuilt_with_orphans_counted():
+    result = run("reply_threads_csv", "brightloop_social_threads.csv")
+    assert (result.input, result.kept, result.rejected) == (17, 11, 6)
+    assert dict(result.threads) == {"threads": 7, "orphans": 2, "broken_threads": 2}
+    lamp = result.conversations[0]
+    assert lamp["source"]["records"] == [1, 2, 3, 4, 5]  # rows 2 and 3 arrive swapped
+    assert [m["role"] for m in lamp["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert lamp["messages"][0]["content"] == "my glow lamp keeps flickering since the update"  # @handle, link cut
+    assert lamp["messages"][3]["content"].count("\n\n") == 1 and "^PR" not in lamp["messages"][3]["content"]
+    assert result.conversations[-1]["source"]["records"] == [16, 17]  # "5060.0" in_response_to still links
+
+
+def test_dialogue_json_drops_action_events_and_redacts_scenario_names():
+    result = run("dialogue_json", "brightloop_dialogues.json")
+    assert (result.input, result.kept, result.rejected) == (26, 16, 10)
+    assert by_code(result) == {"after_last_answer": 1, "excluded": 5, "no_agent_answer": 2, "no_messages": 1,
+                               "unknown_role": 1}
+    first = result.conversations[0]
+    assert first["metadata"] == {"intent": "shipping_issue", "subflow": "status_delayed"}
+    assert [m["content"] for m in first["messages"][3:6]] == ["{{NAME}}", "Thanks {{NAME}}. Could you confirm your email?", "{{EMAIL}}"]
+    assert first["source"]["path"] == "[0].original[0]" and 6 not in first["source"]["records"]  # the action
+    action = next(r for r in result.rejects if r["record"] == 6)
+    assert action["text"] == "Account has been pulled up for {{NAME}}."
+
+
+def test_qa_csv_reads_tsv_and_semicolons(tmp_path):
+    for delimiter in ("\t", ";", "|"):
+        path = tmp_path / "export.txt"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle, delimiter=delimiter)
+            writer.writerow(["ticket_id", "created_at", "category", "customer_question", "agent_answer"])
+            writer.writerow(["T1", "2026", "general", "where is\nmy order", "It ships today | sorry; twice\tok"])
+            writer.writerow(["T2", "2026", "general", "and the lamp", "Also today."])
+        result = data.convert([(str(path), data.load_template("qa_csv"), "qa_csv")], None)
+        assert result.input == 2 and not result.rejects, delimiter
+        assert result.conversations[0]["messages"][0]["content"] == "where is\nmy order"
+        assert result.conversations[0]["messages"][1]["content"] == "It ships today | sorry; twice ok", delimiter
+        assert result.conversations[1]["source"]["line"] == 4
+
+
+def test_cli_preview_shows_source_and_records(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "p", "output_dir": str(tmp_path), "model": {"name": "unused"},
+        "data": {"sources": [{"path": str(SAMPLES / "brightloop_ticket_threads.csv"), "template": "ticket_threads_csv"}]},
+    }))
+    data.main(["preview", str(recipe), "-n", "1"])
+    out = capsys.readouterr().out
+    assert "brightloop_ticket_threads.csv record 1 (line 2); records 1, 10, 14 [ticket_threads_csv]" in out
+    assert "[user] I was charged twice" in out
+    assert out.strip().endswith("(after_last_answer 1, auto_reply 1, bad_row 1, excluded 2, no_agent_answer 1, no_customer_turn 1)")
+    data.main(["templates"])
+    assert "reply_threads_csv" in capsys.readouterr().out
+
+
+def test_bad_template_is_a_clear_error(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("description: x\nreader: csv\nshape: messages\nfields: {text: body}\n")
+    with pytest.raises(data.KitError, match=r"mine.yaml: \(top level\): shape messages needs fields.conversation"):
+        data.load_template(str(path))
+    path.write_text("description: x\nreader: csv\nfields: {question: q, answer: a}\nrules: {remove_patterns: ['(']}\n")
+    with pytest.raises(data.KitError, match="bad regex"):
+        data.load_template(str(path))

@@ -1,0 +1,194 @@
+"""GGUF export: written with the `gguf` package, read back with transformers' GGUF loader (and llama.cpp when present)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from kit import export
+from tests.conftest import CORPUS, QA_ROWS
+
+TEXTS = CORPUS + [f"{q} -> {a}" for q, a in QA_ROWS] + ["Order #4411, 2026-01-01, $12.50 ok?", "  two  spaces\nand a newline"]
+
+
+def llama(tokenizer, tied: bool, seed: int = 0) -> LlamaForCausalLM:
+    """A random llama wide enough for q8_0 blocks (rows of 64), with grouped-query attention."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        tie_word_embeddings=tied,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # norms away from 1, so a norm written wrongly shows in the logits
+        for name, parameter in model.named_parameters():
+            if parameter.ndim == 1:
+                parameter.uniform_(0.5, 1.5)
+    return model
+
+
+def reload(path: Path):
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+def batch(tokenizer):
+    return [torch.tensor([tokenizer(text)["input_ids"]]) for text in TEXTS]
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_f16_gguf_reloads_in_transformers_with_the_same_predictions(tiny_model_dir, tmp_path, tied):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = llama(tokenizer, tied)
+    path = export.write_gguf(model, tokenizer, tmp_path / "tiny-f16.gguf", "f16", name="tiny")
+    loaded, loaded_tokenizer = reload(path)
+    assert loaded.config.tie_word_embeddings is tied
+    assert loaded_tokenizer.chat_template == tokenizer.chat_template
+    assert loaded_tokenizer.eos_token == tokenizer.eos_token == "<|im_end|>"
+    for text in TEXTS:
+        assert loaded_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"], text
+    worst, positions, agree = 0.0, 0, 0
+    with torch.no_grad():
+        for ids in batch(tokenizer):
+            a, b = model(ids).logits, loaded(ids).logits
+            worst = max(worst, (a - b).abs().max().item())
+            agree += (a.argmax(-1) == b.argmax(-1)).sum().item()
+            positions += ids.shape[1]
+    # seed 0; f16 keeps ~3 significant digits of weights of size ~0.02-1.5
+    assert worst < 5e-3, worst
+    assert agree == positions
+
+
+def test_q8_0_gguf_quantizes_matrices_and_keeps_predictions(tiny_model_dir, tmp_path):
+    import gguf
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = llama(tokenizer, tied=False)
+    path = export.write_gguf(model, tokenizer, tmp_path / "tiny-q8_0.gguf", "q8_0", name="tiny")
+    reader = gguf.GGUFReader(path)
+    types = {tensor.name: tensor.tensor_type.name for tensor in reader.tensors}
+    assert types["blk.0.attn_q.weight"] == types["token_embd.weight"] == types["output.weight"] == "Q8_0"
+    assert types["blk.0.attn_norm.weight"] == types["output_norm.weight"] == "F32"
+    assert len(types) == 2 + 1 + 2 * 9  # embeddings, output norm, output, 9 per block
+    fields = {name: field.contents() for name, field in reader.fields.items()}
+    assert fields["general.architecture"] == "llama" and fields["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q8_0
+    assert fields["llama.attention.head_count_kv"] == 2 and fields["llama.rope.dimension_count"] == 16
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
+    assert fields["tokenizer.ggml.eos_token_id"] == tokenizer.eos_token_id
+    assert fields["tokenizer.ggml.add_bos_token"] is False
+    assert "tokenizer.ggml.bos_token_id" not in fields  # the tiny tokenizer has none
+    loaded, _ = reload(path)
+    worst, positions, agree = 0.0, 0, 0
+    with torch.no_grad():
+        for ids in batch(tokenizer):
+            a, b = model(ids).logits, loaded(ids).logits
+            worst = max(worst, (a - b).abs().max().item())
+            agree += (a.argmax(-1) == b.argmax(-1)).sum().item()
+            positions += ids.shape[1]
+    assert 1e-4 < worst < 5e-2, worst  # quantized (not f16 in disguise), and close; seed 0
+    assert agree / positions >= 0.98, (agree, positions)
+    assert os.path.getsize(path) < 0.6 * os.path.getsize(
+        export.write_gguf(model, tokenizer, tmp_path / "tiny-f16.gguf", "f16", name="tiny")
+    )
+
+
+def test_rotary_layout_is_llama_cpps(tiny_model_dir, tmp_path):
+    """q/k rows are permuted as llama.cpp expects; written unpermuted, the reloaded model would disagree."""
+    import gguf
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = llama(tokenizer, tied=True)
+    path = export.write_gguf(model, tokenizer, tmp_path / "tiny-f16.gguf", "f16", name="tiny")
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    stored = np.array(tensors["blk.0.attn_k.weight"].data, dtype=np.float32)
+    original = model.model.layers[0].self_attn.k_proj.weight.detach().numpy()
+    assert not np.allclose(stored, original, atol=1e-2)
+    assert np.allclose(stored, export._permute_qk(original, 2), atol=1e-3)
+
+
+def test_unsupported_tokenizer_and_architecture_are_named(tiny_model_dir):
+    from transformers import Qwen2Config
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = llama(tokenizer, tied=True).config
+    assert export.gguf_problems(config, tokenizer) == []
+    problems = export.gguf_problems(Qwen2Config(), tokenizer)
+    assert len(problems) == 1 and "architecture `qwen2`" in problems[0]
+    config.rope_parameters = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+    assert any("rope scaling `yarn`" in p for p in export.gguf_problems(config, tokenizer))
+
+
+# --------------------------------------------------------------------------------- the real model
+
+
+def bundled_prompts(tokenizer, count):
+    questions = ["Where is my order?", "How do I reset my password?", "Can I return a lamp after 40 days?",
+                 "What does Plus cost per month?", "My plug 2 is offline since 10:30 today."]
+    return [
+        tokenizer.apply_chat_template([{"role": "system", "content": "You are a support assistant."},
+                                       {"role": "user", "content": question}],
+                                      add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        for question in questions[:count]
+    ]
+
+
+@pytest.mark.slow
+def test_bundled_model_gguf_round_trip(tmp_path):
+    """SmolLM2-135M -> f16 GGUF -> transformers' GGUF loader: same next tokens and tokenizer (~40 s of CPU).
+
+    Only f16 here: transformers' GGUF loader takes most of that time; q8_0 on the real model is measured by
+    bench/export_roundtrip.py, and on a tiny model by the default tests.
+    """
+    from kit import models
+    from kit.recipe import ModelSection
+
+    section = ModelSection(name="bundled:smollm2-135m-instruct")
+    model = models.load_model(section, dtype=torch.float32).to("cpu").eval()
+    tokenizer = models.load_tokenizer(section)
+    prompts = bundled_prompts(tokenizer, 5)
+    with torch.no_grad():
+        reference = [model(ids).logits[0, -1] for ids in prompts]
+    for kind, tolerance in (("f16", 0.5),):
+        path = export.write_gguf(model, tokenizer, tmp_path / f"smollm2-{kind}.gguf", kind, name="smollm2")
+        loaded, loaded_tokenizer = reload(path)
+        assert loaded_tokenizer.chat_template == tokenizer.chat_template
+        assert loaded_tokenizer.apply_chat_template([{"role": "user", "content": "Order 4411, $12.50?"}]) == (
+            tokenizer.apply_chat_template([{"role": "user", "content": "Order 4411, $12.50?"}])
+        )
+        with torch.no_grad():
+            logits = [loaded(ids).logits[0, -1] for ids in prompts]
+        assert [l.argmax().item() for l in logits] == [r.argmax().item() for r in reference], kind
+        assert max((a - b).abs().max().item() for a, b in zip(logits, reference)) < tolerance, kind
+        del loaded
+        path.unlink()
+
+
+@pytest.mark.slow
+def test_llama_cpp_generates_what_transformers_generates(tmp_path):
+    """The f16 GGUF in llama.cpp (llama-cpp-python) and the model in transformers: same greedy answers."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from kit import models
+    from kit.recipe import ModelSection
+
+    section = ModelSection(name="bundled:smollm2-135m-instruct")
+    model = models.load_model(section, dtype=torch.float32).to("cpu").eval()
+    tokenizer = models.load_tokenizer(section)
+    path = export.write_gguf(model, tokenizer, tmp_path / "smollm2-f16.gguf", "f16", name="smollm2")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False)
+    for ids in bundled_prompts(tokenizer, 3):
+        prompt = ids[0].tolist()
+        text = tokenizer.decode(prompt)
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompt  # same tokenizer in llama.cpp
+        with torch.no_grad():
+            expected = model.generate(ids, max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
+        produced = []
+        for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+            if token == llm.token_eos() or len(produced) == 12:
+                break
+            produced.append(token)
+        expected = expected[: expected.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in expected else expected
+        assert produced == expected[: len(produced)] and len(produced) == min(12, len(expected)), (produced, expected)

@@ -1,0 +1,44 @@
+import pytest
+
+from kit import speed
+
+LLAMA_8B = speed.ModelShape(parameters=8_030_000_000, layers=32, hidden=4096, vocab=128_256, model_type="llama")
+H200 = speed.Hardware(cuda=True, name="NVIDIA H200", memory_gib=139.8, compute_capability=(9, 0),
+                      flash_attn_installed=True, liger_installed=True)
+SMALL_GPU = speed.Hardware(cuda=True, name="NVIDIA L4", memory_gib=22.0, compute_capability=(8, 9))
+
+
+def test_memory_model_matches_the_measured_anchor():
+    # TRL on one H200, Llama-3.1-8B shape, seq 2048, batch 4, LoRA r16: 58.6 GiB without checkpointing.
+    assert speed.estimate_peak_gib(LLAMA_8B, "lora", 4, 2048, checkpointing=False, fused_loss=False) == pytest.approx(58.6, rel=0.1)
+    with_checkpointing = speed.estimate_peak_gib(LLAMA_8B, "lora", 4, 2048, checkpointing=True, fused_loss=False)
+    assert 20.1 <= with_checkpointing < 40  # measured 20.1: the estimate errs on the safe side
+
+
+def test_big_gpu_skips_checkpointing_and_uses_fast_kernels():
+    plan = speed.plan(H200, LLAMA_8B, "lora", batch=4, seq=2048)
+    assert plan.gradient_checkpointing is False
+    assert plan.attn_implementation == "flash_attention_2" and plan.use_liger_kernel is True
+    assert "fits" in plan.describe()
+
+
+def test_small_gpu_turns_checkpointing_on_and_qlora_always_does():
+    assert speed.plan(SMALL_GPU, LLAMA_8B, "lora", batch=4, seq=2048).gradient_checkpointing is True
+    assert speed.plan(H200, LLAMA_8B, "qlora", batch=4, seq=2048).gradient_checkpointing is True
+    assert speed.plan(SMALL_GPU, LLAMA_8B, "lora", 4, 2048).attn_implementation == "sdpa"  # no flash-attn installed
+
+
+def test_cpu_path_is_unchanged_and_recipe_choices_win():
+    cpu = speed.plan(speed.Hardware(cuda=False), LLAMA_8B, "lora", 8, 256)
+    assert (cpu.gradient_checkpointing, cpu.attn_implementation, cpu.use_liger_kernel) == (False, "sdpa", False)
+    forced = speed.plan(H200, LLAMA_8B, "lora", 4, 2048, checkpointing=True, attention="eager", liger=False)
+    assert (forced.gradient_checkpointing, forced.attn_implementation, forced.use_liger_kernel) == (True, "eager", False)
+
+
+def test_shape_from_config_estimates_parameters():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, vocab_size=128_256, tie_word_embeddings=False)
+    shape = speed.shape_of(config)
+    assert shape.parameters == pytest.approx(8.03e9, rel=0.01) and shape.model_type == "llama"

@@ -1,14 +1,15 @@
 """Export round trip on a finished run: merged vs base + adapter, GGUF vs the tuned model, Modelfile vs template.
 
-    python bench/export_roundtrip.py recipes/quickstart.yaml [--set output_dir=/tmp/copy] [--prompts 50]
+    python bench/export_roundtrip.py recipes/quickstart.yaml [--set output_dir=/tmp/copy] [--prompts 50] [--reuse]
 
 Exports every format (`kit.export.run`, into `<run>/export/`: point `output_dir` at a copy of the run to keep
-the original untouched), then prints:
+the original untouched; `--reuse` measures an existing export), then prints:
 - merged: max |logit difference| in float32 against base + adapter (PEFT, unmerged) on 20 held-out prompts;
 - gguf f16 and q8_0, reloaded with transformers' GGUF loader: greedy next-token agreement with the tuned model
-  on N held-out prompts (test split, then validation), max |logit difference|, and whether the GGUF's own
+  on N held-out prompts (test split, then validation) and at every prompt position, max |logit difference|,
+  the tuned model's top-2 margin where they disagree (near ties flip first), and whether the GGUF's own
   tokenizer gives the same ids as the training tokenizer;
-- llama-cpp-python (when installed): greedy next-token agreement of the f16 GGUF;
+- llama-cpp-python (when installed): greedy next-token agreement of each GGUF;
 - Modelfile: the TEMPLATE rendered for a 3-turn conversation vs the tokenizer's chat template.
 """
 
@@ -49,14 +50,15 @@ def main() -> None:
     parser.add_argument("recipe")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--reuse", action="store_true", help="measure the run's existing export/ instead of exporting")
     args = parser.parse_args()
     torch.manual_seed(0)
     recipe = load_recipe(args.recipe, args.overrides)
     recipe.export.formats = list(export.FORMATS)
 
     started = time.time()
-    root = export.run(recipe)
-    print(f"export: all formats in {time.time() - started:.0f}s")
+    root = recipe.run_dir / "export" if args.reuse else export.run(recipe)
+    print(f"export: all formats in {time.time() - started:.0f}s" + (" (reused)" if args.reuse else ""))
     for path in sorted(root.rglob("*")):
         if path.is_file() and path.suffix in (".gguf", ".safetensors"):
             print(f"  {path.relative_to(root)}: {path.stat().st_size / 2**20:.1f} MiB")
@@ -69,22 +71,30 @@ def main() -> None:
     ]
     print(f"prompts: {len(encoded)} held-out, {min(e.shape[1] for e in encoded)}-{max(e.shape[1] for e in encoded)} tokens")
 
-    def last_logits(model, batch) -> list[torch.Tensor]:
+    def predictions(model, batch, count=None):
+        """Last-position logits, and the greedy token at every position, per prompt."""
+        last, every = [], []
         with torch.no_grad():
-            return [model(ids).logits[0, -1].float() for ids in batch]
+            for ids in batch[:count]:
+                logits = model(ids).logits[0].float()
+                last.append(logits[-1])
+                every.append(logits.argmax(-1))
+        return last, every
 
     merged = AutoModelForCausalLM.from_pretrained(root / "merged", dtype=torch.float32).eval()
     tuned = models.load_model(recipe.model, adapter=export.tuned_weights(recipe)[1], dtype=torch.float32).to("cpu").eval()
-    reference = last_logits(tuned, encoded)
-    merged_logits = last_logits(merged, encoded[:20])
-    difference = max((a - b).abs().max().item() for a, b in zip(merged_logits, reference))
-    print(f"merged vs base + adapter (fp32, {len(merged_logits)} prompts, last position): max |logit diff| {difference:.3g}")
+    reference, reference_every = predictions(tuned, encoded)
+    margins = [logits.topk(2).values for logits in reference]
+    margins = [(top[0] - top[1]).item() for top in margins]
     with torch.no_grad():
-        full = max((merged(ids).logits - tuned(ids).logits).abs().max().item() for ids in encoded[:20])
-    print(f"merged vs base + adapter (fp32, 20 prompts, every position): max |logit diff| {full:.3g}")
+        difference = max((merged(ids).logits - tuned(ids).logits).abs().max().item() for ids in encoded[:20])
+    print(f"merged vs base + adapter (fp32, 20 prompts, every position): max |logit diff| {difference:.3g}")
     del merged, tuned
+    print(f"tuned model: top-2 logit margin at the next token below 0.05 on {sum(m < 0.05 for m in margins)} of "
+          f"{len(margins)} prompts (smallest {min(margins):.2g})")
 
     greedy = [logits.argmax().item() for logits in reference]
+    positions = sum(len(every) for every in reference_every)
     for path in sorted((root / "gguf").glob("*.gguf")):
         gguf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         same_ids = sum(
@@ -93,12 +103,16 @@ def main() -> None:
             for chat, ids in zip(chats, encoded)
         )
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-        logits = last_logits(model, encoded)
-        agree = sum(l.argmax().item() == g for l, g in zip(logits, greedy))
+        logits, every = predictions(model, encoded)
+        agree = [l.argmax().item() == g for l, g in zip(logits, greedy)]
         worst = max((a - b).abs().max().item() for a, b in zip(logits, reference))
+        every_agree = sum((a == b).sum().item() for a, b in zip(every, reference_every))
+        flips = ", ".join(f"{m:.2g}" for m, ok in zip(margins, agree) if not ok) or "none"
         print(
-            f"{path.name} via transformers: greedy next-token agreement {agree}/{len(greedy)} "
-            f"({100 * agree / len(greedy):.1f}%), max |logit diff| {worst:.3g}, "
+            f"{path.name} via transformers: greedy next-token agreement {sum(agree)}/{len(greedy)} "
+            f"({100 * sum(agree) / len(greedy):.1f}%), max |logit diff| {worst:.3g}; "
+            f"every position {every_agree}/{positions} ({100 * every_agree / positions:.1f}%); "
+            f"tuned model's top-2 margin where they differ: {flips}; "
             f"GGUF tokenizer ids identical {same_ids}/{len(chats)}, chat template embedded "
             f"{gguf_tokenizer.chat_template == tokenizer.chat_template}"
         )
@@ -115,7 +129,7 @@ def main() -> None:
             for ids, g in zip(encoded, greedy):
                 llm.reset()
                 llm.eval(ids[0].tolist())
-                agree += int(max(range(llm.n_vocab()), key=lambda i: llm.scores[llm.n_tokens - 1][i]) == g)
+                agree += int(int(llm.scores[llm.n_tokens - 1].argmax()) == g)
             print(f"{path.name} via llama-cpp-python {llama_cpp.__version__}: greedy next-token agreement {agree}/{len(greedy)}")
 
     from tests.test_export import go_render, modelfile_template

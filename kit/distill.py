@@ -166,7 +166,8 @@ def _trainer_class():
 
 
 def _model_section(recipe: Recipe, reference: str) -> ModelSection:
-    return ModelSection(name=reference, dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code)
+    return ModelSection(name=reference, dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code,
+                        allow_pickle=recipe.model.allow_pickle)
 
 
 def _resolve(reference: str, key: str) -> str:

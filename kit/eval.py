@@ -223,10 +223,9 @@ class IntentClassifier:
         rows = [vectors[[i for i, label in enumerate(labels) if label == name]].mean(dim=0) for name in names]
         return cls(labels=names, centroids=torch.nn.functional.normalize(torch.stack(rows), dim=1))
 
-    def predict(self, texts: list[str]) -> list[str]:
-        if not texts:
-            return []
-        best = (embed(texts) @ self.centroids.T).argmax(dim=1).tolist()
+    def predict(self, vectors) -> list[str]:
+        """The intent of each embedded text (rows of `embed(texts)`)."""
+        best = (vectors @ self.centroids.T).argmax(dim=1).tolist()
         return [self.labels[i] for i in best]
 
 
@@ -241,6 +240,8 @@ def intent_field(recipe: Recipe, conversations: list[dict]) -> str | None:
 
 def intent_of(conversation: dict, name: str | None) -> str | None:
     value = (conversation.get("metadata") or {}).get(name) if name else None
+    if isinstance(value, int) and not isinstance(value, bool):  # numeric intent codes from JSON exports
+        value = str(value)
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
@@ -292,6 +293,10 @@ class Judge:
         self.references = [c["messages"][-1]["content"] for c in self.conversations]
         self.prompts = [c["messages"][:-1] for c in self.conversations]
 
+    @functools.cached_property
+    def reference_vectors(self):
+        return embed(self.references)
+
 
 def make_judge(recipe: Recipe, conversations: list[dict], train: list[dict]) -> Judge:
     name = intent_field(recipe, conversations)
@@ -304,11 +309,11 @@ def make_judge(recipe: Recipe, conversations: list[dict], train: list[dict]) -> 
                  phone_regions=list(redaction.phone_regions), intent_field=name if classifier else None, intents=classifier)
 
 
-def intent_scores(judge: Judge, texts: list[str]) -> tuple[dict, list[str | None]]:
-    """Intent metrics of `texts` (one per test conversation) and each one's predicted intent."""
+def intent_scores(judge: Judge, vectors) -> tuple[dict, list[str | None]]:
+    """Intent metrics of embedded texts (one row per test conversation) and each one's predicted intent."""
     if judge.intents is None:
-        return {}, [None] * len(texts)
-    predicted = judge.intents.predict(texts)
+        return {}, [None] * len(vectors)
+    predicted = judge.intents.predict(vectors)
     truth = [intent_of(c, judge.intent_field) for c in judge.conversations]
     pairs = [(p, t) for p, t in zip(predicted, truth) if t]
     if not pairs:
@@ -328,14 +333,15 @@ def answer_metrics(answers: list[str], judge: Judge) -> tuple[dict, list[dict]]:
     """Every text metric of a model's answers: (model-level scores, one score dict per answer)."""
     references = judge.references
     rouge = load_metric("rouge_l").compute(predictions=answers, references=references)
-    similarity = semantic_similarity(answers, references)
+    vectors = embed(answers)
+    similarity = (vectors * judge.reference_vectors).sum(dim=1).tolist()
     scores = {
         "rouge_l": rouge["rougeL"],
         "bleu": load_metric("bleu").compute(predictions=answers, references=references)["bleu"],
         "chrf": load_metric("chrf").compute(predictions=answers, references=references)["chrf"],
         "similarity": sum(similarity) / len(similarity),
     }
-    intents, predicted = intent_scores(judge, answers)
+    intents, predicted = intent_scores(judge, vectors)
     scores.update(intents)
     items = [{"rouge_l": r, "similarity": s} for r, s in zip(rouge["scores"], similarity)]
     if judge.intents is not None:
@@ -720,8 +726,8 @@ def plot_comparison(results: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(k, t) for k, t, _ in QUALITY + INTENT[:1] + INTENT[3:] + PHRASES[:1] + LEAKS[:1] + COST[5:]
-              if all(isinstance(row.get(k), (int, float)) for row in results.values())]
+    chosen = QUALITY + [(k, f"intent {t}", d) for k, t, d in INTENT[:1] + INTENT[3:]] + PHRASES[:1] + LEAKS[:1] + COST[5:]
+    panels = [(k, t) for k, t, _ in chosen if all(isinstance(results[name].get(k), (int, float)) for name in results)]
     columns = 3
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
@@ -780,7 +786,7 @@ def run(recipe: Recipe) -> Path:
     results, generations, items = evaluate_all(recipe, rows, judge, held=_held_out_samples(recipe))
 
     intent = None
-    reference_scores, _ = intent_scores(judge, judge.references)
+    reference_scores, _ = intent_scores(judge, judge.reference_vectors)
     if reference_scores:  # the test split has labelled conversations and the training answers gave a classifier
         intent = {"field": judge.intent_field, "labels": judge.intents.labels, "items": reference_scores["intent_items"],
                   "reference_accuracy": reference_scores["intent_accuracy"]}

@@ -29,6 +29,7 @@ from kit.recipe import ModelSection, Recipe, load_recipe
 from kit.runs import atomic_dir, package_versions, student_dir, tuned_adapter
 
 FORMATS = ("adapter", "merged", "gguf", "ollama")
+GGUF_TYPES = ("f16", "q8_0")  # largest first: the Modelfile points at the last one written
 
 
 # ---------------------------------------------------------------------------------------------- GGUF
@@ -136,8 +137,6 @@ def chat_template_text(tokenizer) -> str:
         template = template.get("default") or next(iter(template.values()))
     return template
 
-
-GGUF_TYPES = ("f16", "q8_0")
 
 
 def write_gguf(model, tokenizer, path: Path, weight_type: str, name: str) -> Path:

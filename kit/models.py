@@ -7,7 +7,9 @@ A model reference is
 - a local folder holding `config.json` and safetensors weights;
 - a hub id such as `HuggingFaceTB/SmolLM2-135M-Instruct` (needs internet or a filled HF cache).
 
-Only safetensors weights are loaded and `trust_remote_code` stays off unless the recipe turns it on.
+Only safetensors weights are loaded: pickle weights (`pytorch_model.bin`, `*.pt`), which can run code when
+unpickled, are refused unless the recipe sets `model.allow_pickle: true`. `trust_remote_code` stays off
+unless the recipe turns it on, and kit warns whenever it is on.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ BUNDLED = {
 BUNDLED_PREFIX = "bundled:"
 _MARKER = "kit_materialized.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# Weight files that torch.load unpickles: loading one from an untrusted source can run arbitrary code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 
 def cache_root() -> Path:
@@ -180,7 +184,50 @@ def resolve(ref: str) -> str:
     return ref
 
 
+def check_weight_files(section, folder: str | Path, what: str = "model") -> None:
+    """Refuse a local folder whose only weights are pickles, unless the recipe sets `model.allow_pickle`."""
+    folder = Path(folder)
+    if section.allow_pickle or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise KitError(
+            f"model.allow_pickle: the {what} {folder} has pickle weights ({', '.join(pickles[:3])}) and no safetensors; "
+            "unpickling can run code: convert them to safetensors, or set model.allow_pickle: true if you trust the files"
+        )
+
+
+def _remote_code_refused(section) -> KitError:
+    return KitError(
+        f"model.trust_remote_code: {section.name} ships Python code that kit does not run by default; "
+        "read that code, then set model.trust_remote_code: true only if you trust it"
+    )
+
+
+def check_remote_code(section, folder: str | Path) -> None:
+    """Refuse, before transformers is asked, a local model that only loads by running its own code."""
+    config = Path(folder) / "config.json"
+    if section.trust_remote_code or not config.is_file():
+        return
+    try:
+        tree = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # transformers reports a broken config itself
+    if isinstance(tree, dict) and tree.get("auto_map"):
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        if tree.get("model_type") not in CONFIG_MAPPING:  # a known architecture loads without the shipped code
+            raise _remote_code_refused(section)
+
+
 def _load_error(section, exc: Exception) -> KitError:
+    if "trust_remote_code" in str(exc):
+        return _remote_code_refused(section)
+    if not section.allow_pickle and "cannot be loaded with `safetensors`" in str(exc):
+        return KitError(
+            f"model.allow_pickle: {section.name} has no safetensors weights; unpickling its pickle weights can run "
+            "code: use a safetensors revision (model.revision), or set model.allow_pickle: true if you trust it"
+        )
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return KitError(
         f"model.name: cannot load {section.name!r} ({first[:300]}); offline, use a local folder "
@@ -199,6 +246,7 @@ def load_tokenizer(section, path: str | None = None):
     from transformers import AutoTokenizer
 
     path = path or resolve(section.name)
+    check_remote_code(section, path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **_common_kwargs(section))
     except (OSError, ValueError) as exc:
@@ -216,9 +264,15 @@ def load_model(section, adapter: str | Path | None = None, path: str | None = No
     from transformers import AutoModelForCausalLM
 
     path = path or resolve(section.name)
+    check_remote_code(section, path)
+    check_weight_files(section, path)
+    if adapter is not None:
+        check_weight_files(section, adapter, what="adapter")
     try:
+        # use_safetensors=None lets transformers fall back to pickle weights (still torch.load(weights_only=True))
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype or resolve_dtype(section.dtype), use_safetensors=True, **_common_kwargs(section), **extra
+            path, dtype=dtype or resolve_dtype(section.dtype), use_safetensors=None if section.allow_pickle else True,
+            **_common_kwargs(section), **extra,
         )
     except (OSError, ValueError) as exc:
         raise _load_error(section, exc) from None

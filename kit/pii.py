@@ -74,6 +74,9 @@ _EU_GATE = re.compile(r"(?:straße|strasse|str\.|weg|gasse|platz|allee|laan|stra
 _PO_BOX = re.compile(r"\bP\.?\s?O\.?\s+Box\s+\d+\b", re.IGNORECASE)
 _UK_POSTCODE = re.compile(r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z]?\d[A-Z\d]?\s+\d[A-Z]{2}\b")
 _STREET_WORDS = frozenset(word.encode() for word in _STREET_SUFFIX.split("|"))
+# The shape of ASCII text (digit -> 9, capital -> A, small -> a, other -> space): a UK postcode's inward
+# code (" 1AA") shows as b" 9AA", a cheap exact gate for the postcode regex.
+_SHAPE = bytes((57 if 48 <= c <= 57 else 65 if 65 <= c <= 90 else 97 if 97 <= c <= 122 else 32) for c in range(256))
 _NOT_STREET_WORDS = frozenset(
     "a an the on in at to for of my our your his her their and or is was are it this that these those with "
     "from by day days week weeks month months year years hour hours minute minutes time times item items "
@@ -98,6 +101,12 @@ _WORD = re.compile(r"[^\W\d_]+")
 _ASCII_NON_LETTERS = bytes(c if chr(c).isalpha() and c < 128 else 32 for c in range(256))
 # Between the words of one full name: spaces, or the joiners of "Jean-Luc" and "O'Neil".
 _NAME_GAP = re.compile(r"\s+|\s*['’\-.]\s*")
+
+
+def _ascii_words(text: str) -> list[bytes] | None:
+    """The lower-cased words (runs of letters) of an ASCII text, as bytes; None for other text."""
+    lower = text.lower()
+    return lower.encode().translate(_ASCII_NON_LETTERS).split() if lower.isascii() else None
 
 
 class NameMatcher:
@@ -131,15 +140,17 @@ class NameMatcher:
     def __bool__(self) -> bool:
         return bool(self.anycase or self.capitalised or self.multi)
 
-    def maybe(self, text: str) -> bool:
-        """False when no word of `text` is a word of a known name (exact: the same words `spans` sees)."""
-        lower = text.lower()
-        if lower.isascii():
-            return not self._ascii_words.isdisjoint(lower.encode().translate(_ASCII_NON_LETTERS).split())
-        return not self._words.isdisjoint(_WORD.findall(lower))
+    def maybe(self, text: str, ascii_words: list[bytes] | None = None) -> bool:
+        """False when no word of `text` is a word of a known name (exact: the same words `spans` sees).
+        `ascii_words`: the text's words from `ascii_words(text)`, when the caller has them already."""
+        if ascii_words is None:
+            ascii_words = _ascii_words(text)
+        if ascii_words is not None:
+            return not self._ascii_words.isdisjoint(ascii_words)
+        return not self._words.isdisjoint(_WORD.findall(text.lower()))
 
-    def spans(self, text: str) -> list[tuple[int, int]]:
-        if not self.maybe(text):
+    def spans(self, text: str, ascii_words: list[bytes] | None = None) -> list[tuple[int, int]]:
+        if not self.maybe(text, ascii_words):
             return []
         words = list(_WORD.finditer(text))
         found, i, n = [], 0, len(words)
@@ -277,11 +288,12 @@ class Scanner:
         """Findings in `text`; `names` (a `name_matcher`) adds the names known for this text only."""
         found: list[Finding] = []
         add = found.append
-        self._detect(text, add)
+        words = _ascii_words(text)  # shared by the name and street-address gates
+        self._detect(text, add, words)
         if "NAME" in self.kinds:
             for matcher in (self.names, names):
                 if matcher is not None:
-                    for start, end in matcher.spans(text):
+                    for start, end in matcher.spans(text, words):
                         add(Finding("NAME", start, end, text[start:end]))
         if "CUSTOM" in self.kinds:
             for pattern in self.patterns:
@@ -292,7 +304,7 @@ class Scanner:
             return found
         return self._resolve(text, found)
 
-    def _detect(self, text: str, add) -> None:
+    def _detect(self, text: str, add, words: list[bytes] | None) -> None:
         kinds = self.kinds
         if "@" in text and "EMAIL" in kinds:
             for m in EMAIL.finditer(text):
@@ -326,9 +338,9 @@ class Scanner:
                     value = value[:-1].rstrip()
         if "ADDRESS" in kinds:
             lower = text.lower()
-            # Exact gate: an address needs a street word as a whole word (ASCII: one bytes split).
-            street = (not _STREET_WORDS.isdisjoint(lower.encode().translate(_ASCII_NON_LETTERS).split())
-                      if lower.isascii() else True)
+            # Exact gates for ASCII text: an address needs a street word as a whole word; a fused street
+            # name ends in one of a few words; a postcode has the shape " 9AA".
+            street = words is None or not _STREET_WORDS.isdisjoint(words)
             for m in _ADDRESS.finditer(text) if street else ():
                 words = m.group("words").lower().split()
                 suffix = m.group("suffix")
@@ -336,10 +348,13 @@ class Scanner:
                     continue
                 if not any(w.strip(".,'") in _NOT_STREET_WORDS for w in words):
                     add(Finding("ADDRESS", m.start(), m.end(), m.group()))
+            eu = words is None or (
+                "str" in lower or "weg" in lower or "gasse" in lower or "platz" in lower or "allee" in lower
+                or "laan" in lower or "gracht" in lower)
             gates = (
-                (_EU_GATE.search(lower) is not None, _ADDRESS_EU),
+                (eu and _EU_GATE.search(lower) is not None, _ADDRESS_EU),
                 ("box" in lower, _PO_BOX),
-                (digits >= 2 and text != lower, _UK_POSTCODE),
+                (digits >= 2 and (words is None or b" 9AA" in text.encode().translate(_SHAPE)), _UK_POSTCODE),
             )
             for gate, pattern in gates:
                 if gate:

@@ -36,7 +36,12 @@ class ModelSection(Section):
         "auto", description="Weight dtype: `auto` is bfloat16 on a GPU that supports it, float32 on CPU."
     )
     trust_remote_code: bool = Field(
-        False, description="Run Python code shipped with a hub model. Off: only turn on for code you trust."
+        False, description="Run Python code shipped with a hub model. Off: only turn on for code you trust (kit warns when it is on)."
+    )
+    allow_pickle: bool = Field(
+        False,
+        description="Also load pickle weights (`.bin`, `.pt`) when a model or adapter has no safetensors. Off: they "
+        "are refused, because unpickling a file can run code; turn on only for files you trust.",
     )
 
 
@@ -260,8 +265,8 @@ class EvalModel(Section):
 
 class CrossValidationSection(Section):
     folds: int = Field(
-        0, ge=0, description="k-fold cross-validation: 0 is off; k >= 2 trains k adapters (`<run>/cv/fold-<i>/`) "
-        "and reports each metric's mean and std over the folds."
+        0, ge=0, description="k-fold cross-validation over train + validation: 0 is off; k >= 2 trains one model per "
+        "fold (`<run>/cv/fold-<i>/`) and reports each metric's mean and std over the folds."
     )
 
     @field_validator("folds")

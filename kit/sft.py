@@ -448,6 +448,12 @@ def run(recipe: Recipe, resume: bool = False, preflight_only: bool = False) -> P
     if preflight_only:
         return run_dir
 
+    if recipe.sft.report_to in ("wandb", "mlflow"):
+        import importlib.util
+
+        if importlib.util.find_spec(recipe.sft.report_to) is None:
+            raise KitError(f"sft.report_to: {recipe.sft.report_to} is not installed; `pip install {recipe.sft.report_to}` "
+                           "or use sft.report_to=tensorboard (or none)")
     checkpoints = run_dir / "checkpoints"
     resume_from = last_complete_checkpoint(checkpoints, main) if resume else None
     if resume and resume_from is None:
@@ -465,15 +471,22 @@ def run(recipe: Recipe, resume: bool = False, preflight_only: bool = False) -> P
     callbacks = [GuardCallback(guard)]
     if recipe.sft.early_stopping_patience and validation is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.sft.early_stopping_patience))
-    trainer = KitSFTTrainer(
-        model=model,
-        args=_trainer_args(recipe, checkpoints, validation is not None, packing, plan),
-        train_dataset=train,
-        eval_dataset=validation,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
-    )
+    try:
+        trainer = KitSFTTrainer(
+            model=model,
+            args=_trainer_args(recipe, checkpoints, validation is not None, packing, plan),
+            train_dataset=train,
+            eval_dataset=validation,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
+    except ValueError as exc:
+        if peft_config is not None and "target module" in str(exc).lower():
+            names = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, __import__("torch").nn.Linear)})
+            raise KitError(f"sft.lora.target_modules: {recipe.sft.lora.target_modules} not found in the model; use "
+                           f"all-linear or some of {', '.join(names)}") from None
+        raise
     trainer.kit_decay = recipe.sft.layer_lr_decay
     trainer.kit_guard = guard
     trainer.kit_seen = [] if state.num_processes > 1 else None
@@ -544,6 +557,9 @@ def _write_artifacts(recipe, trainer, tokenizer, metrics, history, stats, model_
         raise KitError("sft.learning_rate: training ended with a non-finite loss; lower the learning rate")
     target = run_dir / ("adapter" if recipe.sft.method in ADAPTER_METHODS else "model")
     stale = run_dir / ("model" if target.name == "adapter" else "adapter")
+    # The old manifest goes first: a kill during the swap then leaves no run that looks complete, never
+    # new weights described by the previous run's manifest.
+    (run_dir / "manifest.json").unlink(missing_ok=True)
     with atomic_dir(target) as scratch:
         trainer.model.save_pretrained(scratch)  # safetensors; an adapter for PEFT methods, whole weights otherwise
         tokenizer.save_pretrained(scratch)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kit.errors import KitError
+
 LIGER_ARCHITECTURES = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "granite", "olmo2"}
 GIB = 1024**3
 
@@ -119,6 +121,9 @@ def plan(hardware: Hardware, shape: ModelShape, method: str, batch: int, seq: in
             attention = "sdpa"
             reasons.append("sdpa (flash-attention 2 needs CUDA, the flash-attn package and an Ampere+ GPU)")
     else:
+        if attention == "flash_attention_2" and not (hardware.cuda and hardware.flash_attn_installed):
+            raise KitError("sft.attention: flash_attention_2 needs a CUDA GPU and the flash-attn package; "
+                           "use sft.attention=auto (or sdpa)")
         reasons.append("attention set in the recipe")
     without = estimate_peak_gib(shape, method, batch, seq, False, liger)
     if checkpointing is None:

@@ -128,8 +128,9 @@ def test_whole_model_tuning_is_the_tuned_row(tiny_recipe):
     assert metrics["models"]["tuned"]["reference"].endswith("model") and metrics["models"]["tuned"]["adapter"] is None
 
 
-def test_cross_validation_three_folds(tiny_recipe, capsys):
-    recipe = load_recipe(tiny_recipe(), ["eval.cross_validation.folds=3", "sft.max_steps=2"])
+def test_cross_validation_three_folds(tiny_recipe):
+    recipe_path = tiny_recipe()
+    recipe = load_recipe(recipe_path, ["eval.cross_validation.folds=3", "sft.max_steps=2"])
     folder = kit_eval.run(recipe)
     cv = json.loads((folder / "metrics.json").read_text())["cross_validation"]
     assert cv["folds"] == 3 and set(cv["models"]) == {"base", "tuned"}
@@ -161,11 +162,14 @@ def test_cross_validation_three_folds(tiny_recipe, capsys):
     assert sorted(tested) == pool
     assert "| tuned | " in (folder / "report.md").read_text().split("## Cross-validation")[1]
 
-    # A rerun reuses the trained folds and reports the same numbers.
-    capsys.readouterr()
-    again = json.loads((kit_eval.run(recipe) / "metrics.json").read_text())["cross_validation"]
-    assert capsys.readouterr().out.count("reusing") == 3
-    assert again["models"]["tuned"]["eval_loss"] == cv["models"]["tuned"]["eval_loss"]
+    # A rerun reuses a trained fold while its recipe and data are unchanged, and retrains it otherwise.
+    for k in (1, 2, 3):
+        sha256 = json.loads((recipe.run_dir / "cv" / f"fold-{k}" / "dataset" / "stats.json").read_text())["sha256"]
+        assert kit_eval._fold_trained(kit_eval.fold_recipe(recipe, k - 1), sha256)
+        assert not kit_eval._fold_trained(kit_eval.fold_recipe(recipe, k - 1), "0" * 64)
+    first = json.loads((recipe.run_dir / "cv" / "fold-1" / "dataset" / "stats.json").read_text())["sha256"]
+    changed = load_recipe(recipe_path, ["eval.cross_validation.folds=3", "sft.max_steps=3"])
+    assert not kit_eval._fold_trained(kit_eval.fold_recipe(changed, 0), first)
 
 
 def test_bad_extra_model_is_a_one_line_error(tiny_recipe, tmp_path, capsys):
@@ -177,3 +181,21 @@ def test_bad_extra_model_is_a_one_line_error(tiny_recipe, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: eval.models[0].name:")
+
+
+@pytest.mark.slow
+def test_bundled_model_on_the_quickstart_data(tmp_path, monkeypatch):
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)  # the recipe's data paths are relative to the repository
+    recipe = load_recipe(REPO / "recipes" / "quickstart.yaml",
+                         [f"output_dir={tmp_path}", "eval.max_samples=2", "eval.max_new_tokens=8", "eval.batch_size=2"])
+    metrics = json.loads((kit_eval.run(recipe) / "metrics.json").read_text())
+    base = metrics["models"]["base"]
+    assert list(metrics["models"]) == ["base"] and base["samples"] == 2
+    assert metrics["intent"]["field"] == "category" and 0.0 <= base["intent_accuracy"] <= 1.0
+    assert 1 <= base["answer_tokens"] <= 8 and base["tokens_per_s"] > 0 and base["parameters"] > 100_000_000
+    assert math.isfinite(base["eval_loss"]) and base["similarity"] > 0.0
+    generations = [json.loads(line) for line in (tmp_path / "quickstart" / "eval" / "generations.jsonl").read_text().splitlines()]
+    assert all(row["base"].strip() for row in generations)  # real answers, special tokens stripped
+    assert not any("<|im_end|>" in row["base"] for row in generations)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kit.data.augment import augment
 from kit.data.clean import resolve_rules
-from kit.data.convert import Conversion, Settings, convert, no_gc, parse_time
+from kit.data.convert import Conversion, Settings, convert, messages_of, no_gc, parse_time
 from kit.data.splits import folds, split
 from kit.data.template import (
     TEMPLATES_DIR,
@@ -117,7 +117,7 @@ def _template_overhead(tokenizer) -> int:
 
 def token_lengths(conversations: list[dict], tokenizer, batch_size: int = 2048) -> list[int]:
     """Tokens per conversation: its messages' contents plus the chat template's per-message overhead."""
-    return _lengths(tokenizer, [[m["content"] for m in c["messages"]] for c in conversations], batch_size)
+    return _lengths(tokenizer, [[m["content"] for m in messages_of(c)] for c in conversations], batch_size)
 
 
 def _lengths(tokenizer, conversations: list[list[str]], batch_size: int = 2048) -> list[int]:
@@ -216,7 +216,7 @@ class TokenCounter:
 
     def lengths(self, conversations: list[dict]) -> tuple[list[int] | None, str | None]:
         """(tokens per conversation, None), or (None, why the tokenizer is unavailable)."""
-        contents = [[m["content"] for m in c["messages"]] for c in conversations]
+        contents = [[m["content"] for m in messages_of(c)] for c in conversations]
         if self.process is not None:
             try:
                 self.connection.send(contents)
@@ -231,15 +231,19 @@ class TokenCounter:
         except KitError as exc:
             return None, str(exc).splitlines()[0]
 
-    def close(self) -> None:
-        if self.process is not None:
-            with contextlib.suppress(OSError, BrokenPipeError):
+    def close(self, wait: bool = True) -> None:
+        """Stop the helper: politely when its work is done, at once (`wait=False`) when the build failed."""
+        if self.process is None:
+            return
+        if wait:
+            with contextlib.suppress(OSError):
                 self.connection.send(None)
-            self.process.join(timeout=10)
-            if self.process.is_alive():
-                self.process.kill()
-            self.connection.close()
-            self.process = None
+            self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.connection.close()
+        self.process = None
 
 
 def _card(recipe, stats: dict, templates: dict[str, str]) -> str:
@@ -310,8 +314,30 @@ def _card(recipe, stats: dict, templates: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def check_settings(recipe) -> None:
+    """Recipe values the schema cannot judge: regexes that do not compile, phone regions phonenumbers lacks."""
+    import re
+
+    import phonenumbers
+
+    data = recipe.data
+    for key, patterns in (("data.pii.patterns", data.pii.patterns), ("data.rules.remove_patterns", data.rules.remove_patterns),
+                          ("data.rules.auto_reply_patterns", data.rules.auto_reply_patterns)):
+        for i, pattern in enumerate(patterns or ()):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise KitError(f"{key}[{i}]: {pattern!r} is not a valid regular expression ({exc}); fix it "
+                               "(write a literal ( [ * + ? with a backslash before it)") from None
+    for region in data.pii.phone_regions:
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise KitError(f"data.pii.phone_regions: {region!r} is not a region code; use upper-case ISO 3166 codes "
+                           "such as US, GB, DE")
+
+
 def build(recipe, force: bool = False) -> Path:
     """Write the dataset folder for a recipe (kept as is when it is complete and up to date)."""
+    check_settings(recipe)
     with no_gc():
         return _build(recipe, force)
 
@@ -347,8 +373,10 @@ def _build(recipe, force: bool) -> Path:
                 sampled = len(sample)
             lengths, tokenizer_problem = counter.lengths(sample)
             lengths = lengths or []
-    finally:
-        counter.close()
+    except BaseException:
+        counter.close(wait=False)
+        raise
+    counter.close()
     if not result.conversations:
         reasons = ", ".join(f"{code} {n}" for code, n in result.by_reason().items())
         raise KitError(
@@ -356,8 +384,14 @@ def _build(recipe, force: bool) -> Path:
             f"check the template's field names and roles, or see `python -m kit.data preview`"
         )
     data = recipe.data
+    if data.stratify_by and not any(data.stratify_by in c["metadata"] for c in result.conversations):
+        fields = sorted({key for c in result.conversations for key in c["metadata"]})
+        raise KitError(f"data.stratify_by: no conversation has the metadata field {data.stratify_by!r}; use one of "
+                       f"{', '.join(fields) or '(none: the template keeps no metadata)'} or unset it")
     splits = split(result.conversations, data.validation_fraction, data.test_fraction, recipe.seed, data.stratify_by)
-    augmented = augment(splits["train"], data.augment, recipe.seed) if data.augment.enabled else []
+    augmented = []
+    if data.augment.enabled:
+        augmented = augment([{**c, "messages": messages_of(c)} for c in splits["train"]], data.augment, recipe.seed)
     splits["train"] = splits["train"] + augmented
     kept_records = sum(len(c["source"]["records"]) for c in result.conversations)
     stats = {
@@ -427,6 +461,7 @@ def _describe_source(source: dict) -> str:
 
 def preview(recipe, n: int = 5) -> str:
     """The first `n` converted conversations with their source file and record numbers, and the counts."""
+    check_settings(recipe)
     result = convert(recipe_sources(recipe), recipe.data.system_prompt, settings_from(recipe))
     lines = []
     for conversation in result.conversations[:n]:

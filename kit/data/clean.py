@@ -171,20 +171,19 @@ class Cleaner:
         self.default_patterns = rules.auto_reply_patterns == DEFAULT_AUTO_REPLY_PATTERNS
 
     def clean(self, text: str) -> str:
+        # The rules' own gates, repeated here so that a plain one-line message makes no function calls.
         rules = self.rules
-        if rules.html_to_text:
+        if rules.html_to_text and ("<" in text or "&" in text):
             text = html_to_text(text, rules.strip_quoted_replies)
         for pattern in self.remove:
             text = pattern.sub("", text)
-        if rules.strip_quoted_replies:
+        if rules.strip_quoted_replies and (">" in text or ":" in text or "-----" in text or "____" in text):
             text = strip_quoted_replies(text)
-        if rules.strip_signatures:
+        if rules.strip_signatures and ("\n" in text or "Sent from my" in text or "Get Outlook for" in text):
             text = strip_signatures(text)
         if rules.normalize_whitespace:
-            text = normalize_whitespace(text)
-        else:
-            text = text.strip()
-        return text
+            return normalize_whitespace(text)
+        return text.strip()
 
     def is_auto_reply(self, text: str) -> bool:
         if self.auto_reply is None:

@@ -87,6 +87,12 @@ class Conversion:
         return dict(sorted(Counter(r["code"] for r in self.rejects).items()))
 
 
+def messages_of(conversation: dict) -> list[dict]:
+    """A conversation's messages, also when only its serialized line was kept (`Settings.serialize`)."""
+    messages = conversation.get("messages")
+    return messages if messages is not None else json.loads(conversation["_line"])["messages"]
+
+
 def _where(file: str, number: int, loc) -> dict:
     if loc.__class__ is int:
         return {"file": file, "record": number, "line": loc}
@@ -660,7 +666,10 @@ class _Assembler:
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         if self.serialize:
+            # The line carries the messages; the dict sent back to the main process does not (half the
+            # pickling). `messages_of` reads them back from the line when a later step needs them.
             conversation["_line"] = _dumps({k: conversation[k] for k in ("id", "messages", "metadata", "source")})
+            del conversation["messages"]
         return conversation
 
     def qa_pairs(self, items: list) -> _Batch:
@@ -834,7 +843,7 @@ def _dedup(result: Conversion, settings: Settings) -> None:
         original = seen.get(conversation["_key"])
         kind = "duplicate"
         if original is None and near is not None:
-            text = "\n".join(m["content"] for m in conversation["messages"] if m["role"] != "system")
+            text = "\n".join(m["content"] for m in messages_of(conversation) if m["role"] != "system")
             original = near.check_and_add(label, text)
             kind = "near_duplicate"
         if original is None:

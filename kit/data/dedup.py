@@ -6,8 +6,6 @@ import hashlib
 import re
 import zlib
 
-import numpy as np
-
 _NOT_WORD = re.compile(r"[\W_]+")
 
 
@@ -32,12 +30,23 @@ def normalize(text: str) -> str:
     return _NOT_WORD.sub(" ", lower).strip()
 
 
+_ASCII_ALNUM = bytes(c if chr(c).isalnum() and c < 128 else 32 for c in range(256))
+
+
+def _normalized_bytes(text: str) -> bytes:
+    """`normalize(text).encode()`, with bytes methods for ASCII text (most support messages)."""
+    lower = text.lower()
+    if lower.isascii():
+        return b" ".join(lower.encode().translate(_ASCII_ALNUM).split())
+    return _NOT_WORD.sub(" ", lower).strip().encode()
+
+
 def normalized_key(messages: list[dict]) -> bytes:
     digest = hashlib.blake2b(digest_size=16)
     for message in messages:
         digest.update(message["role"].encode())
         digest.update(b"\x1f")
-        digest.update(normalize(message["content"]).encode())
+        digest.update(_normalized_bytes(message["content"]))
         digest.update(b"\x1e")
     return digest.digest()
 
@@ -52,6 +61,9 @@ class NearDuplicates:
     PRIME = (1 << 61) - 1
 
     def __init__(self, threshold: float = 0.8, permutations: int = 128, bands: int = 32, seed: int = 1):
+        import numpy as np  # only the optional near-duplicate mode needs it
+
+        self.np = np
         assert permutations % bands == 0
         rng = np.random.default_rng(seed)
         self.a = rng.integers(1, self.PRIME, size=permutations, dtype=np.uint64)
@@ -60,12 +72,13 @@ class NearDuplicates:
         self.bands = bands
         self.rows = permutations // bands
         self.buckets: list[dict] = [dict() for _ in range(bands)]
-        self.signatures: list[np.ndarray] = []
+        self.signatures: list = []
         self.names: list[str] = []
 
-    def signature(self, text: str) -> np.ndarray:
+    def signature(self, text: str):
         words = normalize(text).split()
         grams = {" ".join(words[i : i + 3]) for i in range(max(1, len(words) - 2))} or {""}
+        np = self.np
         hashes = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))
         # (a*x + b) mod p with x < 2^32: a*x can overflow 64 bits, which only reshuffles the hash; it
         # stays a fixed random function of x, which is all MinHash needs.
@@ -83,7 +96,7 @@ class NearDuplicates:
             candidates.update(self.buckets[band].get(key, ()))
         best, best_score = None, 0.0
         for index in candidates:
-            score = float(np.mean(self.signatures[index] == signature))
+            score = float((self.signatures[index] == signature).mean())
             if score >= self.threshold and score > best_score:
                 best, best_score = index, score
         if best is not None:

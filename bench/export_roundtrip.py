@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--reuse", action="store_true", help="measure the run's existing export/ instead of exporting")
+    parser.add_argument("--skip-transformers-gguf", action="store_true", help="skip reloading the GGUFs with transformers")
     args = parser.parse_args()
     torch.manual_seed(0)
     recipe = load_recipe(args.recipe, args.overrides)
@@ -95,7 +96,7 @@ def main() -> None:
 
     greedy = [logits.argmax().item() for logits in reference]
     positions = sum(len(every) for every in reference_every)
-    for path in sorted((root / "gguf").glob("*.gguf")):
+    for path in [] if args.skip_transformers_gguf else sorted((root / "gguf").glob("*.gguf")):
         gguf_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         same_ids = sum(
             gguf_tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"]
@@ -123,14 +124,25 @@ def main() -> None:
     except ImportError:
         print("llama-cpp-python: not installed, skipped")
     else:
+        import numpy as np
+
         for path in sorted((root / "gguf").glob("*.gguf")):
-            llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, logits_all=False, verbose=False)
-            agree = 0
-            for ids, g in zip(encoded, greedy):
+            # one thread: llama.cpp's workers spin while waiting, which is very slow on a busy 2-core machine
+            llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=1, logits_all=True, verbose=False)
+            agree, every_agree, worst = 0, 0, 0.0
+            for ids, g, ref_last, ref_every in zip(encoded, greedy, reference, reference_every):
                 llm.reset()
                 llm.eval(ids[0].tolist())
-                agree += int(int(llm.scores[llm.n_tokens - 1].argmax()) == g)
-            print(f"{path.name} via llama-cpp-python {llama_cpp.__version__}: greedy next-token agreement {agree}/{len(greedy)}")
+                scores = np.asarray(llm.scores[: llm.n_tokens])
+                agree += int(scores[-1].argmax() == g)
+                every_agree += int((scores.argmax(-1) == ref_every.numpy()).sum())
+                worst = max(worst, float(np.abs(scores[-1] - ref_last.numpy()).max()))
+            llm.close()
+            print(
+                f"{path.name} via llama-cpp-python {llama_cpp.__version__}: greedy next-token agreement "
+                f"{agree}/{len(greedy)} ({100 * agree / len(greedy):.1f}%), max |logit diff| {worst:.3g}; "
+                f"every position {every_agree}/{positions} ({100 * every_agree / positions:.1f}%)"
+            )
 
     from tests.test_export import go_render, modelfile_template
 

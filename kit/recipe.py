@@ -571,7 +571,8 @@ def reference_markdown() -> str:
                 typing.get_args(annotation)[0], BaseModel
             ):
                 item = typing.get_args(annotation)[0]
-                rows.append(f"| `{key}` | list of {item.__name__} | required | {field.description} |")
+                default = "required" if field.is_required() else f"`{field.get_default(call_default_factory=True)!r}`"
+                rows.append(f"| `{key}` | list of {item.__name__} | {default} | {field.description} |")
                 walk(item, f"{key}[].")
                 continue
             if field.is_required():

@@ -65,6 +65,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--keep-layers", default="every_second", help="`every_second` or a YAML list such as [0, 1, 29]")
     parser.add_argument("--speed-prompts", type=int, default=6)
     parser.add_argument("--speed-tokens", type=int, default=48)
     parser.add_argument("--speed-rounds", type=int, default=2)
@@ -93,7 +94,7 @@ def main() -> None:
         f"distill.max_steps={args.steps}",
         f"distill.learning_rate={args.learning_rate}",
         f"distill.temperature={args.temperature}",
-        "distill.student.keep_layers=every_second",
+        f"distill.student.keep_layers={args.keep_layers}",
     ]
     results: dict[str, dict] = {}
     for label, alpha in (("sft", 1.0), ("kd", args.alpha)):

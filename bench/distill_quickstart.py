@@ -1,14 +1,15 @@
 """Distillation on the quickstart: KD vs plain SFT of the same pruned student, then student vs teacher speed.
 
-    KIT_CACHE=/tmp/kitcache python bench/distill_quickstart.py [--steps 30] [--runs runs/quickstart]
+    KIT_CACHE=/tmp/kitcache python bench/distill_quickstart.py [--steps 30] [--set distill.temperature=2 ...]
 
 Needs a finished quickstart run (`python -m kit.sft recipes/quickstart.yaml`); it is copied, never
-modified. Both students keep every second block of the tuned teacher (15 of 30) and train for the same
-steps with the same seed, data order and learning rate through `kit.distill.run`; only the loss differs:
-`distill.alpha=1` is plain SFT (cross-entropy on the answer tokens), `distill.alpha=0.5` adds the
-teacher's soft targets. Printed: held-out (test split) loss on the assistant tokens of each, and greedy
-generation tokens/s of the distilled student and the teacher on the same test prompts (same number of
-new tokens each, batch 1, interleaved so load on a shared machine hits both alike).
+modified. Both students are cut from the tuned teacher the same way (recipe default `drop_middle`:
+15 of its 30 blocks) and train for the same steps with the same seed, data order and learning rate
+through `kit.distill.run`; only the loss differs: `distill.alpha=1` is plain SFT (cross-entropy on the
+answer tokens), the recipe's `distill.alpha` (0.5) adds the teacher's soft targets. Printed: held-out
+(test split) loss on the assistant tokens of each, and greedy generation tokens/s of the distilled
+student and the teacher on the same test prompts (same number of new tokens each, batch 1, interleaved
+so that load on a shared machine hits both alike).
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ def main() -> None:
     parser.add_argument("--runs", default=str(REPO / "runs" / "quickstart"), help="a finished quickstart run (read only)")
     parser.add_argument("--work", default="/tmp/kit-bench-distill", help="scratch folder (replaced)")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--alpha", type=float, default=0.5)
-    parser.add_argument("--temperature", type=float, default=2.0)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--keep-layers", default="every_second", help="`every_second` or a YAML list such as [0, 1, 29]")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="recipe override for both students, e.g. --set distill.temperature=2 (defaults: the recipe's)",
+    )
+    parser.add_argument("--alpha", type=float, default=None, help="the KD student's distill.alpha (default: the recipe's)")
     parser.add_argument("--speed-prompts", type=int, default=6)
     parser.add_argument("--speed-tokens", type=int, default=48)
     parser.add_argument("--speed-rounds", type=int, default=2)
@@ -89,15 +91,10 @@ def main() -> None:
         shutil.copytree(source / name, run_dir / name)
     shutil.copy(source / "manifest.json", run_dir / "manifest.json")
 
-    common = [
-        f"output_dir={work}",
-        f"distill.max_steps={args.steps}",
-        f"distill.learning_rate={args.learning_rate}",
-        f"distill.temperature={args.temperature}",
-        f"distill.student.keep_layers={args.keep_layers}",
-    ]
+    common = [f"output_dir={work}", f"distill.max_steps={args.steps}", *args.overrides]
+    kd_alpha = args.alpha if args.alpha is not None else load_recipe(REPO / "recipes" / "quickstart.yaml", common).distill.alpha
     results: dict[str, dict] = {}
-    for label, alpha in (("sft", 1.0), ("kd", args.alpha)):
+    for label, alpha in (("sft", 1.0), ("kd", kd_alpha)):
         recipe = load_recipe(REPO / "recipes" / "quickstart.yaml", [*common, f"distill.alpha={alpha}"])
         started = time.time()
         folder = distill.run(recipe)
@@ -125,18 +122,20 @@ def main() -> None:
 
     tok, path, adapter = distill.teacher_tokenizer(recipe)
     teacher = distill.load_teacher(recipe, tok, path, adapter)
+    teacher_loss = assistant_loss(teacher.model, tokenizer, test, recipe.eval.batch_size, recipe.sft.max_length)["eval_loss"]
     prompts = [c["messages"][:-1] for c in test[: args.speed_prompts]]
     speed = tokens_per_second(
         {"teacher": teacher.model, "student": students["kd"]}, tokenizer, prompts, args.speed_tokens, args.speed_rounds
     )
     report = {
         "steps": args.steps,
+        "distill": recipe.distill.model_dump(mode="json", exclude={"alpha", "max_steps"}),
         "seed": recipe.seed,
         "test_conversations": len(test),
         "student_sft": results["sft"],
         "student_kd": results["kd"],
         "kd_beats_sft": results["kd"]["test_eval_loss"] < results["sft"]["test_eval_loss"],
-        "teacher": {**teacher.description, **speed["teacher"]},
+        "teacher": {**teacher.description, "test_eval_loss": round(teacher_loss, 4), **speed["teacher"]},
         "student_speed": speed["student"],
         "speedup": round(speed["student"]["tokens_per_s"] / speed["teacher"]["tokens_per_s"], 2),
         "speedup_median": round(speed["student"]["median_tokens_per_s"] / speed["teacher"]["median_tokens_per_s"], 2),

@@ -360,11 +360,12 @@ class StudentSection(Section):
         description="A smaller model with the teacher's tokenizer, as a model reference (like `model.name`). "
         "Unset: the student is built from the teacher by `keep_layers`.",
     )
-    keep_layers: list[int] | Literal["every_second"] = Field(
-        "every_second",
+    keep_layers: list[int] | Literal["drop_middle", "every_second"] = Field(
+        "drop_middle",
         description="Teacher blocks the student keeps, initialised with the teacher's weights (with its embeddings, "
-        "final norm and head): `every_second` (blocks 0, 2, 4, ...: half) or increasing block indices, e.g. "
-        "`[0, 2, 4, 6]`. Only without `name`.",
+        "final norm and head): `drop_middle` (the first and last quarter, e.g. 0-7 and 23-29 of 30: half), "
+        "`every_second` (0, 2, 4, ...: half) or increasing block indices, e.g. `[0, 1, 2, 9, 10, 11]`. "
+        "Only without `name`.",
     )
     method: Literal["full", "lora"] = Field(
         "full",
@@ -410,11 +411,11 @@ class DistillSection(Section):
         description="`offline` loss = alpha * CE(answer tokens) + (1 - alpha) * T^2 * KL(teacher || student); "
         "1 is plain SFT of the student, 0 pure distillation.",
     )
-    temperature: float | None = Field(
-        None,
+    temperature: float = Field(
+        1.0,
         gt=0.0,
-        description="Softmax temperature T of teacher and student in the divergence. Unset: 2.0 for `offline`, "
-        "1.0 for `on_policy` (where it is also the sampling temperature).",
+        description="Softmax temperature T of teacher and student in the divergence (`on_policy`: also the "
+        "sampling temperature).",
     )
     cache_top_k: int | None = Field(
         None,
@@ -423,7 +424,7 @@ class DistillSection(Section):
         "`<run>/distill_cache/` and reuse them (KL over those k tokens). Unset: the teacher runs at every step "
         "(exact KL over the whole vocabulary).",
     )
-    learning_rate: float = Field(1e-4, gt=0.0, description="Peak learning rate of the student.")
+    learning_rate: float = Field(5e-4, gt=0.0, description="Peak learning rate of the student.")
     epochs: float = Field(
         2.0, gt=0.0, description="Passes over the training split (ignored if max_steps is set)."
     )

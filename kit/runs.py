@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -25,6 +26,23 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def scratch_dir(target: Path) -> Path:
+    """A new hidden folder beside `target` with the permissions of a plain mkdir (the user's umask).
+
+    Not mkdtemp: its 0700 would stay on the folder once renamed into place, and other readers of a run
+    (a teammate, a serving account) could not open it.
+    """
+    scratch = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    scratch.mkdir()
+    return scratch
+
+
 def write_json(path: Path, payload) -> None:
     """Write JSON via a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,6 +51,7 @@ def write_json(path: Path, payload) -> None:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(payload, stream, indent=2, ensure_ascii=False)
             stream.write("\n")
+        os.chmod(scratch, 0o666 & ~umask())  # mkstemp makes it 0600; a plain open() would not
         os.replace(scratch, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -45,7 +64,7 @@ def atomic_dir(target: Path):
     """Yield a scratch folder beside `target`; on success it replaces `target` whole."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        scratch = scratch_dir(target)
     except OSError as exc:
         raise KitError(f"output_dir: cannot write {target.parent} ({exc.strerror}); choose a writable folder") from None
     try:

@@ -696,6 +696,21 @@ def test_disk_full_while_writing_json_keeps_the_old_file(tmp_path, monkeypatch):
     assert write_failure(caught.value).startswith("output_dir: the disk is full")
 
 
+def test_atomic_artifacts_get_the_users_umask_not_private_temp_permissions(tmp_path):
+    from kit.runs import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "run") as scratch:
+            (scratch / "weights.bin").write_text("x")
+        write_json(tmp_path / "run" / "manifest.json", {"ok": True})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755  # mkdtemp would leave 0700
+    assert (tmp_path / "run" / "manifest.json").stat().st_mode & 0o777 == 0o644  # mkstemp would leave 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
 @pytest.mark.parametrize("exc, expected", [
     (OSError(errno.ENOSPC, "No space left on device"), "the disk is full"),
     (OSError(errno.EDQUOT, "Disk quota exceeded"), "the disk is full"),

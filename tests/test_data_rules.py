@@ -324,6 +324,43 @@ def test_workers_give_the_same_result_as_in_process(tmp_path):
     assert forked.pii == inline.pii and inline.pii["EMAIL"] == 60
 
 
+def _thread_lines(n: int) -> list[str]:
+    lines = []
+    for i in range(n):
+        body = f'"line one of {i}\nline two, with ""quotes"""' if i % 7 == 0 else f"message {i} from T{i // 4}"
+        lines.append(f"T{(i * 5) % (n // 4)},2026-03-01T10:{i % 60:02d},{'agent' if i % 4 == 3 else 'customer'},{body}")
+    return lines
+
+
+@pytest.mark.parametrize("case", ["standard", "stray_quote", "blank_and_broken", "cp1252", "no_timestamp"])
+def test_reading_in_two_processes_gives_the_one_pass_result(tmp_path, monkeypatch, case):
+    from kit.data.convert import _Reader
+
+    lines = _thread_lines(400)
+    encoding, changes = "utf-8", {}
+    if case == "stray_quote":  # a quote inside an unquoted field fools the quote-parity split: read on alone
+        lines[20] = lines[20].replace("message", 'a 5" screen message')
+    elif case == "blank_and_broken":
+        lines[199:199] = ["", "T1,2026-03-01T10:00,customer", "", "", ",,,"]
+    elif case == "cp1252":
+        encoding = "cp1252"
+        lines[250] = lines[250].replace("message", "café message €")
+    elif case == "no_timestamp":
+        changes = {"fields": {"conversation": "ticket", "role": "who", "text": "body"}}
+    path = tmp_path / "threads.csv"
+    path.write_bytes(("ticket,time,who,body\r\n" + "\r\n".join(lines) + "\r\n").encode(encoding))
+    _, tpl = template(tmp_path, **changes)
+    one_pass = data.convert([(str(path), tpl, "t")], None, Settings(workers=0))
+    calls = []
+    group = _Reader._group
+    monkeypatch.setattr(_Reader, "_group", lambda self, *args, **kw: calls.append(1) or group(self, *args, **kw))
+    split = data.convert([(str(path), tpl, "t")], None, Settings(workers=2))
+    assert split.conversations == one_pass.conversations and split.rejects == one_pass.rejects
+    assert (split.input, split.pii) == (one_pass.input, one_pass.pii) and one_pass.input >= 400
+    # The parent reads alone (a second `_group` call) only when the split offset was not a record boundary.
+    assert len(calls) == (2 if case == "stray_quote" else 1)
+
+
 def test_required_phrases_metadata_is_a_list(tmp_path):
     path = tmp_path / "qa.csv"
     write_rows(path, [["where is my order", "It ships today.", "ships today | tracking link"]],

@@ -9,6 +9,9 @@ Two phases per source file:
 1. read (streaming, one pass): parse each record, apply the template's field mapping, exclusion
    rules and role mapping, parse timestamps, and group messages by conversation (rows may arrive in
    any order, so groups are complete only at the end of the file). People's names are collected.
+   A large CSV of messages is read in two processes: a forked child reads from a line near the middle
+   while this process reads up to it, and the child's groups are merged in only when this process
+   reaches a record boundary exactly there (see `_Reader._group_split`): the result is the one pass's.
 2. assemble (per conversation, independent): clean each text, drop auto-replies, redact private data
    (phase 1 ran for every source first, so every name in the recipe's exports is known), order by
    time, merge consecutive turns, apply the
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import multiprocessing
 import operator
@@ -44,6 +48,8 @@ _dumps = json.JSONEncoder(ensure_ascii=False).encode  # one line of the dataset
 LIST_METADATA = frozenset({"required_phrases"})
 # Below this many records a source is assembled in-process: starting workers costs more than it saves.
 PARALLEL_MIN_RECORDS = 50_000
+# CSV exports from this size on are read in two processes (about 50,000 records of ticket threads).
+PARALLEL_MIN_BYTES = 8 << 20
 CHUNK_RECORDS = 4_000
 
 
@@ -304,10 +310,11 @@ class _Source:
 class _Reader:
     """Phase 1 for one source: records -> work items (qa pairs or message groups) and early rejects."""
 
-    def __init__(self, result: Conversion, source: _Source, rules: Rules):
+    def __init__(self, result: Conversion, source: _Source, rules: Rules, split: bool = False):
         self.result = result
         self.source = source
         self.rules = rules
+        self.split = split  # read a large CSV in two processes (`messages` shape)
         self.rejects: list[dict] = []  # raw texts: redacted once every name is known
         self.names_seen: set[str] = set(source.user_names())
         t = source.template
@@ -488,11 +495,95 @@ class _Reader:
         """Work items: (conversation key, [messages], metadata), one per conversation id."""
         groups: dict[str, list] = {}
         metadata: dict[str, dict] = {}
+        source = self.source
+        split = read.split_offset(source.path, source.encoding) if self.split and source.header is not None else None
+        if split is None:
+            number = self._group(source.records(), groups, metadata)
+        else:
+            number = self._group_split(split, groups, metadata)
+        self.result.input += number
+        return [(key, group, metadata[key]) for key, group in groups.items()]
+
+    def _group_split(self, split: tuple[int, int], groups: dict, metadata: dict) -> int:
+        """`_group` for a CSV read in two processes: a forked child reads from the split offset on while
+        this process reads up to it. The child's part is used only when this process's reading reaches
+        a record boundary exactly at the split (else it reads on by itself), so the result is the one
+        a single pass gives: the same groups in the same order, the same record numbers and rejects."""
+        offset, lines_before = split
+        context = multiprocessing.get_context("fork")
+        connection, child_end = context.Pipe(duplex=False)
+        child = context.Process(target=self._group_tail, args=(offset, lines_before, child_end), daemon=True)
+        child.start()
+        child_end.close()
+        records = self.source.records()
+        boundary: list = []
+
+        def head():
+            for item in records:
+                if item[0] > lines_before:  # the first record that starts after the split
+                    boundary.append(item)
+                    return
+                yield item
+
+        try:
+            number = self._group(head(), groups, metadata)
+            tail = None
+            if boundary and boundary[0][0] == lines_before + 1:
+                try:
+                    tail = connection.recv()
+                except (EOFError, OSError):
+                    tail = None
+        finally:
+            connection.close()
+            if child.is_alive():
+                child.kill()
+            child.join()
+        if tail is None:  # the split was not a record boundary (or the child failed): read on here
+            return self._group(itertools.chain(boundary, records), groups, metadata, start=number + 1)
+        count, tail_groups, tail_metadata, rejects, names = tail
+        untimed = self.get_time is None  # then a message's time is its record number
+        for group in tail_groups.values():
+            for message in group:
+                message[1] += number
+                if untimed:
+                    message[0] += number
+        for entry in rejects:
+            entry["record"] += number
+        self.rejects.extend(rejects)
+        self.names_seen.update(names)
+        for key, group in tail_groups.items():
+            mine = groups.get(key)
+            if mine is None:
+                groups[key] = group
+                metadata[key] = tail_metadata[key]
+            else:
+                mine.extend(group)
+        return number + count
+
+    def _group_tail(self, offset: int, lines_before: int, connection) -> None:
+        """In the child: group the records from `offset` on (record numbers from 1) and send them back."""
+        try:
+            source = self.source
+            self.rejects, self.names_seen = [], set()
+            records = ((line, row, problem, row) for line, row, problem in
+                       read.csv_records(source.path, source.encoding, source.delimiter, offset, lines_before))
+            groups: dict[str, list] = {}
+            metadata: dict[str, dict] = {}
+            count = self._group(records, groups, metadata)
+            connection.send((count, groups, metadata, self.rejects, self.names_seen))
+        except Exception:  # the parent reads on by itself
+            pass
+        finally:
+            connection.close()
+            os._exit(0)
+
+    def _group(self, records, groups: dict, metadata: dict, start: int = 1) -> int:
+        """Add each record's message to its conversation's group; the number of the last record."""
         get_conversation = self.get_conversation
         container_level = self.container_level
         message_of = self._message
-        number = 0
-        for number, (loc, row, problem, container) in enumerate(self.source.records(), start=1):
+        number = start - 1
+        for number, (loc, row, problem, container) in enumerate(records, start=start):
             message = message_of(number, loc, row, problem, container)
             if message is None:
                 continue
@@ -509,8 +600,7 @@ class _Reader:
                 groups[key] = group = []
                 metadata[key] = self.metadata_of(holder)
             group.append(message)
-        self.result.input += number
-        return [(key, group, metadata[key]) for key, group in groups.items()]
+        return number
 
     def reply_threads(self) -> list:
         """Work items like `messages`, with threads rebuilt from reply ids. A post whose parent is not in
@@ -749,14 +839,15 @@ def _chunks(items: list, sizes: list[int], target: int) -> list[tuple[int, int]]
     return bounds
 
 
-def worker_count(settings: Settings, records: int) -> int:
-    """Worker processes for phase 2: the setting, else one per CPU core for large sources."""
+def worker_count(settings: Settings, records: int, large: bool = False) -> int:
+    """Worker processes for phase 2: the setting, else one per CPU core for large sources (`large`: the
+    caller knows the source is large)."""
     if "fork" not in multiprocessing.get_all_start_methods():
         return 0  # workers inherit the groups by fork; without it, assemble in-process
     if settings.workers is not None:
         return settings.workers if settings.workers > 1 else 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cores, 8) if records >= PARALLEL_MIN_RECORDS and cores > 1 else 0
+    return min(cores, 8) if (large or records >= PARALLEL_MIN_RECORDS) and cores > 1 else 0
 
 
 def _assemble(assembler: _Assembler, method: str, items: list, records: int, settings: Settings) -> list[_Batch]:
@@ -796,7 +887,9 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
         template_name = item[2] if len(item) > 2 else "template"
         source = _Source(path_text, template, template_name, item[3] if len(item) > 3 else None)
         rules = resolve_rules(template.rules, settings.rules)
-        reader = _Reader(result, source, rules)
+        split = (template.reader == "csv" and template.shape == "messages" and worker_count(settings, 0, True) > 1
+                 and (settings.workers is not None or source.path.stat().st_size >= PARALLEL_MIN_BYTES))
+        reader = _Reader(result, source, rules, split)
         before = result.input
         items = reader.qa_pairs() if template.shape == "qa_pairs" else getattr(reader, template.shape)()
         names.update(name for name in reader.names_seen if name)

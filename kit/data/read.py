@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import operator
 import sys
@@ -74,18 +75,41 @@ def csv_header(path: Path, encoding: str, delimiter: str) -> tuple[list[str], st
     return [name.strip() for name in header], delimiter
 
 
-def csv_records(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int, list | None, tuple | None]]:
-    """Yield (first line, row, problem) for each record after the header. Blank lines are layout, not records."""
+def _csv_width(path: Path, encoding: str, delimiter: str) -> int:
+    """The number of columns: the header's, read as `csv_records` reads it."""
     with _open_text(path, encoding) as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
         try:
-            header = next(reader)
-        except StopIteration:
-            return
-        except csv.Error:
-            header = []
-        width = len(header)
-        line = reader.line_num + 1
+            return len(next(csv.reader(handle, delimiter=delimiter)))
+        except (StopIteration, csv.Error):
+            return 0
+
+
+def csv_records(
+    path: Path, encoding: str, delimiter: str, start: int = 0, lines_before: int = 0
+) -> Iterator[tuple[int, list | None, tuple | None]]:
+    """Yield (first line, row, problem) for each record after the header. Blank lines are layout, not records.
+
+    `start` > 0: the records from that byte offset on (the start of a line after the header, see
+    `split_offset`), with `lines_before` the number of lines before it."""
+    if start:
+        width = _csv_width(path, encoding, delimiter)
+        raw = path.open("rb")
+        raw.seek(start)
+        handle = io.TextIOWrapper(raw, encoding="utf-8" if encoding == "utf-8-sig" else encoding, newline="",
+                                  errors="strict")
+    else:
+        handle = _open_text(path, encoding)
+    with handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        if not start:
+            try:
+                header = next(reader)
+            except StopIteration:
+                return
+            except csv.Error:
+                header = []
+            width = len(header)
+        line = lines_before + reader.line_num + 1
         while True:
             try:
                 row = next(reader)
@@ -93,10 +117,10 @@ def csv_records(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int
                 return
             except csv.Error as exc:
                 yield line, None, ("bad_row", f"unreadable CSV record ({exc})")
-                line = reader.line_num + 1
+                line = lines_before + reader.line_num + 1
                 continue
             if not row:
-                line = reader.line_num + 1
+                line = lines_before + reader.line_num + 1
                 continue
             if not any(row):
                 yield line, None, ("empty_row", "empty row")
@@ -104,7 +128,52 @@ def csv_records(path: Path, encoding: str, delimiter: str) -> Iterator[tuple[int
                 yield line, row, ("bad_row", f"expected {width} fields, got {len(row)}")
             else:
                 yield line, row, None
-            line = reader.line_num + 1
+            line = lines_before + reader.line_num + 1
+
+
+# Encodings in which the bytes of `"`, CR and LF always are those characters (never part of another one).
+_SPLITTABLE = frozenset({"utf-8", "utf-8-sig", "cp1252", "latin-1", "iso8859-1", "ascii"})
+
+
+def split_offset(path: Path, encoding: str, fraction: float = 0.5) -> tuple[int, int] | None:
+    """A place to split a CSV for reading in two processes: (byte offset, lines before it), or None.
+
+    The offset is the start of a non-blank line near `fraction` of the file with an even number of
+    quote characters before it: in standard CSV, where a record starts. Quote parity can be fooled
+    (a stray quote inside an unquoted field), so the caller must check that reading from the start
+    reaches a record boundary exactly there before using the second half.
+    """
+    if codecs.lookup(encoding).name not in _SPLITTABLE:
+        return None
+    size = path.stat().st_size
+    target = int(size * fraction)
+    quotes = newlines = returns = pairs = 0
+    previous = b""
+    with path.open("rb") as handle:
+        done = 0
+        while done < target:  # the counts before `target`, a chunk at a time
+            chunk = handle.read(min(_CHUNK, target - done))
+            if not chunk:
+                return None
+            quotes += chunk.count(b'"')
+            newlines += chunk.count(b"\n")
+            returns += chunk.count(b"\r")
+            pairs += chunk.count(b"\r\n") + (previous == b"\r" and chunk[:1] == b"\n")
+            previous = chunk[-1:]
+            done += len(chunk)
+        window = handle.read(4 * _CHUNK)  # the boundary must come soon after `target`
+    position = 0
+    while (found := window.find(b"\n", position)) >= 0:
+        after = found + 1
+        segment = window[position:after]
+        quotes += segment.count(b'"')
+        newlines += 1
+        returns += segment.count(b"\r")
+        pairs += segment.count(b"\r\n") + (position == 0 and previous == b"\r" and segment[:1] == b"\n")
+        position = after
+        if quotes % 2 == 0 and after < len(window) and window[after : after + 1] not in (b"\r", b"\n"):
+            return target + after, newlines + returns - pairs
+    return None
 
 
 def jsonl_records(path: Path, encoding: str) -> Iterator[tuple[int, object, tuple | None]]:

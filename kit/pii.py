@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
+import operator
 import re
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -253,6 +256,55 @@ def _digits(value: str) -> str:
     return re.sub(r"\D+", "", value)
 
 
+def batch_starts(texts: list[str]) -> list[int]:
+    """Where each text starts in `"\\x00".join(texts)`, and (last) the joined length + 1."""
+    return list(itertools.accumulate(map(operator.add, map(len, texts), itertools.repeat(1)), initial=0))
+
+
+def mark_texts(find, starts: list[int], marks: list[bool]) -> None:
+    """Set `marks[i]` for each text i of a joined batch in which `find(position)` (the next hit at or
+    after a position of the joined string, or -1) has a hit. Searches resume at the next text, so the
+    cost is one search per marked text. Hits must not span texts (no pattern matches the separator)."""
+    last = len(marks) - 1
+    position = 0
+    while (at := find(position)) >= 0:
+        index = bisect_right(starts, at) - 1
+        marks[index] = True
+        if index >= last:
+            return
+        position = starts[index + 1]
+
+
+def _find_word(padded: bytes, needle: bytes, position: int) -> int:
+    """The next whole-word occurrence of `needle` (b" word") in `padded` at or after `position`, or -1."""
+    end = len(needle)
+    while (at := padded.find(needle, position)) >= 0:
+        if padded[at + end] == 32:
+            return at
+        position = at + 1
+    return -1
+
+
+def searcher(pattern: re.Pattern, text: str):
+    """`find` for `mark_texts`: the start of the next match of `pattern` in `text`."""
+    def find(position: int) -> int:
+        match = pattern.search(text, position)
+        return -1 if match is None else match.start()
+    return find
+
+
+# Batch gates (`Scanner.candidates`): each is implied by what its detector needs to find anything.
+# Phones and cards have 7 digits with only phone punctuation between them: with the punctuation deleted
+# and every digit written 9, "9999999". Then the end of an IPv4 address and two colons of IPv6.
+_DIGIT_SHAPE = bytes(57 if 48 <= b <= 57 else 0 if b == 0 else 120 for b in range(256))
+_PHONE_PUNCTUATION = b" ().-/"
+_IPV4_GATE = re.compile(r"\.\d{1,3}\.\d{1,3}\.\d")
+_IPV6_GATE = re.compile(r":[0-9A-Fa-f]{0,4}:")
+# A fused European street name ("Kerkstraat 5") is a word that ends in one of these (ASCII: straße is not).
+_EU_ENDINGS = (b"str", b"strasse", b"weg", b"gasse", b"platz", b"allee", b"laan", b"straat", b"gracht")
+_ONLY_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57 and b != 0)  # keeps digits and the separator
+
+
 class Scanner:
     """A compiled PII detector. Build it once (names and patterns are compiled) and call `scan` per text."""
 
@@ -273,6 +325,8 @@ class Scanner:
         self.phone_regions = tuple(phone_regions)
         self.patterns = [re.compile(p) for p in patterns]
         self.names = name_matcher(tuple(names))
+        # The words `candidates` looks for: street words, and the words of known names.
+        self._gate_words = _STREET_WORDS | {b"box"} | (self.names._ascii_words if self.names is not None else frozenset())
 
     def _allowed(self, kind: str, value: str) -> bool:
         if not self.allow_norm:
@@ -391,6 +445,60 @@ class Scanner:
                     add(Finding("PHONE", offset + m.start(), offset + m.end(), m.group()))
             for m in _NANP_PHONE.finditer(value):
                 add(Finding("PHONE", offset + m.start(), offset + m.end(), m.group()))
+
+    def candidates(self, texts: list[str]) -> list[bool]:
+        """For each text, whether `scan` may find anything in it (False: it finds nothing, for sure).
+
+        The texts are joined with NUL, and each detector's gate runs once over the batch: substring and
+        C-level searches instead of a dozen steps per text. A gate is implied by what its detector needs
+        (an `@` for an email, 7 digits in phone punctuation for a phone or card, a street word as a whole
+        word for a street address...), so an unmarked text would give no finding. Texts that are not
+        ASCII (lower() may change their length) or contain NUL are always marked; so are all texts when
+        the recipe adds its own patterns."""
+        n = len(texts)
+        if n < 2 or (self.patterns and "CUSTOM" in self.kinds):
+            return [True] * n
+        if n > 1024:  # a whole-word search passes over the batch once per word found: keep batches short
+            return [marked for i in range(0, n, 1024) for marked in self.candidates(texts[i : i + 1024])]
+        joined = "\x00".join(texts)
+        if not joined.isascii() or joined.count("\x00") != n - 1:
+            plain = [i for i, text in enumerate(texts) if text.isascii() and "\x00" not in text]
+            marks = [True] * n
+            for i, marked in zip(plain, self.candidates([texts[i] for i in plain])):
+                marks[i] = marked
+            return marks
+        starts = batch_starts(texts)
+        marks = [False] * n
+        lower = joined.lower()
+        if "@" in joined:
+            mark_texts(lambda position: joined.find("@", position), starts, marks)
+        for pattern in (_IPV4_GATE, _IPV6_GATE):
+            mark_texts(searcher(pattern, joined), starts, marks)
+        encoded = joined.encode()
+        phones = encoded.translate(_DIGIT_SHAPE, _PHONE_PUNCTUATION).split(b"\x00")
+        for i in itertools.compress(range(n), map(operator.contains, phones, itertools.repeat(b"9999999"))):
+            marks[i] = True
+        digits = encoded.translate(None, _ONLY_DIGITS).split(b"\x00")
+        for i in itertools.compress(range(n), map((10).__le__, map(len, digits))):  # IBAN
+            marks[i] = True
+        # Whole words (street words, "box", names, fused street names): in `padded`, each run of letters
+        # stands between spaces, at its offset in `joined`; the batch's words are looked up first, then the
+        # texts that hold them found.
+        padded = b" " + lower.encode().translate(_ASCII_NON_LETTERS) + b" "
+        words = set(padded.split())
+        found = set(self._gate_words.intersection(words))
+        found.update(filter(operator.methodcaller("endswith", _EU_ENDINGS), words))
+        for word in found:
+            mark_texts(functools.partial(_find_word, padded, b" " + word), starts, marks)
+        shape = encoded.translate(_SHAPE)  # UK postcodes
+        if b" 9AA" in shape:
+            mark_texts(lambda position: shape.find(b" 9AA", position), starts, marks)
+        return marks
+
+    def redact_many(self, texts: list[str]) -> list[tuple[str, dict[str, int]]]:
+        """`redact` of each text; the texts `candidates` rules out are returned as they are."""
+        redact = self.redact
+        return [redact(text) if marked else (text, {}) for text, marked in zip(texts, self.candidates(texts))]
 
     def _resolve(self, text: str, found: list[Finding]) -> list[Finding]:
         """Drop allowlisted values and placeholders; keep the best of overlapping findings."""

@@ -171,3 +171,21 @@ def test_reply_threads_with_orphans_cycles_and_duplicate_ids(rows):
         result = run(path, THREADS)
         account(result)
         assert result.threads["orphans"] >= result.threads["broken_threads"] >= 0
+
+
+# Fragments that trip each cleaning rule's gate (and the batch separator, NUL), for the batched cleaner.
+rule_pieces = st.sampled_from(["Hi", "thanks", "I am", "i am ", "AUTO", "Auto-Reply", "out of office", " ", "  ", "\t", "\n", "\r", "\x00",
+                               ":", ">", "<b>", "&amp;", "-----", "____", "Sent from my phone", "Get Outlook for iOS",
+                               "On Mon, Jo wrote:", "-- ", "\n\nBest regards,\nJo", "\u00a0", "\u200b", "é", "İ", "Σ"])
+
+
+@SETTINGS
+@given(st.lists(st.lists(rule_pieces, max_size=8).map("".join), max_size=12))
+def test_batched_cleaning_equals_one_text_at_a_time(batch):
+    from kit.data.clean import DEFAULT_AUTO_REPLY_PATTERNS, Cleaner, Rules
+
+    for rules in (Rules(), Rules(auto_reply_patterns=(r"\bthanks\b",)), Rules(remove_patterns=(r"Jo",))):
+        cleaner = Cleaner(rules)
+        assert cleaner.clean_many(batch) == [cleaner.clean(text) for text in batch]
+        assert cleaner.auto_replies(batch) == [cleaner.is_auto_reply(text) for text in batch]
+    assert Rules().auto_reply_patterns == DEFAULT_AUTO_REPLY_PATTERNS

@@ -97,3 +97,40 @@ def test_many_names_stay_word_bounded():
     assert matcher.spans("banana bread, Ana!") == [(14, 17)]
     assert matcher.spans("kalomi and Fikatu Tufika.") == [(0, 6), (11, 24)]
     assert matcher.spans("kalomiX is not a name") == []
+
+
+def _pii_fragments():
+    from hypothesis import strategies as st
+
+    return st.sampled_from([
+        "Hi", "order BL-123456", "in 3-5 days", " ", "\n", ", ", ".", ":", "(", ")", "-", "/", "+", "0", "12", "2026-03-14",
+        "9:14", "dana.w+x@example.co.uk", "@", "(415) 555-2671", "+44 20 7946 0958", "020 7946 0958", "415.555.2671",
+        "4111 1111 1111 1111", "3782 822463 10005", "GB82 WEST 1234 5698 7654 32", "DE89370400440532013000",
+        "192.168.1.20", "1.2.3.4", "2001:db8::8a2e:370:7334", "fe::ab", "742 Evergreen Terrace", "6821 1st ave",
+        "12 Mill Way", "Hauptstraße 12a", "Hauptstrasse 12", "Kerkstraat 5", "PO Box 1234", "SW1A 1AA", "1AA", "Dana",
+        "Whitfield", "dana whitfield", "May", "may", "O'Neil", "{{EMAIL}}", "support@brightloop.example", "é", "\x00",
+        "1st", "street", "box", "straight", "weg", "+49 301 2345", "+33 1 2345 67",
+    ])
+
+
+@pytest.mark.parametrize("setup", ["default", "names_and_allowlist", "kinds", "patterns"])
+def test_batch_gate_marks_every_text_with_a_finding_and_redacts_the_same(setup):
+    """`Scanner.candidates` may mark too much but never too little; `redact_many` equals `redact` text by text."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    scanner = {
+        "default": pii.Scanner(),
+        "names_and_allowlist": pii.Scanner(allowlist=["support@brightloop.example"], names=["Dana Whitfield", "May O'Neil"]),
+        "kinds": pii.Scanner(kinds=["EMAIL", "NAME"], names=["Dana Whitfield"]),
+        "patterns": pii.Scanner(patterns=[r"BL-\d+"]),
+    }[setup]
+
+    @settings(max_examples=150, deadline=None, database=None)
+    @given(st.lists(st.lists(_pii_fragments(), max_size=6).map("".join), min_size=2, max_size=10))
+    def check(batch):
+        for text, marked in zip(batch, scanner.candidates(batch)):
+            assert marked or not scanner.scan(text), text
+        assert scanner.redact_many(batch) == [scanner.redact(text) for text in batch]
+
+    check()

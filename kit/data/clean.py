@@ -11,6 +11,8 @@ import html
 import re
 from dataclasses import dataclass, fields
 
+from kit.pii import batch_starts, mark_texts, searcher
+
 DEFAULT_AUTO_REPLY_PATTERNS = (
     r"\bout of (?:the )?office\b",
     r"\bauto(?:matic)?[- ]?(?:reply|response|responder)\b",
@@ -155,6 +157,13 @@ def normalize_whitespace(text: str) -> str:
     return _BLANKS.sub("\n\n", text).strip()
 
 
+# A text with none of these characters and strings is left as it is by every rule but the final strip():
+# the gates of `Cleaner.clean` (html < &, quotes > : ----- ____, signatures, whitespace) in one search.
+_RULE_CHARS = re.compile("[<&>:\n\r\t\u00a0\u2009\u202f\u200b\u200c\u200d\ufeff]")
+_RULE_STRINGS = ("-----", "____", "Sent from my", "Get Outlook for", "  ")
+_AUTO_REPLY_WORDS = ("office", "auto", "do not reply", "received your", "i am ")  # see _maybe_default_auto_reply
+
+
 class Cleaner:
     """The rules compiled for one source: `clean(text)` and `is_auto_reply(text)`."""
 
@@ -184,6 +193,37 @@ class Cleaner:
         if rules.normalize_whitespace:
             return normalize_whitespace(text)
         return text.strip()
+
+    def clean_many(self, texts: list[str]) -> list[str]:
+        """`clean` of each text. Most support messages hold none of the characters a rule looks for
+        (one search over the batch finds those that do); the others only need `strip()`."""
+        if self.remove or len(texts) < 2:
+            return [self.clean(text) for text in texts]
+        joined = "\x00".join(texts)
+        starts = batch_starts(texts)
+        marks = [False] * len(texts)
+        mark_texts(searcher(_RULE_CHARS, joined), starts, marks)
+        for string in _RULE_STRINGS:
+            if string in joined:
+                mark_texts(lambda position, string=string: joined.find(string, position), starts, marks)
+        clean = self.clean
+        return [clean(text) if marked else text.strip() for text, marked in zip(texts, marks)]
+
+    def auto_replies(self, texts: list[str]) -> list[bool]:
+        """`is_auto_reply` of each text; with the built-in patterns, one search per gate word over the batch."""
+        if self.auto_reply is None:
+            return [False] * len(texts)
+        joined = "\x00".join(texts)
+        if not self.default_patterns or not joined.isascii():  # (lower() keeps the length of ASCII text only)
+            return [self.is_auto_reply(text) for text in texts]
+        lower = joined.lower()
+        starts = batch_starts(texts)
+        marks = [False] * len(texts)
+        for word in _AUTO_REPLY_WORDS:
+            if word in lower:
+                mark_texts(lambda position, word=word: lower.find(word, position), starts, marks)
+        search = self.auto_reply.search
+        return [marked and search(text) is not None for text, marked in zip(texts, marks)]
 
     def is_auto_reply(self, text: str) -> bool:
         if self.auto_reply is None:

@@ -51,6 +51,7 @@ PARALLEL_MIN_RECORDS = 50_000
 # CSV exports from this size on are read in two processes (about 50,000 records of ticket threads).
 PARALLEL_MIN_BYTES = 8 << 20
 CHUNK_RECORDS = 4_000
+GROUP_TEXTS = 4_096  # messages cleaned as one batch (`Cleaner.clean_many`)
 
 
 @dataclass
@@ -731,14 +732,26 @@ class _Assembler:
     def _clean(self, batch: _Batch, number: int, loc, raw: str, name: str) -> str | None:
         """Cleaned, redacted text, or None after rejecting the record."""
         text = self.cleaner.clean(raw)
+        return self._checked(batch, number, loc, raw, name, text, bool(text) and self.cleaner.is_auto_reply(text))
+
+    def _checked(self, batch: _Batch, number: int, loc, raw: str, name: str, text: str, automatic: bool,
+                 redacted: tuple | None = None) -> str | None:
+        """`_clean` once the text is cleaned and tested for an automatic reply (and maybe redacted:
+        `redacted` is the scanner's (text, counts) for it)."""
         if not text:
             reason = f"empty {name}" if not raw.strip() else f"empty {name} after cleaning"
             self._reject(batch, number, loc, "empty_text", reason, self._redact(raw.strip(), batch) if raw.strip() else None)
             return None
-        if self.cleaner.is_auto_reply(text):
-            self._reject(batch, number, loc, "auto_reply", "automatic reply (rules.auto_reply_patterns)", self._redact(text, batch))
+        if redacted is None:
+            text = self._redact(text, batch)
+        else:
+            text, counts = redacted
+            if counts:
+                batch.pii.update(counts)
+        if automatic:
+            self._reject(batch, number, loc, "auto_reply", "automatic reply (rules.auto_reply_patterns)", text)
             return None
-        return self._redact(text, batch)
+        return text
 
     def _metadata(self, metadata: dict, batch: _Batch) -> dict:
         if self.scanner is None:
@@ -779,15 +792,31 @@ class _Assembler:
 
     def groups(self, items: list) -> _Batch:
         batch = _Batch()
+        start = count = 0
+        for end, (_, group, _) in enumerate(items, start=1):  # parts of about GROUP_TEXTS messages
+            count += len(group)
+            if count >= GROUP_TEXTS or end == len(items):
+                self._groups(items[start:end], batch)
+                start, count = end, 0
+        return batch
+
+    def _groups(self, items: list, batch: _Batch) -> None:
         rules = self.rules
         merge = rules.merge_consecutive
         text_name = self.fields.text
+        for _, group, _ in items:
+            group.sort()  # [time, number, ...]: by time, then by record number (unique)
+        # Cleaning and the auto-reply test run over all the part's texts at once (see `Cleaner.clean_many`).
+        raws = [message[3] for _, group, _ in items for message in group]
+        texts = self.cleaner.clean_many(raws)
+        automatic = iter(self.cleaner.auto_replies(texts))
+        redacted = iter(self.scanner.redact_many(texts) if self.scanner is not None else [None] * len(texts))
+        texts = iter(texts)
         for key, group, metadata in items:
             batch.assembled += 1
-            group.sort()  # [time, number, ...]: by time, then by record number (unique)
             turns: list[list] = []  # [role, [texts], [(number, loc)]]
             for _, number, role, raw, loc in group:
-                text = self._clean(batch, number, loc, raw, text_name)
+                text = self._checked(batch, number, loc, raw, text_name, next(texts), next(automatic), next(redacted))
                 if text is None:
                     continue
                 if merge and turns and turns[-1][0] == role:
@@ -797,8 +826,8 @@ class _Assembler:
                     turns.append([role, [text], [(number, loc)]])
             if rules.trim_trailing_customer and any(t[0] == "assistant" for t in turns):
                 while turns and turns[-1][0] == "user":
-                    _, texts, located = turns.pop()
-                    for text, (number, loc) in zip(texts, located):
+                    _, parts, located = turns.pop()
+                    for text, (number, loc) in zip(parts, located):
                         self._reject(batch, number, loc, "after_last_answer", "customer message after the last agent answer", text)
             problem = None
             if not turns:
@@ -809,14 +838,13 @@ class _Assembler:
                 problem = ("no_agent_answer", "conversation has no agent answer")
             if problem is not None or not turns:
                 batch.rejected_conversations += 1
-                for _, texts, located in turns:
-                    for text, (number, loc) in zip(texts, located):
+                for _, parts, located in turns:
+                    for text, (number, loc) in zip(parts, located):
                         self._reject(batch, number, loc, problem[0], f"{problem[1]} (conversation {key})", text)
                 continue
-            messages = [{"role": role, "content": "\n\n".join(texts)} for role, texts, _ in turns]
+            messages = [{"role": role, "content": "\n\n".join(parts)} for role, parts, _ in turns]
             located = sorted(item for t in turns for item in t[2])
             batch.conversations.append(self._conversation(f"{self.file_name}:{key}", messages, metadata, located, batch))
-        return batch
 
 
 _SHARED: tuple | None = None  # (assembler, method name, items): inherited by forked workers

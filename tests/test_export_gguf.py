@@ -96,6 +96,49 @@ def test_q8_0_gguf_quantizes_matrices_and_keeps_predictions(tiny_model_dir, tmp_
     )
 
 
+def ggml_q8_0(values: np.ndarray) -> np.ndarray:
+    """ggml's own q8_0 encoder (quantize_row_q8_0_ref, as llama-quantize uses it) from llama-cpp-python's library."""
+    import ctypes
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    library = Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"
+    if not library.is_file():
+        pytest.skip(f"no {library}")
+    ggml = ctypes.CDLL(str(library))
+    ggml.quantize_row_q8_0_ref.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    blocks = np.zeros(flat.size // 32 * 34, dtype=np.uint8)  # per 32 values: f16 scale + 32 int8
+    ggml.quantize_row_q8_0_ref(flat.ctypes.data, blocks.ctypes.data, flat.size)
+    return blocks
+
+
+def test_q8_0_blocks_are_the_bytes_ggml_writes(tiny_model_dir, tmp_path):
+    """kit's q8_0 is llama.cpp's, byte for byte (scale amax/127, ties rounded away from zero), so q8_0 files
+    from kit and from llama-quantize agree; a different encoder would add its own error."""
+    import gguf
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = llama(tokenizer, tied=False)
+    with torch.no_grad():  # one block of exact halves after scaling: round-half-even would differ here
+        block = torch.tensor([127.0] + [k + 0.5 for k in range(-16, 15)]) * 2.0**-10
+        model.model.layers[0].mlp.up_proj.weight[0, :32] = block
+    path = export.write_gguf(model, tokenizer, tmp_path / "tiny-q8_0.gguf", "q8_0", name="tiny")
+    stored = {t.name: np.asarray(t.data).reshape(-1) for t in gguf.GGUFReader(path).tensors}
+    state = {key: value.detach().numpy() for key, value in model.state_dict().items()}
+    sources = {
+        "blk.0.ffn_up.weight": state["model.layers.0.mlp.up_proj.weight"],
+        "blk.1.attn_k.weight": export._permute_qk(state["model.layers.1.self_attn.k_proj.weight"], 2),
+        "token_embd.weight": state["model.embed_tokens.weight"],
+        "output.weight": state["lm_head.weight"],
+    }
+    for name, source in sources.items():
+        expected = ggml_q8_0(source)
+        assert stored[name].dtype == np.uint8 and stored[name].size == expected.size, name
+        assert np.array_equal(stored[name], expected), name
+    first = stored["blk.0.ffn_up.weight"][:34]
+    assert first[2:].view(np.int8).tolist() == [127] + [k + 1 if k >= 0 else k for k in range(-16, 15)]
+
+
 def test_rotary_layout_is_llama_cpps(tiny_model_dir, tmp_path):
     """q/k rows are permuted as llama.cpp expects; written unpermuted, the reloaded model would disagree."""
     import gguf

@@ -189,3 +189,34 @@ def test_batched_cleaning_equals_one_text_at_a_time(batch):
         assert cleaner.clean_many(batch) == [cleaner.clean(text) for text in batch]
         assert cleaner.auto_replies(batch) == [cleaner.is_auto_reply(text) for text in batch]
     assert Rules().auto_reply_patterns == DEFAULT_AUTO_REPLY_PATTERNS
+
+
+def _reference_normalized_key(messages):
+    """The normalised dedup key as first written: a hash of role and normalised text per message."""
+    import hashlib
+
+    from kit.data.dedup import normalize
+
+    return hashlib.blake2b("".join(f"{m['role']}\x1f{normalize(m['content'])}\x1e" for m in messages).encode()).digest()
+
+
+dedup_pieces = st.sampled_from(["Hi", "hi", "HI!", " ", "  ", ",", "\n", "\x01", "\x02", "user", "é", "É", "ß", "—", "Σ",
+                                "2", "x_y", "’", "\u00a0", "ok."])
+dedup_messages = st.lists(st.tuples(st.sampled_from(["user", "assistant", "system", "User"]),
+                                    st.lists(dedup_pieces, max_size=5).map("".join)), min_size=1, max_size=3)
+
+
+@SETTINGS
+@given(dedup_messages, dedup_messages)
+def test_normalized_key_equality_is_unchanged(first, second):
+    from kit.data.dedup import normalized_key
+
+    a = [{"role": r, "content": c} for r, c in first]
+    b = [{"role": r, "content": c} for r, c in second]
+    assert (normalized_key(a) == normalized_key(b)) == (_reference_normalized_key(a) == _reference_normalized_key(b))
+    assert normalized_key(a) == normalized_key([dict(m) for m in a])
+    # Variants that normalise the same (mostly): case, spacing and punctuation around and inside.
+    for variant in ([{"role": m["role"], "content": f" {m['content'].upper()}! "} for m in a],
+                    [{"role": m["role"], "content": m["content"].replace(" ", " , ")} for m in a]):
+        assert (normalized_key(a) == normalized_key(variant)) == (
+            _reference_normalized_key(a) == _reference_normalized_key(variant))

@@ -27,6 +27,7 @@ from pathlib import Path
 from kit.data.augment import augment
 from kit.data.clean import resolve_rules
 from kit.data.convert import Conversion, Settings, convert, messages_of, no_gc, parse_time
+from kit.data.convert import dumps_line
 from kit.data.splits import folds, split
 from kit.data.template import (
     TEMPLATES_DIR,
@@ -93,7 +94,7 @@ def dataset_dir(recipe) -> Path:
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     # Conversations arrive with their line already serialized (`_line`, made by the conversion workers).
-    encode = json.JSONEncoder(ensure_ascii=False).encode
+    encode = dumps_line
     with path.open("w", encoding="utf-8") as handle:
         handle.writelines((row.get("_line") or encode(row)) + "\n" for row in rows)
 

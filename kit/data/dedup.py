@@ -41,14 +41,27 @@ def _normalized_bytes(text: str) -> bytes:
     return _NOT_WORD.sub(" ", lower).strip().encode()
 
 
+# Keeps ASCII letters and digits, and the markers \x01 (a message starts) and \x02 (its text starts).
+_CANONICAL = bytes(c if (chr(c).isalnum() and c < 128) or c in (1, 2) else 32 for c in range(256))
+
+
 def normalized_key(messages: list[dict]) -> bytes:
-    digest = hashlib.blake2b(digest_size=16)
+    """Equal for conversations whose messages have the same roles and the same `normalize`d texts.
+
+    The hash is of the tokens `\x01 role \x02 word word ...` for each message; an ASCII conversation
+    (the common case) is normalised in one pass over all its messages."""
+    parts = []
     for message in messages:
-        digest.update(message["role"].encode())
-        digest.update(b"\x1f")
-        digest.update(_normalized_bytes(message["content"]))
-        digest.update(b"\x1e")
-    return digest.digest()
+        parts += (" \x01 ", message["role"], " \x02 ", message["content"])
+    text = "".join(parts)
+    n = len(messages)
+    if (text.isascii() and text.count("\x01") == n and text.count("\x02") == n
+            and all(m["role"].isalnum() and m["role"].islower() for m in messages)):
+        canonical = text.lower().encode().translate(_CANONICAL)
+    else:  # per message (texts that are not ASCII, or hold the markers); the same tokens
+        canonical = b" ".join(b"\x01 " + m["role"].encode() + b" \x02 " + _normalized_bytes(m["content"])
+                              for m in messages)
+    return hashlib.blake2b(b" ".join(canonical.split()), digest_size=16).digest()
 
 
 class NearDuplicates:

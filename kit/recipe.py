@@ -346,8 +346,8 @@ class ExportSection(Section):
     gguf_types: list[Literal["f16", "q8_0"]] = Field(
         default_factory=lambda: ["f16", "q8_0"],
         min_length=1,
-        description="GGUF weight types: `f16` (16-bit) and/or `q8_0` (8-bit, about half the size); "
-        "the Modelfile uses the smallest.",
+        description="GGUF weight types: `f16` (16-bit) and/or `q8_0` (8-bit matrices with the attention value and "
+        "MLP down projections kept in 16-bit, about 64% of the f16 size); the Modelfile uses the smallest.",
     )
     student: bool = Field(
         True, description="Also export the distilled student (`<run>/student/`) when it is complete."

@@ -359,6 +359,7 @@ class _Reader:
             values = None if rule.equals is None else {v.strip().lower() for v in rule.equals}
             pattern = re.compile(rule.matches, re.IGNORECASE) if rule.matches else None
             self.exclude.append((get(rule.field), values, pattern, rule.reason))
+        self.exclude_seen: list[dict[str, bool]] = [{} for _ in self.exclude]  # raw value -> excluded
 
     def reject(self, number: int, loc, code: str, reason: str, raw=None) -> None:
         entry = {**_where(self.source.file, number, loc), "reason": reason, "code": code, "kind": "rejected"}
@@ -369,12 +370,18 @@ class _Reader:
         self.rejects.append(entry)
 
     def excluded(self, row) -> str | None:
-        for get, values, pattern, reason in self.exclude:
-            value = _text(get(row))
-            if value is None:
-                continue
-            value = value.strip()
-            if (values is not None and value.lower() in values) or (pattern is not None and pattern.search(value)):
+        for (get, values, pattern, reason), seen in zip(self.exclude, self.exclude_seen):
+            value = get(row)
+            hit = seen.get(value) if value.__class__ is str else None  # values repeat (public / internal)
+            if hit is None:
+                text = _text(value)
+                if text is None:
+                    continue
+                text = text.strip()
+                hit = bool((values is not None and text.lower() in values) or (pattern is not None and pattern.search(text)))
+                if value.__class__ is str and len(seen) < 10_000:
+                    seen[value] = hit
+            if hit:
                 return reason
         return None
 
@@ -830,9 +837,13 @@ class _Assembler:
             batch.assembled += 1
             turns: list[list] = []  # [role, [texts], [(number, loc)]]
             for _, number, role, raw, loc in group:
-                text = self._checked(batch, number, loc, raw, text_name, next(texts), next(automatic), next(redacted))
-                if text is None:
-                    continue
+                text, auto_reply, redaction = next(texts), next(automatic), next(redacted)
+                if text and not auto_reply and redaction is not None and not redaction[1]:
+                    text = redaction[0]  # the common message: kept, nothing private in it
+                else:
+                    text = self._checked(batch, number, loc, raw, text_name, text, auto_reply, redaction)
+                    if text is None:
+                        continue
                 if merge and turns and turns[-1][0] == role:
                     turns[-1][1].append(text)
                     turns[-1][2].append((number, loc))
@@ -901,8 +912,11 @@ def _assemble(assembler: _Assembler, method: str, items: list, records: int, set
     bounds = _chunks(items, sizes, CHUNK_RECORDS)
     _SHARED = (assembler, method, items)
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            return list(pool.imap(_run_chunk, bounds))
+        # This process takes every `workers`-th chunk itself and `workers - 1` forked processes the rest:
+        # a chunk done here is neither pickled nor copied, and this process would otherwise only wait.
+        with multiprocessing.get_context("fork").Pool(workers - 1) as pool:
+            theirs = pool.imap(_run_chunk, [b for i, b in enumerate(bounds) if i % workers])
+            return [_run_chunk(b) if i % workers == 0 else next(theirs) for i, b in enumerate(bounds)]
     finally:
         _SHARED = None
 

@@ -380,7 +380,7 @@ def modelfile(tokenizer, gguf_name: str, system_prompt: str | None, temperature:
 def _write_info(folder: Path, info: dict) -> None:
     """kit_export.json, written last into a scratch folder, which then gets ordinary permissions."""
     (folder / "kit_export.json").write_text(json.dumps({**info, "versions": package_versions()}, indent=2) + "\n")
-    # The scratch folder is created private (mkdtemp) and some writers create files 0600; deployment artifacts
+    # Some writers create files 0600 (mkstemp inside); deployment artifacts
     # are read by other users (an `ollama` or llama.cpp service account), so apply the umask like a plain copy.
     umask = os.umask(0)
     os.umask(umask)

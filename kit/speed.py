@@ -4,7 +4,8 @@ Gradient checkpointing costs about a third of the step time, so it is turned on 
 peak memory without it does not fit the GPU (or when the method exists to save memory: `qlora`).
 Attention uses flash-attention 2 when it is installed and the GPU supports it, else PyTorch's sdpa;
 Liger's fused kernels (fused linear cross-entropy: no full-vocabulary logits in memory) when installed
-and the architecture is one Liger patches. Every choice can be forced in the recipe; `plan()` says why.
+and the architecture is one Liger patches. On a CPU: no checkpointing, and bf16 autocast when the CPU has native
+bf16 (AVX512-BF16/AMX). Every choice can be forced in the recipe; `plan()` says why.
 
 The memory model (bytes, 16-bit activations, flash/sdpa attention so no seq^2 term):
 weights + LoRA/optimizer state + layers * 34 * seq * batch * hidden (Korthikanti et al. 2022) + logits
@@ -33,6 +34,7 @@ class Hardware:
     compute_capability: tuple[int, int] = (0, 0)
     flash_attn_installed: bool = False
     liger_installed: bool = False
+    cpu_bf16: bool = False  # the CPU multiplies bf16 natively (AVX512-BF16 or AMX), so oneDNN runs bf16 fast
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,11 @@ class Plan:
     use_liger_kernel: bool
     estimated_peak_gib: float
     reasons: list[str] = field(default_factory=list)
+    cpu_bf16_autocast: bool = False
 
     def describe(self) -> str:
-        return (f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}, attention "
+        precision = ", bf16 autocast" if self.cpu_bf16_autocast else ""
+        return (f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}{precision}, attention "
                 f"{self.attn_implementation}, Liger kernels {'on' if self.use_liger_kernel else 'off'}, "
                 f"estimated peak {self.estimated_peak_gib:.1f} GiB ({'; '.join(self.reasons)})")
 
@@ -64,7 +68,7 @@ def detect_hardware() -> Hardware:
     import torch
 
     if not torch.cuda.is_available():
-        return Hardware(cuda=False)
+        return Hardware(cuda=False, cpu_bf16=torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     properties = torch.cuda.get_device_properties(0)
     return Hardware(
         cuda=True,
@@ -104,7 +108,7 @@ def estimate_peak_gib(shape: ModelShape, method: str, batch: int, seq: int, chec
 
 def plan(hardware: Hardware, shape: ModelShape, method: str, batch: int, seq: int,
          checkpointing: bool | None = None, attention: str | None = None, liger: bool | None = None,
-         headroom: float = 0.85) -> Plan:
+         headroom: float = 0.85, cpu_bf16: bool | None = None) -> Plan:
     """Choose the speed settings; explicit arguments (from the recipe) always win."""
     reasons = []
     if liger is None:
@@ -139,5 +143,15 @@ def plan(hardware: Hardware, shape: ModelShape, method: str, batch: int, seq: in
                            + ("does not fit, checkpointing on" if checkpointing else "fits, checkpointing off"))
     else:
         reasons.append("checkpointing set in the recipe")
+    autocast = False
+    if not hardware.cuda:
+        # fp32 weights, bf16 matmuls: on a CPU with native bf16 this is ~1.5x faster than fp32 for the same loss.
+        if cpu_bf16 is None:
+            autocast = hardware.cpu_bf16
+            reasons.append("bf16 autocast: the CPU has native bf16 (AVX512-BF16/AMX)" if autocast
+                           else "fp32: the CPU has no native bf16")
+        else:
+            autocast = cpu_bf16
+            reasons.append("CPU bf16 autocast set in the recipe")
     peak = estimate_peak_gib(shape, method, batch, seq, checkpointing, liger)
-    return Plan(checkpointing, attention, liger, peak, reasons)
+    return Plan(checkpointing, attention, liger, peak, reasons, autocast)

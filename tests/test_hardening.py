@@ -592,14 +592,14 @@ def test_read_only_output_dir_is_one_clear_line(env, tmp_path, capsys):
 
 
 def test_permission_denied_while_exporting_keeps_the_run(trained, capsys, monkeypatch):
-    import tempfile
+    import kit.runs
 
     before = tree_digest(trained.run_dir)
 
-    def denied(*args, dir=None, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+    def denied(target):
+        raise PermissionError(errno.EACCES, "Permission denied", str(target.parent))
 
-    monkeypatch.setattr(tempfile, "mkdtemp", denied)  # a folder the user may read but not write
+    monkeypatch.setattr(kit.runs, "scratch_dir", denied)  # a folder the user may read but not write
     path = write_recipe(trained.run_dir.parent.parent, yaml.safe_load(trained.to_yaml()), "trained.yaml")
     assert run_stage("export", path) == 2
     stderr = capsys.readouterr().err

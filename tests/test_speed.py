@@ -42,3 +42,32 @@ def test_shape_from_config_estimates_parameters():
                          num_key_value_heads=8, vocab_size=128_256, tie_word_embeddings=False)
     shape = speed.shape_of(config)
     assert shape.parameters == pytest.approx(8.03e9, rel=0.01) and shape.model_type == "llama"
+
+
+def test_cpu_with_native_bf16_autocasts_unless_the_recipe_says_no():
+    bf16_cpu = speed.Hardware(cuda=False, cpu_bf16=True)
+    assert speed.plan(bf16_cpu, LLAMA_8B, "lora", 8, 256).cpu_bf16_autocast is True
+    assert "bf16 autocast" in speed.plan(bf16_cpu, LLAMA_8B, "lora", 8, 256).describe()
+    assert speed.plan(speed.Hardware(cuda=False), LLAMA_8B, "lora", 8, 256).cpu_bf16_autocast is False
+    assert speed.plan(bf16_cpu, LLAMA_8B, "lora", 8, 256, cpu_bf16=False).cpu_bf16_autocast is False
+    assert speed.plan(H200, LLAMA_8B, "lora", 4, 2048).cpu_bf16_autocast is False  # GPUs follow model.dtype
+
+
+def test_autocast_reaches_the_trainer_and_only_adapters_get_a_bf16_base(tiny_recipe, tiny_model_dir):
+    import torch
+
+    from kit import sft
+    from kit.recipe import load_recipe
+
+    plan = speed.plan(speed.Hardware(cuda=False, cpu_bf16=True), LLAMA_8B, "lora", 8, 256)
+    recipe = load_recipe(tiny_recipe())
+    assert sft._trainer_args(recipe, recipe.run_dir, False, False, plan).bf16 is True
+    assert sft._trainer_args(recipe, recipe.run_dir, False, False, speed.plan(speed.Hardware(cuda=False), LLAMA_8B, "lora", 8, 256)).bf16 is False
+    model, peft_config = sft.build_model(recipe, str(tiny_model_dir), cpu_bf16_autocast=True)
+    assert peft_config is not None and next(model.parameters()).dtype == torch.bfloat16
+    full = load_recipe(tiny_recipe(), ["sft.method=full"])
+    model, _ = sft.build_model(full, str(tiny_model_dir), cpu_bf16_autocast=True)
+    assert next(model.parameters()).dtype == torch.float32  # trained weights keep float32 masters
+    pinned = load_recipe(tiny_recipe(), ["model.dtype=float32"])
+    model, _ = sft.build_model(pinned, str(tiny_model_dir), cpu_bf16_autocast=True)
+    assert next(model.parameters()).dtype == torch.float32

@@ -176,6 +176,27 @@ def test_token_limits_use_the_model_tokenizer(tiny_recipe):
         data.build(load_recipe(tiny_recipe(data={"rules": {"min_tokens": 1000}})))
 
 
+
+@pytest.mark.parametrize("yield_cpu", [False, True])
+def test_token_helper_counts_as_the_in_process_tokenizer(tiny_recipe, monkeypatch, yield_cpu):
+    # The helper loads the tokenizer with torch hidden (and, for large exports, at a lower priority), and
+    # answers while the caller writes files: its counts must be those of a plain in-process load.
+    recipe = load_recipe(tiny_recipe())
+    conversations = [{"messages": [{"role": "user", "content": "My Loop Cam is offline again?"},
+                                   {"role": "assistant", "content": f"Restart it {n} times, then re-add it."}]}
+                     for n in range(300)]  # a question larger than a pipe's buffer
+    counter = data.TokenCounter(recipe.model, yield_cpu=yield_cpu)
+    assert counter.process is not None
+    asked = counter.ask(conversations)
+    lengths, problem = counter.collect(asked)
+    counter.close()
+    assert problem is None and counter.process is None
+    from kit import models
+
+    assert lengths == data.token_lengths(conversations, models.load_tokenizer(recipe.model))
+    monkeypatch.setattr(data.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert data.TokenCounter(recipe.model).lengths(conversations) == (lengths, None)  # in-process
+
 # -- reading ---------------------------------------------------------------------------------------
 
 

@@ -19,14 +19,16 @@ import contextlib
 import hashlib
 import json
 import multiprocessing
+import os
 import random
 import statistics
+import threading
 import sys
 from pathlib import Path
 
 from kit.data.augment import augment
 from kit.data.clean import resolve_rules
-from kit.data.convert import Conversion, Settings, convert, messages_of, no_gc, parse_time
+from kit.data.convert import PARALLEL_MIN_BYTES, Conversion, Settings, convert, messages_of, no_gc, parse_time
 from kit.data.convert import dumps_line
 from kit.data.splits import folds, split
 from kit.data.template import (
@@ -50,6 +52,7 @@ DATASET_SPLITS = ("train", "validation", "test")
 FORMAT_VERSION = 2
 # Without token limits, token-length percentiles come from a seeded sample of this many conversations.
 TOKEN_STATS_SAMPLE = 2000
+HELPER_NICENESS = 10  # the tokenizer helper's priority below the conversion's
 
 
 def recipe_sources(recipe) -> list[tuple]:
@@ -186,51 +189,99 @@ def _percentiles(values: list[int]) -> dict | None:
             "mean": round(statistics.fmean(ordered), 1)}
 
 
-def _count_tokens_serve(section, connection) -> None:
+def _count_tokens_serve(section, connection, yield_cpu: bool) -> None:
     """The helper process: load the tokenizer, then answer lists of conversations with their lengths."""
     from kit import models
 
+    # On a large export the load takes CPU time that the conversion would otherwise share its cores with:
+    # take what they leave idle (the answer is needed only at the end: after the conversion, or while
+    # files are written). A small export waits for the tokenizer at once, so it loads at full priority.
+    if yield_cpu:
+        with contextlib.suppress(OSError):
+            os.nice(HELPER_NICENESS)
+    # Tokenizing needs no torch, but transformers imports it when it is installed: ~1.4 of the ~2.3 CPU-s
+    # the load takes. Hide it here (only in this process). If the tokenizer then fails to load, the
+    # parent loads it in-process, with torch: a problem is reported only as a plain load gives it.
+    hidden = "torch" not in sys.modules
+    if hidden:
+        sys.modules["torch"] = None  # `import torch` raises ImportError; transformers runs tokenizer-only
+        os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"  # its "PyTorch was not found" notice
     try:
         tokenizer, problem = models.load_tokenizer(section), None
     except KitError as exc:
         tokenizer, problem = None, str(exc).splitlines()[0]
     except Exception as exc:  # reported to the parent, which decides whether it matters
         tokenizer, problem = None, f"{type(exc).__name__}: {exc}"
+    status = "retry" if hidden and tokenizer is None else "error"
     while (conversations := connection.recv()) is not None:
-        connection.send(("error", problem) if tokenizer is None else ("ok", _lengths(tokenizer, conversations)))
+        connection.send((status, problem) if tokenizer is None else ("ok", _lengths(tokenizer, conversations)))
 
 
 class TokenCounter:
     """The model's tokenizer, loaded in a forked helper process while the conversion runs: importing
     transformers and loading a tokenizer takes seconds, and the conversion keeps the main process busy.
-    Without fork (or on error) it loads in-process."""
+    Without fork (or on error) it loads in-process. `yield_cpu`: load at a lower priority than the
+    conversion (worth it when the conversion takes longer than the load)."""
 
-    def __init__(self, section):
+    def __init__(self, section, yield_cpu: bool = False):
         self.section = section
         self.connection = self.process = None
         if "fork" in multiprocessing.get_all_start_methods():
             context = multiprocessing.get_context("fork")
             self.connection, child = context.Pipe()
-            self.process = context.Process(target=_count_tokens_serve, args=(section, child), daemon=True)
+            self.process = context.Process(target=_count_tokens_serve, args=(section, child, yield_cpu), daemon=True)
             self.process.start()
             child.close()
 
     def lengths(self, conversations: list[dict]) -> tuple[list[int] | None, str | None]:
         """(tokens per conversation, None), or (None, why the tokenizer is unavailable)."""
+        return self.collect(self.ask(conversations))
+
+    def ask(self, conversations: list[dict]):
+        """Send the conversations to the helper and return at once; `collect` waits for the answer, so the
+        caller can work meanwhile. Without a helper, the conversations' contents to count in `collect`."""
         contents = [[m["content"] for m in messages_of(c)] for c in conversations]
-        if self.process is not None:
+        if self.process is None:
+            return contents
+        # A big question fills the pipe, and the helper reads it only once its tokenizer is loaded: send
+        # from a thread so that this one goes on.
+        failed: list[str] = []
+
+        def send() -> None:
             try:
                 self.connection.send(contents)
+            except (EOFError, OSError) as exc:
+                failed.append(f"the tokenizer process ended ({exc})")
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        return sender, failed, contents
+
+    def collect(self, asked) -> tuple[list[int] | None, str | None]:
+        """The answer to `ask` (which returned `asked`): as `lengths`."""
+        if self.process is not None:
+            sender, failed, contents = asked
+            sender.join()
+            if failed:
+                return None, failed[0]
+            try:
                 status, payload = self.connection.recv()
             except (EOFError, OSError) as exc:
                 return None, f"the tokenizer process ended ({exc})"
-            return (payload, None) if status == "ok" else (None, payload)
+            if status != "retry":
+                return (payload, None) if status == "ok" else (None, payload)
+        else:
+            contents = asked
         from kit import models
 
         try:
             return _lengths(models.load_tokenizer(self.section), contents), None
         except KitError as exc:
             return None, str(exc).splitlines()[0]
+        except Exception as exc:
+            if self.process is None:
+                raise
+            return None, f"{type(exc).__name__}: {exc}"  # as the helper reports it
 
     def close(self, wait: bool = True) -> None:
         """Stop the helper: politely when its work is done, at once (`wait=False`) when the build failed."""
@@ -344,8 +395,6 @@ def build(recipe, force: bool = False) -> Path:
 
 
 def _build(recipe, force: bool) -> Path:
-    from kit.runs import atomic_dir
-
     target = dataset_dir(recipe)
     stamp = fingerprint(recipe)
     stats_path = target / "stats.json"
@@ -358,7 +407,8 @@ def _build(recipe, force: bool) -> Path:
     sources = recipe_sources(recipe)
     limits = _token_limits(recipe)
     limited = any(low or high for low, high in limits.values())
-    counter = TokenCounter(recipe.model)
+    large = sum(Path(item[0]).stat().st_size for item in sources if Path(item[0]).is_file()) >= PARALLEL_MIN_BYTES
+    counter = TokenCounter(recipe.model, yield_cpu=large)
     try:
         result = convert(sources, recipe.data.system_prompt, _recipe_settings(recipe))
         sampled = None
@@ -372,12 +422,20 @@ def _build(recipe, force: bool) -> Path:
             if len(sample) > TOKEN_STATS_SAMPLE:
                 sample = random.Random(recipe.seed).sample(sample, TOKEN_STATS_SAMPLE)
                 sampled = len(sample)
-            lengths, tokenizer_problem = counter.lengths(sample)
-            lengths = lengths or []
-    except BaseException:
+            # Counted (and the tokenizer maybe still loaded) while the dataset files are written.
+            asked = counter.ask(sample)
+        return _finish(recipe, target, stamp, result, counter, lengths if limited else None,
+                       None if limited else asked, sampled)
+    finally:
         counter.close(wait=False)
-        raise
-    counter.close()
+
+
+def _finish(recipe, target: Path, stamp: str, result: Conversion, counter: TokenCounter, lengths: list[int] | None,
+            asked, sampled: int | None) -> Path:
+    """Split, write and describe the dataset; `lengths` were measured, else `asked` is `counter`'s question."""
+    from kit.runs import atomic_dir
+
+    tokenizer_problem = None
     if not result.conversations:
         reasons = ", ".join(f"{code} {n}" for code, n in result.by_reason().items())
         raise KitError(
@@ -411,13 +469,11 @@ def _build(recipe, force: bool) -> Path:
         "pii": dict(sorted(result.pii.items())),
         "splits": {name: len(splits[name]) for name in DATASET_SPLITS},
         "augmented": len(augmented),
-        "token_lengths": _percentiles(lengths) if sampled is None or not lengths else {**_percentiles(lengths), "sample": sampled},
+        "token_lengths": None,  # below, once counted
         "sources": result.sources,
     }
     if result.threads:
         stats["threads"] = dict(result.threads)
-    if tokenizer_problem:
-        stats["token_lengths_unavailable"] = tokenizer_problem
     assert stats["input"] == stats["kept"] + stats["rejected"] + stats["duplicates"], stats
     with atomic_dir(target) as scratch:
         digest = hashlib.sha256()
@@ -425,6 +481,14 @@ def _build(recipe, force: bool) -> Path:
             _write_jsonl(scratch / f"{name}.jsonl", splits[name])
             digest.update((scratch / f"{name}.jsonl").read_bytes())
         _write_jsonl(scratch / "rejects.jsonl", result.rejects)
+        if lengths is None:
+            lengths, tokenizer_problem = counter.collect(asked)
+            lengths = lengths or []
+        counter.close()
+        stats["token_lengths"] = (_percentiles(lengths) if sampled is None or not lengths
+                                  else {**_percentiles(lengths), "sample": sampled})
+        if tokenizer_problem:
+            stats["token_lengths_unavailable"] = tokenizer_problem
         if data.folds:
             originals = [c for name in ("train", "validation") for c in splits[name] if "augmented" not in c["metadata"]]
             parts = folds(originals, data.folds, recipe.seed, data.stratify_by)

@@ -893,6 +893,11 @@ def _run_chunk(bounds: tuple[int, int]) -> _Batch:
     return getattr(assembler, method)(items[bounds[0] : bounds[1]])
 
 
+def _run_chunk_sent(bounds: tuple[int, int]) -> bytes:
+    """`_run_chunk` in a worker: its batch pickled without the memo (see `_dumps_tree`)."""
+    return _dumps_tree(_run_chunk(bounds))
+
+
 def _chunks(items: list, sizes: list[int], target: int) -> list[tuple[int, int]]:
     bounds, start, count = [], 0, 0
     for index, size in enumerate(sizes):
@@ -928,8 +933,8 @@ def _assemble(assembler: _Assembler, method: str, items: list, records: int, set
         # This process takes every `workers`-th chunk itself and `workers - 1` forked processes the rest:
         # a chunk done here is neither pickled nor copied, and this process would otherwise only wait.
         with multiprocessing.get_context("fork").Pool(workers - 1) as pool:
-            theirs = pool.imap(_run_chunk, [b for i, b in enumerate(bounds) if i % workers])
-            return [_run_chunk(b) if i % workers == 0 else next(theirs) for i, b in enumerate(bounds)]
+            theirs = pool.imap(_run_chunk_sent, [b for i, b in enumerate(bounds) if i % workers])
+            return [_run_chunk(b) if i % workers == 0 else pickle.loads(next(theirs)) for i, b in enumerate(bounds)]
     finally:
         _SHARED = None
 

@@ -52,6 +52,7 @@ DATASET_SPLITS = ("train", "validation", "test")
 FORMAT_VERSION = 2
 # Without token limits, token-length percentiles come from a seeded sample of this many conversations.
 TOKEN_STATS_SAMPLE = 2000
+WRITE_ROWS = 4096  # rows encoded (and hashed) at a time when writing a JSONL file
 HELPER_NICENESS = 10  # the tokenizer helper's priority below the conversion's
 
 
@@ -95,11 +96,19 @@ def dataset_dir(recipe) -> Path:
     return recipe.run_dir / "dataset"
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def _write_jsonl(path: Path, rows: list[dict], digest=None) -> None:
+    """One JSON line per row, as a text file in UTF-8 with the platform's line ends; `digest` (a hashlib
+    object) is updated with the bytes written, so that the file need not be read back to hash it."""
     # Conversations arrive with their line already serialized (`_line`, made by the conversion workers).
     encode = dumps_line
-    with path.open("w", encoding="utf-8") as handle:
-        handle.writelines((row.get("_line") or encode(row)) + "\n" for row in rows)
+    end = os.linesep
+    with path.open("wb") as handle:
+        for start in range(0, len(rows), WRITE_ROWS):
+            data = "".join([(row.get("_line") or encode(row)) + "\n" for row in rows[start : start + WRITE_ROWS]])
+            data = (data if end == "\n" else data.replace("\n", end)).encode("utf-8")  # as text mode writes
+            handle.write(data)
+            if digest is not None:
+                digest.update(data)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -478,8 +487,7 @@ def _finish(recipe, target: Path, stamp: str, result: Conversion, counter: Token
     with atomic_dir(target) as scratch:
         digest = hashlib.sha256()
         for name in DATASET_SPLITS:
-            _write_jsonl(scratch / f"{name}.jsonl", splits[name])
-            digest.update((scratch / f"{name}.jsonl").read_bytes())
+            _write_jsonl(scratch / f"{name}.jsonl", splits[name], digest)
         _write_jsonl(scratch / "rejects.jsonl", result.rejects)
         if lengths is None:
             lengths, tokenizer_problem = counter.collect(asked)

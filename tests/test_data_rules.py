@@ -197,6 +197,23 @@ def test_token_helper_counts_as_the_in_process_tokenizer(tiny_recipe, monkeypatc
     monkeypatch.setattr(data.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     assert data.TokenCounter(recipe.model).lengths(conversations) == (lengths, None)  # in-process
 
+
+def test_jsonl_files_are_hashed_as_written(tmp_path, monkeypatch):
+    # _write_jsonl encodes a few thousand lines at a time and hashes those bytes: the file must be what
+    # text mode writes (UTF-8, the platform's line ends) and the digest that of the file read back.
+    import hashlib
+
+    rows = [{"id": n, "text": f"caf\u00e9 \u2028 {n}\n"} for n in range(5000)] + [{"_line": '{"id": "pre"}'}]
+    monkeypatch.setattr(data, "WRITE_ROWS", 7)
+    for end in ("\n", "\r\n"):
+        monkeypatch.setattr(data.os, "linesep", end)
+        digest = hashlib.sha256()
+        data._write_jsonl(tmp_path / "rows.jsonl", rows, digest)
+        written = (tmp_path / "rows.jsonl").read_bytes()
+        expected = "".join(data.dumps_line(row) + end for row in rows[:-1]) + '{"id": "pre"}' + end
+        assert written == expected.encode("utf-8") and digest.hexdigest() == hashlib.sha256(written).hexdigest()
+    assert data.read_jsonl(tmp_path / "rows.jsonl")[0] == rows[0]
+
 # -- reading ---------------------------------------------------------------------------------------
 
 

@@ -198,9 +198,14 @@ def _percentiles(values: list[int]) -> dict | None:
             "mean": round(statistics.fmean(ordered), 1)}
 
 
-def _count_tokens_serve(section, connection, yield_cpu: bool) -> None:
+def _count_tokens_serve(section, connection, yield_cpu: bool, parent_end=None) -> None:
     """The helper process: load the tokenizer, then answer lists of conversations with their lengths."""
     from kit import models
+
+    if parent_end is not None:
+        # The fork copied the parent's end of the pipe: close it, so that when the parent dies (a SIGKILL
+        # gives it no time to say goodbye) `recv` ends with EOFError instead of waiting forever.
+        parent_end.close()
 
     # On a large export the load takes CPU time that the conversion would otherwise share its cores with:
     # take what they leave idle (the answer is needed only at the end: after the conversion, or while
@@ -222,8 +227,9 @@ def _count_tokens_serve(section, connection, yield_cpu: bool) -> None:
     except Exception as exc:  # reported to the parent, which decides whether it matters
         tokenizer, problem = None, f"{type(exc).__name__}: {exc}"
     status = "retry" if hidden and tokenizer is None else "error"
-    while (conversations := connection.recv()) is not None:
-        connection.send((status, problem) if tokenizer is None else ("ok", _lengths(tokenizer, conversations)))
+    with contextlib.suppress(EOFError, OSError):  # EOF: the parent is gone
+        while (conversations := connection.recv()) is not None:
+            connection.send((status, problem) if tokenizer is None else ("ok", _lengths(tokenizer, conversations)))
 
 
 class TokenCounter:
@@ -238,7 +244,9 @@ class TokenCounter:
         if "fork" in multiprocessing.get_all_start_methods():
             context = multiprocessing.get_context("fork")
             self.connection, child = context.Pipe()
-            self.process = context.Process(target=_count_tokens_serve, args=(section, child, yield_cpu), daemon=True)
+            self.process = context.Process(
+                target=_count_tokens_serve, args=(section, child, yield_cpu, self.connection), daemon=True
+            )
             self.process.start()
             child.close()
 

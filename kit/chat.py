@@ -284,7 +284,7 @@ def _redactor(recipe: Recipe):
     section = recipe.data.pii
     if not section.enabled:
         return lambda text: text
-    scanner = pii.Scanner(section.allowlist, (), section.patterns, section.phone_regions, section.kinds)
+    scanner = pii.section_scanner(section)
     return lambda text: scanner.redact(text)[0]
 
 

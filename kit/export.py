@@ -26,7 +26,7 @@ from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template
 from kit.recipe import ModelSection, Recipe, load_recipe
-from kit.runs import atomic_dir, package_versions, student_dir, tuned_adapter
+from kit.runs import atomic_dir, package_versions, student_dir, tuned_adapter, umask
 
 FORMATS = ("adapter", "merged", "gguf", "ollama")
 GGUF_TYPES = ("f16", "q8_0")  # largest first: the Modelfile points at the last one written
@@ -378,15 +378,13 @@ def modelfile(tokenizer, gguf_name: str, system_prompt: str | None, temperature:
 
 
 def _write_info(folder: Path, info: dict) -> None:
-    """kit_export.json, written last into a scratch folder, which then gets ordinary permissions."""
+    """kit_export.json, written last into a scratch folder whose files then get ordinary permissions."""
     (folder / "kit_export.json").write_text(json.dumps({**info, "versions": package_versions()}, indent=2) + "\n")
-    # Some writers create files 0600 (mkstemp inside); deployment artifacts
-    # are read by other users (an `ollama` or llama.cpp service account), so apply the umask like a plain copy.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
+    # The folder already follows the umask (`scratch_dir`), but some writers create files 0600 (mkstemp
+    # inside); deployment artifacts are read by other users (an `ollama` or llama.cpp service account).
+    mode = 0o666 & ~umask()
     for item in folder.iterdir():
-        os.chmod(item, 0o666 & ~umask)
+        os.chmod(item, mode)
 
 
 def save_merged(model, tokenizer, target: Path, info: dict) -> Path:

@@ -528,6 +528,11 @@ class Scanner:
         return "".join(parts), dict(Counter(f.kind for f in findings))
 
 
+def section_scanner(section, names: Iterable[str] = ()) -> Scanner:
+    """A Scanner with a recipe's `data.pii` settings (allowlist, patterns, phone regions, kinds)."""
+    return Scanner(section.allowlist, names, section.patterns, section.phone_regions, section.kinds)
+
+
 @functools.lru_cache(maxsize=32)
 def _scanner(allowlist: tuple, names: tuple, patterns: tuple, phone_regions: tuple, kinds: tuple | None) -> Scanner:
     return Scanner(allowlist, names, patterns, phone_regions, kinds)

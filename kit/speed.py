@@ -145,7 +145,7 @@ def plan(hardware: Hardware, shape: ModelShape, method: str, batch: int, seq: in
         reasons.append("checkpointing set in the recipe")
     autocast = False
     if not hardware.cuda:
-        # fp32 weights, bf16 matmuls: on a CPU with native bf16 this is ~1.5x faster than fp32 for the same loss.
+        # fp32 weights, bf16 matmuls: on the quickstart 1.6x faster than fp32 (bench/sft_cpu.py), same loss.
         if cpu_bf16 is None:
             autocast = hardware.cpu_bf16
             reasons.append("bf16 autocast: the CPU has native bf16 (AVX512-BF16/AMX)" if autocast

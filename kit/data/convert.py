@@ -217,7 +217,7 @@ def _scanner(settings: Settings, names: list[str]) -> pii.Scanner | None:
         return None
     if section is None:
         return pii.Scanner(names=names)
-    return pii.Scanner(section.allowlist, names, section.patterns, section.phone_regions, section.kinds)
+    return pii.section_scanner(section, names)
 
 
 # -- phase 1: reading ---------------------------------------------------------------------------------

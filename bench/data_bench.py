@@ -123,6 +123,17 @@ def run_kit(csv_path: Path, workdir: Path, model: str, pii: bool = True) -> dict
             "token_stats": stats.get("token_lengths") is not None}
 
 
+def merge_turns(roles, bodies) -> list[dict]:
+    """Messages in order, consecutive ones from the same side merged (as the ticket template does)."""
+    messages = []
+    for role, body in zip(roles, bodies):
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"] += "\n\n" + body
+        else:
+            messages.append({"role": role, "content": body})
+    return messages
+
+
 def run_pandas(csv_path: Path, workdir: Path, pii: bool = True) -> dict:
     """The script a data scientist would write with pandas for the same job: the same mapping (roles,
     internal notes out, time order, consecutive turns merged, both sides required), the same per-text
@@ -155,12 +166,7 @@ def run_pandas(csv_path: Path, workdir: Path, pii: bool = True) -> dict:
     seen = set()
     with out.open("w", encoding="utf-8") as handle:
         for ticket_id, group in df.groupby("ticket_id", sort=False):
-            messages = []
-            for role, body in zip(group["role"], group["body"]):
-                if messages and messages[-1]["role"] == role:
-                    messages[-1]["content"] += "\n\n" + body
-                else:
-                    messages.append({"role": role, "content": body})
+            messages = merge_turns(group["role"], group["body"])
             while messages and messages[-1]["role"] == "user":  # nothing answers a trailing customer message
                 messages.pop()
             roles = {m["role"] for m in messages}
@@ -198,12 +204,7 @@ def run_pandas_mapping(csv_path: Path, workdir: Path) -> dict:
     conversations = 0
     with out.open("w", encoding="utf-8") as handle:
         for ticket_id, group in df.groupby("ticket_id", sort=False):
-            messages = []
-            for role, body in zip(group["role"], group["body"]):
-                if messages and messages[-1]["role"] == role:
-                    messages[-1]["content"] += "\n\n" + body
-                else:
-                    messages.append({"role": role, "content": body})
+            messages = merge_turns(group["role"], group["body"])
             roles = {m["role"] for m in messages}
             if "user" not in roles or "assistant" not in roles:
                 continue

@@ -492,6 +492,10 @@ def run(recipe: Recipe, resume: bool = False, preflight_only: bool = False) -> P
             raise KitError(f"sft.lora.target_modules: {recipe.sft.lora.target_modules} not found in the model; use "
                            f"all-linear or some of {', '.join(names)}") from None
         raise
+    if plan.cpu_lora_dropout:
+        from kit.dropout import replace_lora_dropout
+
+        replace_lora_dropout(trainer.model)
     trainer.kit_decay = recipe.sft.layer_lr_decay
     trainer.kit_guard = guard
     trainer.kit_seen = [] if state.num_processes > 1 else None

@@ -4,8 +4,9 @@ Gradient checkpointing costs about a third of the step time, so it is turned on 
 peak memory without it does not fit the GPU (or when the method exists to save memory: `qlora`).
 Attention uses flash-attention 2 when it is installed and the GPU supports it, else PyTorch's sdpa;
 Liger's fused kernels (fused linear cross-entropy: no full-vocabulary logits in memory) when installed
-and the architecture is one Liger patches. On a CPU: no checkpointing, and bf16 autocast when the CPU has native
-bf16 (AVX512-BF16/AMX). Every choice can be forced in the recipe; `plan()` says why.
+and the architecture is one Liger patches. On a CPU: no checkpointing, bf16 autocast when the CPU has native
+bf16 (AVX512-BF16/AMX), and LoRA dropout masks drawn four per random number (kit/dropout.py). Every choice but
+the last can be forced in the recipe; `plan()` says why.
 
 The memory model (bytes, 16-bit activations, flash/sdpa attention so no seq^2 term):
 weights + LoRA/optimizer state + layers * 34 * seq * batch * hidden (Korthikanti et al. 2022) + logits
@@ -54,9 +55,11 @@ class Plan:
     estimated_peak_gib: float
     reasons: list[str] = field(default_factory=list)
     cpu_bf16_autocast: bool = False
+    cpu_lora_dropout: bool = False  # LoRA dropout masks from 16-bit lanes of 64-bit draws (kit/dropout.py)
 
     def describe(self) -> str:
         precision = ", bf16 autocast" if self.cpu_bf16_autocast else ""
+        precision += ", 4-masks-per-draw LoRA dropout" if self.cpu_lora_dropout else ""
         return (f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}{precision}, attention "
                 f"{self.attn_implementation}, Liger kernels {'on' if self.use_liger_kernel else 'off'}, "
                 f"estimated peak {self.estimated_peak_gib:.1f} GiB ({'; '.join(self.reasons)})")
@@ -154,4 +157,5 @@ def plan(hardware: Hardware, shape: ModelShape, method: str, batch: int, seq: in
             autocast = cpu_bf16
             reasons.append("CPU bf16 autocast set in the recipe")
     peak = estimate_peak_gib(shape, method, batch, seq, checkpointing, liger)
-    return Plan(checkpointing, attention, liger, peak, reasons, autocast)
+    # On a CPU one random draw per dropout element was 17% of a LoRA step; kit/dropout.py needs a quarter of them.
+    return Plan(checkpointing, attention, liger, peak, reasons, autocast, cpu_lora_dropout=not hardware.cuda)

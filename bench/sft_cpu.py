@@ -7,7 +7,9 @@ steps, batch size, learning rate and LoRA config. What differs is what each deci
 - plain TRL defaults: conversational `messages` dataset, gradient checkpointing on, bf16 autocast on, batches
   in random order, loss on every token (`use_cpu=True` is the one setting added: the defaults refuse a CPU);
 - kit: its own assistant-token mask, no gradient checkpointing on CPU, bf16 autocast where the CPU has native
-  bf16 (as TRL) with the frozen base held in bf16 under LoRA, length-grouped batches.
+  bf16 (as TRL) with the frozen base held in bf16 under LoRA, length-grouped batches, LoRA dropout masks drawn
+  four per random number (kit/dropout.py), and glibc's malloc told to keep freed memory for reuse
+  (`speed.keep_freed_memory`; process-wide, so TRL runs first here and does not get it).
 Prints non-padding tokens/s of each and their ratio, and the held-out (test split) eval loss on assistant
 tokens of each tuned model, computed by the same function. Time is the `train()` call, less kit's validation
 passes (TRL's defaults get no validation set); kit's checkpoint saving stays in.

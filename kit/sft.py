@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit import data, models
+from kit import data, models, speed
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template, tokenize_conversation
@@ -168,8 +168,6 @@ def apply_freeze(model, settings) -> None:
 def speed_plan(recipe: Recipe, model_path: str):
     """kit.speed's choice of checkpointing, attention and fused kernels for this GPU (or CPU) and model."""
     from transformers import AutoConfig
-
-    from kit import speed
 
     sft = recipe.sft
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code, revision=recipe.model.revision)
@@ -469,6 +467,8 @@ def run(recipe: Recipe, resume: bool = False, preflight_only: bool = False) -> P
         raise KitError(f"model.name: cannot read the config of {recipe.model.name!r} ({str(exc).splitlines()[0][:200]})") from None
     if main:
         print(f"kit.sft: speed settings: {plan.describe()}", flush=True)
+    if plan.cpu_keep_freed_memory:
+        speed.keep_freed_memory()
     model, peft_config = build_model(recipe, model_path, plan.attn_implementation, plan.cpu_bf16_autocast)
     packing = _packing(recipe, model)
     KitSFTTrainer, GuardCallback = _trainer_class()

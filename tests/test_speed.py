@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from kit import speed
@@ -71,3 +73,35 @@ def test_autocast_reaches_the_trainer_and_only_adapters_get_a_bf16_base(tiny_rec
     pinned = load_recipe(tiny_recipe(), ["model.dtype=float32"])
     model, _ = sft.build_model(pinned, str(tiny_model_dir), cpu_bf16_autocast=True)
     assert next(model.parameters()).dtype == torch.float32
+
+
+FAULTS = """
+import resource, sys
+import torch
+from kit import speed
+if sys.argv[1] == "keep":
+    assert speed.keep_freed_memory()
+for _ in range(30):
+    torch.ones(1 << 24)  # the heap grows to what the loop below needs (with the setting, once)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    torch.ones(1 << 24)  # 64 MiB, written, then freed
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="tunes glibc's malloc")
+def test_keep_freed_memory_stops_page_faults_on_reused_blocks():
+    import subprocess
+    import sys
+
+    def faults(mode):
+        done = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
+        return int(done.stdout.strip())
+
+    stock, kept = faults("stock"), faults("keep")
+    assert stock > 20 * 16_000 * 0.8  # each 64 MiB block faulted in again: 16,384 pages of 4 KiB
+    assert kept < stock / 10
+    cpu = speed.plan(speed.Hardware(cuda=False, glibc=True), LLAMA_8B, "lora", 8, 256)
+    assert cpu.cpu_keep_freed_memory and "freed memory kept" in cpu.describe()
+    assert not speed.plan(H200, LLAMA_8B, "lora", 4, 2048).cpu_keep_freed_memory

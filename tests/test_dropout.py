@@ -72,7 +72,7 @@ def test_replaces_peft_lora_dropouts_and_the_adapter_is_unchanged(tiny_model_dir
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
 
 
-def test_kit_plans_it_on_cpu_only_and_the_trainer_gets_it(tiny_recipe):
+def test_kit_plans_it_on_cpu_only_and_the_trainer_gets_it(tiny_recipe, monkeypatch):
     from kit import sft, speed
     from kit.recipe import load_recipe
 
@@ -95,9 +95,6 @@ def test_kit_plans_it_on_cpu_only_and_the_trainer_gets_it(tiny_recipe):
 
         return Spy, callback
 
-    sft._trainer_class = spy
-    try:
-        sft.run(recipe)
-    finally:
-        sft._trainer_class = original
+    monkeypatch.setattr(sft, "_trainer_class", spy)
+    sft.run(recipe)
     assert "BitsDropout" in captured["kinds"] and "Dropout" not in captured["kinds"]

@@ -101,7 +101,7 @@ def test_layer_lr_decay_sets_one_rate_per_depth(tiny_model_dir):
     assert all(g["weight_decay"] == 0.0 for g in groups if any(p.ndim < 2 for p in g["params"]))
 
 
-def test_trainer_uses_layer_lr_groups(tiny_recipe):
+def test_trainer_uses_layer_lr_groups(tiny_recipe, monkeypatch):
     recipe = load_recipe(tiny_recipe(), ["sft.method=full", "sft.max_steps=1", "sft.layer_lr_decay=0.5", "sft.lr_scheduler=constant"])
     captured = {}
     original = sft._trainer_class
@@ -117,11 +117,8 @@ def test_trainer_uses_layer_lr_groups(tiny_recipe):
 
         return Spy, callback
 
-    sft._trainer_class = spy
-    try:
-        sft.run(recipe)
-    finally:
-        sft._trainer_class = original
+    monkeypatch.setattr(sft, "_trainer_class", spy)
+    sft.run(recipe)
     base = recipe.sft.learning_rate
     assert captured["lrs"] == pytest.approx([base * 0.25, base * 0.5, base])
 

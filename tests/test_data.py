@@ -93,3 +93,21 @@ def test_cli_templates_and_preview(tiny_recipe, capsys):
     data.main(["preview", str(tiny_recipe()), "-n", "2"])
     out = capsys.readouterr().out
     assert out.count("--- ") == 3 and "record 1 (line 2)" in out and f"{len(QA_ROWS)} records" in out
+
+
+def test_large_builds_report_each_phase_and_small_ones_stay_quiet(tiny_recipe, capsys, monkeypatch):
+    lines = []
+    sample = REPO / "data_templates" / "samples" / "brightloop_ticket_threads.csv"
+    settings = data.Settings(workers=2, progress=lines.append)  # workers set: read in 2 processes at any size
+    result = data.convert([(str(sample), data.load_template("ticket_threads_csv"))], None, settings)
+    assert [line.split(":")[0].split(" ")[0] for line in lines] == ["reading", sample.name, sample.name, sample.name]
+    assert f"{result.input:,} records read in" in lines[1] and "in 2 processes" in lines[0]
+    assert f"assembling {result.assembled:,} conversations" in lines[2] and "assembled in" in lines[3]
+
+    recipe = load_recipe(tiny_recipe())
+    data.build(recipe, force=True)
+    assert "kit.data: reading" not in capsys.readouterr().err
+    monkeypatch.setattr(data, "PARALLEL_MIN_BYTES", 0)  # every export counts as large
+    data.build(recipe, force=True)
+    err = capsys.readouterr().err
+    assert "kit.data: reading" in err and "kit.data: writing" in err

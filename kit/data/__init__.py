@@ -426,8 +426,11 @@ def _build(recipe, force: bool) -> Path:
     limited = any(low or high for low, high in limits.values())
     large = sum(Path(item[0]).stat().st_size for item in sources if Path(item[0]).is_file()) >= PARALLEL_MIN_BYTES
     counter = TokenCounter(recipe.model, yield_cpu=large)
+    settings = _recipe_settings(recipe)
+    if large:  # a big export takes a while: say what is happening, a line per phase
+        settings.progress = _progress
     try:
-        result = convert(sources, recipe.data.system_prompt, _recipe_settings(recipe))
+        result = convert(sources, recipe.data.system_prompt, settings)
         sampled = None
         if limited:  # every conversation is measured against its limits
             lengths, tokenizer_problem = counter.lengths(result.conversations)
@@ -442,13 +445,17 @@ def _build(recipe, force: bool) -> Path:
             # Counted (and the tokenizer maybe still loaded) while the dataset files are written.
             asked = counter.ask(sample)
         return _finish(recipe, target, stamp, result, counter, lengths if limited else None,
-                       None if limited else asked, sampled)
+                       None if limited else asked, sampled, settings.progress)
     finally:
         counter.close(wait=False)
 
 
+def _progress(line: str) -> None:
+    print(f"kit.data: {line}", file=sys.stderr, flush=True)
+
+
 def _finish(recipe, target: Path, stamp: str, result: Conversion, counter: TokenCounter, lengths: list[int] | None,
-            asked, sampled: int | None) -> Path:
+            asked, sampled: int | None, progress=None) -> Path:
     """Split, write and describe the dataset; `lengths` were measured, else `asked` is `counter`'s question."""
     from kit.runs import atomic_dir
 
@@ -492,6 +499,8 @@ def _finish(recipe, target: Path, stamp: str, result: Conversion, counter: Token
     if result.threads:
         stats["threads"] = dict(result.threads)
     assert stats["input"] == stats["kept"] + stats["rejected"] + stats["duplicates"], stats
+    if progress:
+        progress(f"writing {len(result.conversations):,} conversations and {len(result.rejects):,} rejects")
     with atomic_dir(target) as scratch:
         digest = hashlib.sha256()
         for name in DATASET_SPLITS:

@@ -32,6 +32,7 @@ import operator
 import os
 import pickle
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -81,6 +82,7 @@ class Settings:
     workers: int | None = None  # None: one per CPU core for large sources; 0 or 1: in-process
     # Also serialize each conversation's JSON line (`_line`) where it is assembled, i.e. in the workers.
     serialize: bool = False
+    progress: object = None  # a callable given one line of progress per phase and source (large builds)
 
 
 @dataclass
@@ -965,9 +967,16 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
                  and (settings.workers is not None or source.path.stat().st_size >= PARALLEL_MIN_BYTES))
         reader = _Reader(result, source, rules, split)
         before = result.input
+        if settings.progress:
+            settings.progress(f"reading {source.path.name} ({source.path.stat().st_size / 2**20:,.0f} MiB"
+                              f"{', in 2 processes' if split else ''})")
+        started = time.perf_counter()
         items = reader.qa_pairs() if template.shape == "qa_pairs" else getattr(reader, template.shape)()
         names.update(name for name in reader.names_seen if name)
         read_sources.append((source, rules, reader, items, result.input - before))
+        if settings.progress:
+            settings.progress(f"{source.path.name}: {result.input - before:,} records read in "
+                              f"{time.perf_counter() - started:.1f} s")
     scanner = _scanner(settings, sorted({name.strip() for name in names} - {""}))
     for source, rules, reader, items, records in read_sources:
         # Early rejects kept their raw text until every name was known; redact them now.
@@ -981,6 +990,12 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
         result.rejects.extend(reader.rejects)
         assembler = _Assembler(source, rules, scanner, settings.dedup, system_prompt, settings.serialize)
         method = "qa_pairs" if source.template.shape == "qa_pairs" else "groups"
+        started = time.perf_counter()
+        if settings.progress:
+            workers = worker_count(settings, records)
+            settings.progress(f"{source.path.name}: cleaning, redacting and assembling {len(items):,} "
+                              f"{'pairs' if method == 'qa_pairs' else 'conversations'}"
+                              f"{f' in {workers} processes' if workers else ''}")
         for batch in _assemble(assembler, method, items, records, settings):
             result.conversations.extend(batch.conversations)
             result.rejects.extend(batch.rejects)
@@ -988,6 +1003,8 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
             result.assembled += batch.assembled
             result.rejected_conversations += batch.rejected_conversations
         result.sources.append({"file": source.file, "template": source.template_name, "records": records})
+        if settings.progress:
+            settings.progress(f"{source.path.name}: assembled in {time.perf_counter() - started:.1f} s")
     _dedup(result, settings)
     kept = Counter(c["source"]["file"] for c in result.conversations)
     for entry in result.sources:  # after dedup across sources (the same file listed twice shares its count)

@@ -5,8 +5,9 @@ peak memory without it does not fit the GPU (or when the method exists to save m
 Attention uses flash-attention 2 when it is installed and the GPU supports it, else PyTorch's sdpa;
 Liger's fused kernels (fused linear cross-entropy: no full-vocabulary logits in memory) when installed
 and the architecture is one Liger patches. On a CPU: no checkpointing, bf16 autocast when the CPU has native
-bf16 (AVX512-BF16/AMX), and LoRA dropout masks drawn four per random number (kit/dropout.py). Every choice but
-the last can be forced in the recipe; `plan()` says why.
+bf16 (AVX512-BF16/AMX), LoRA dropout masks drawn four per random number (kit/dropout.py) and, with glibc,
+freed memory kept for reuse (`keep_freed_memory`). Every choice but these last two can be forced in the recipe;
+`plan()` says why.
 
 The memory model (bytes, 16-bit activations, flash/sdpa attention so no seq^2 term):
 weights + LoRA/optimizer state + layers * 34 * seq * batch * hidden (Korthikanti et al. 2022) + logits
@@ -60,10 +61,10 @@ class Plan:
     cpu_keep_freed_memory: bool = False  # glibc malloc without mmap for big blocks (see `keep_freed_memory`)
 
     def describe(self) -> str:
-        precision = ", bf16 autocast" if self.cpu_bf16_autocast else ""
-        precision += ", 4-masks-per-draw LoRA dropout" if self.cpu_lora_dropout else ""
-        precision += ", freed memory kept for reuse" if self.cpu_keep_freed_memory else ""
-        return (f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}{precision}, attention "
+        cpu = ", bf16 autocast" if self.cpu_bf16_autocast else ""
+        cpu += ", 4-masks-per-draw LoRA dropout" if self.cpu_lora_dropout else ""
+        cpu += ", freed memory kept for reuse" if self.cpu_keep_freed_memory else ""
+        return (f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}{cpu}, attention "
                 f"{self.attn_implementation}, Liger kernels {'on' if self.use_liger_kernel else 'off'}, "
                 f"estimated peak {self.estimated_peak_gib:.1f} GiB ({'; '.join(self.reasons)})")
 
@@ -73,7 +74,7 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves big blocks (activations, logits chunks) with a fresh mmap and gives them back to the
     system on free, so every training step on a CPU faults in gigabytes of new pages: on the quickstart about a
-    million page faults per step and a third of the CPU time in the kernel. With mmap off and trimming pushed
+    million page faults per step and about a quarter of the CPU time in the kernel. With mmap off and trimming pushed
     out, freed blocks stay in the heap and the next step reuses them (faster steps for a somewhat higher peak
     RSS; what allocators such as jemalloc or tcmalloc, which Intel recommends for PyTorch on CPUs, also do).
     """

@@ -101,7 +101,7 @@ def test_large_builds_report_each_phase_and_small_ones_stay_quiet(tiny_recipe, c
     settings = data.Settings(workers=2, progress=lines.append)  # workers set: read in 2 processes at any size
     result = data.convert([(str(sample), data.load_template("ticket_threads_csv"))], None, settings)
     assert [line.split(":")[0].split(" ")[0] for line in lines] == ["reading", sample.name, sample.name, sample.name]
-    assert f"{result.input:,} records read in" in lines[1] and "in 2 processes" in lines[0]
+    assert f"{result.input:,} records read in" in lines[1] and lines[1].endswith("(in 2 processes)")
     assert f"assembling {result.assembled:,} conversations" in lines[2] and "assembled in" in lines[3]
 
     recipe = load_recipe(tiny_recipe())

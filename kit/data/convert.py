@@ -67,6 +67,8 @@ LIST_METADATA = frozenset({"required_phrases"})
 PARALLEL_MIN_RECORDS = 50_000
 # CSV exports from this size on are read in two processes (about 50,000 records of ticket threads).
 PARALLEL_MIN_BYTES = 8 << 20
+# CSV message exports from this size on are first read by columns (`kit.data.columnar`).
+COLUMNAR_MIN_BYTES = 8 << 20
 CHUNK_RECORDS = 4_000
 GROUP_TEXTS = 4_096  # messages cleaned as one batch (`Cleaner.clean_many`)
 
@@ -329,11 +331,13 @@ class _Source:
 class _Reader:
     """Phase 1 for one source: records -> work items (qa pairs or message groups) and early rejects."""
 
-    def __init__(self, result: Conversion, source: _Source, rules: Rules, split: bool = False):
+    def __init__(self, result: Conversion, source: _Source, rules: Rules, split: bool = False, columnar: bool = False):
         self.result = result
         self.source = source
         self.rules = rules
         self.split = split  # read a large CSV in two processes (`messages` shape)
+        self.columnar = columnar  # first try reading it by columns (`kit.data.columnar`, `messages` shape)
+        self.how = ""  # how the file was read, when not record by record in this process (for progress lines)
         self.rejects: list[dict] = []  # raw texts: redacted once every name is known
         self.names_seen: set[str] = set(source.user_names())
         t = source.template
@@ -392,15 +396,21 @@ class _Reader:
     def role_of(self, row) -> tuple[str | None, tuple | None]:
         """(user / assistant / drop, None) or (None, (code, reason))."""
         if self.get_role is not None:
-            raw = self.get_role(row)
-            raw = raw.strip() if raw.__class__ is str else (_text(raw) or "").strip()
-        else:
-            author = _id(self.get_author(row))
-            user = self.source.users.get(author)
-            if user is None or not user[0]:
-                what = "has no role" if user else "is not in the users table"
-                return None, ("unknown_author", f"author {author or '(none)'} {what}")
-            raw = user[0].strip()
+            value = self.get_role(row)
+            role, problem = self.role_of_value(value)
+            if problem is None:
+                self.fast_roles[value] = role
+            return role, problem
+        author = _id(self.get_author(row))
+        user = self.source.users.get(author)
+        if user is None or not user[0]:
+            what = "has no role" if user else "is not in the users table"
+            return None, ("unknown_author", f"author {author or '(none)'} {what}")
+        return self.role_of_value(user[0])
+
+    def role_of_value(self, raw) -> tuple[str | None, tuple | None]:
+        """`role_of` for a raw role value (a role column's cell, or the users table's role)."""
+        raw = raw.strip() if raw.__class__ is str else (_text(raw) or "").strip()
         role = self.roles.get(raw.lower(), self.source.template.unknown_role)
         if role is None:
             return None, ("unknown_role", f"unknown role {raw!r}: add it to the template's roles")
@@ -408,19 +418,23 @@ class _Reader:
             role = self.rules.bot_role
         if role == "drop":
             return None, ("excluded", f"role {raw!r} is dropped by the template")
-        if self.get_role is not None:
-            self.fast_roles[self.get_role(row)] = role
         return role, None
 
     def metadata_of(self, row) -> dict:
         metadata = {}
         for key, get in self.metadata:
-            value = _metadata_value(get(row))
+            value = self.metadata_value(key, get(row))
             if value:
-                if key in LIST_METADATA and value.__class__ is str:  # a CSV cell: "phrase one | phrase two"
-                    value = [part.strip() for part in value.split("|") if part.strip()]
                 metadata[key] = value
         return metadata
+
+    @staticmethod
+    def metadata_value(key: str, value):
+        """A metadata field's value as kept (None or empty: left out)."""
+        value = _metadata_value(value)
+        if value and key in LIST_METADATA and value.__class__ is str:  # a CSV cell: "phrase one | phrase two"
+            value = [part.strip() for part in value.split("|") if part.strip()]
+        return value
 
     def collect_names(self, row) -> None:
         """Remember the people named in this record: their names are redacted everywhere in the export."""
@@ -517,18 +531,35 @@ class _Reader:
             moment = float(number)
         return [moment, number, role, text, loc]
 
-    def messages(self) -> list:
-        """Work items: (conversation key, [messages], metadata), one per conversation id."""
+    def moment_of(self, value) -> float | None:
+        """A timestamp cell as seconds since the epoch (None: unreadable), as `_message` reads it (inlined
+        there: it runs once per record)."""
+        if self.iso_times:
+            try:
+                return (_fromiso(value) - _EPOCH).total_seconds()
+            except (ValueError, TypeError):  # not ISO, or with a time zone: the general parser
+                pass
+        return parse_time(value, self.source.template.timestamp_format)
+
+    def messages(self) -> Groups:
+        """The conversations, one per conversation id, in order of their first record."""
         groups: dict[str, list] = {}
         metadata: dict[str, dict] = {}
         source = self.source
+        if self.columnar and source.header is not None:
+            from kit.data.columnar import read_messages
+
+            items = read_messages(self)
+            if items is not None:
+                self.how = "by columns"
+                return items
         split = read.split_offset(source.path, source.encoding) if self.split and source.header is not None else None
         if split is None:
             number = self._group(source.records(), groups, metadata)
         else:
             number = self._group_split(split, groups, metadata)
         self.result.input += number
-        return [(key, group, metadata[key]) for key, group in groups.items()]
+        return Groups.of([(key, group, metadata[key]) for key, group in groups.items()])
 
     def _group_split(self, split: tuple[int, int], groups: dict, metadata: dict) -> int:
         """`_group` for a CSV read in two processes: a forked child reads from the split offset on while
@@ -566,6 +597,7 @@ class _Reader:
             child.join()
         if tail is None:  # the split was not a record boundary (or the child failed): read on here
             return self._group(itertools.chain(boundary, records), groups, metadata, start=number + 1)
+        self.how = "in 2 processes"
         count, tail_groups, tail_metadata, rejects, names = tail
         untimed = self.get_time is None  # then a message's time is its record number
         for group in tail_groups.values():
@@ -628,8 +660,8 @@ class _Reader:
             group.append(message)
         return number
 
-    def reply_threads(self) -> list:
-        """Work items like `messages`, with threads rebuilt from reply ids. A post whose parent is not in
+    def reply_threads(self) -> Groups:
+        """Conversations like `messages`, with threads rebuilt from reply ids. A post whose parent is not in
         the export (an orphan) starts its own thread, marked `broken_thread`; reply cycles are rejected."""
         nodes: dict[str, list] = {}
         parents: dict[str, str] = {}
@@ -697,7 +729,7 @@ class _Reader:
             if top in parents:
                 metadata["broken_thread"] = "true"
             items.append((top, group, metadata))
-        return items
+        return Groups.of(items)
 
 
 # -- phase 2: assembling ------------------------------------------------------------------------------
@@ -710,6 +742,46 @@ class _Batch:
     pii: Counter = field(default_factory=Counter)
     assembled: int = 0
     rejected_conversations: int = 0
+
+
+class Groups:
+    """Phase 1's conversations for `_Assembler.groups`, in flat lists: conversation i (`keys[i]`,
+    `metadata[i]`) has the messages `starts[i]` to `starts[i + 1]` of `numbers`, `roles`, `texts` and
+    `locs`, in order (by time, then record number)."""
+
+    __slots__ = ("keys", "metadata", "starts", "numbers", "roles", "texts", "locs")
+
+    def __init__(self, keys: list, metadata: list, starts: list, numbers: list, roles: list, texts: list, locs: list):
+        self.keys, self.metadata, self.starts = keys, metadata, starts
+        self.numbers, self.roles, self.texts, self.locs = numbers, roles, texts, locs
+
+    @classmethod
+    def of(cls, items: list) -> Groups:
+        """From (key, [[time, number, role, text, loc], ...], metadata) work items, each group sorted."""
+        keys, metadata, starts, numbers, roles, texts, locs = [], [], [0], [], [], [], []
+        for key, group, meta in items:
+            group.sort()  # by time, then by record number (unique)
+            keys.append(key)
+            metadata.append(meta)
+            for _, number, role, text, loc in group:
+                numbers.append(number)
+                roles.append(role)
+                texts.append(text)
+                locs.append(loc)
+            starts.append(len(numbers))
+        return cls(keys, metadata, starts, numbers, roles, texts, locs)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, part: slice) -> Groups:
+        first, last = part.start or 0, len(self.keys) if part.stop is None else part.stop
+        lo, hi = self.starts[first], self.starts[last]
+        return Groups(self.keys[first:last], self.metadata[first:last], [s - lo for s in self.starts[first : last + 1]],
+                      self.numbers[lo:hi], self.roles[lo:hi], self.texts[lo:hi], self.locs[lo:hi])
+
+    def sizes(self) -> list[int]:
+        return [b - a for a, b in zip(self.starts, self.starts[1:])]
 
 
 class _Assembler:
@@ -815,37 +887,36 @@ class _Assembler:
             batch.conversations.append(self._conversation(f"{self.file_name}:{number}", messages, metadata, [(number, loc)], batch))
         return batch
 
-    def groups(self, items: list) -> _Batch:
+    def groups(self, groups: Groups) -> _Batch:
         batch = _Batch()
-        start = count = 0
-        for end, (_, group, _) in enumerate(items, start=1):  # parts of about GROUP_TEXTS messages
-            count += len(group)
-            if count >= GROUP_TEXTS or end == len(items):
-                self._groups(items[start:end], batch)
-                start, count = end, 0
+        starts = groups.starts
+        first = 0
+        for end in range(1, len(groups) + 1):  # parts of about GROUP_TEXTS messages
+            if starts[end] - starts[first] >= GROUP_TEXTS or end == len(groups):
+                self._groups(groups[first:end], batch)
+                first = end
         return batch
 
-    def _groups(self, items: list, batch: _Batch) -> None:
+    def _groups(self, part: Groups, batch: _Batch) -> None:
         rules = self.rules
         merge = rules.merge_consecutive
         text_name = self.fields.text
-        for _, group, _ in items:
-            group.sort()  # [time, number, ...]: by time, then by record number (unique)
         # Cleaning and the auto-reply test run over all the part's texts at once (see `Cleaner.clean_many`).
-        raws = [message[3] for _, group, _ in items for message in group]
+        raws = part.texts
         texts = self.cleaner.clean_many(raws)
-        automatic = iter(self.cleaner.auto_replies(texts))
-        redacted = iter(self.scanner.redact_many(texts) if self.scanner is not None else [None] * len(texts))
-        texts = iter(texts)
-        for key, group, metadata in items:
+        automatic = self.cleaner.auto_replies(texts)
+        redacted = self.scanner.redact_many(texts) if self.scanner is not None else [None] * len(texts)
+        numbers, roles, locs, starts = part.numbers, part.roles, part.locs, part.starts
+        for index, (key, metadata) in enumerate(zip(part.keys, part.metadata)):
             batch.assembled += 1
             turns: list[list] = []  # [role, [texts], [(number, loc)]]
-            for _, number, role, raw, loc in group:
-                text, auto_reply, redaction = next(texts), next(automatic), next(redacted)
+            for i in range(starts[index], starts[index + 1]):
+                number, role, loc = numbers[i], roles[i], locs[i]
+                text, auto_reply, redaction = texts[i], automatic[i], redacted[i]
                 if text and not auto_reply and redaction is not None and not redaction[1]:
                     text = redaction[0]  # the common message: kept, nothing private in it
                 else:
-                    text = self._checked(batch, number, loc, raw, text_name, text, auto_reply, redaction)
+                    text = self._checked(batch, number, loc, raws[i], text_name, text, auto_reply, redaction)
                     if text is None:
                         continue
                 if merge and turns and turns[-1][0] == role:
@@ -928,7 +999,7 @@ def _assemble(assembler: _Assembler, method: str, items: list, records: int, set
     if not workers:
         return [getattr(assembler, method)(items)]
     global _SHARED
-    sizes = [1] * len(items) if method == "qa_pairs" else [len(item[1]) for item in items]
+    sizes = [1] * len(items) if method == "qa_pairs" else items.sizes()
     bounds = _chunks(items, sizes, CHUNK_RECORDS)
     _SHARED = (assembler, method, items)
     try:
@@ -965,18 +1036,19 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
         rules = resolve_rules(template.rules, settings.rules)
         split = (template.reader == "csv" and template.shape == "messages" and worker_count(settings, 0, True) > 1
                  and (settings.workers is not None or source.path.stat().st_size >= PARALLEL_MIN_BYTES))
-        reader = _Reader(result, source, rules, split)
+        columnar = (template.reader == "csv" and template.shape == "messages"
+                    and source.path.stat().st_size >= COLUMNAR_MIN_BYTES)
+        reader = _Reader(result, source, rules, split, columnar)
         before = result.input
         if settings.progress:
-            settings.progress(f"reading {source.path.name} ({source.path.stat().st_size / 2**20:,.0f} MiB"
-                              f"{', in 2 processes' if split else ''})")
+            settings.progress(f"reading {source.path.name} ({source.path.stat().st_size / 2**20:,.0f} MiB)")
         started = time.perf_counter()
         items = reader.qa_pairs() if template.shape == "qa_pairs" else getattr(reader, template.shape)()
         names.update(name for name in reader.names_seen if name)
         read_sources.append((source, rules, reader, items, result.input - before))
         if settings.progress:
             settings.progress(f"{source.path.name}: {result.input - before:,} records read in "
-                              f"{time.perf_counter() - started:.1f} s")
+                              f"{time.perf_counter() - started:.1f} s{f' ({reader.how})' if reader.how else ''}")
     scanner = _scanner(settings, sorted({name.strip() for name in names} - {""}))
     for source, rules, reader, items, records in read_sources:
         # Early rejects kept their raw text until every name was known; redact them now.

@@ -64,7 +64,7 @@ def csv_header(path: Path, encoding: str, delimiter: str) -> tuple[list[str], st
     if delimiter == "auto":
         # The header decides: the candidate that splits it into the most fields. (csv.Sniffer looks at
         # the data rows too and guesses wrong on small or messy files; headers rarely hold , ; tab |.)
-        first = sample.split("\n", 1)[0].rstrip("\r")
+        first = sample.splitlines()[0] if sample else ""  # (a CR alone ends a line too: old Mac exports)
         delimiter = max(",\t;|", key=lambda d: len(next(csv.reader([first], delimiter=d), [])))
     elif delimiter in ("\\t", "tab"):
         delimiter = "\t"

@@ -1,0 +1,274 @@
+"""Phase 1 for large CSV message exports, a column at a time: pyarrow parses, numpy groups and sorts.
+
+`read_messages(reader)` gives exactly what `_Reader.messages` gives (the same work items in the same
+order, the same rejects, record and line numbers, names and record count), about three times faster
+on a big ticket export, or None when the file is outside what it can match exactly; then the caller
+reads the file record by record as before. It declines:
+- encodings other than the byte-compatible ones (UTF-16), and templates without a role column;
+- files that pyarrow cannot split into rows of the header's width (a broken row: its reject needs
+  Python's reading), files with a line end that is a lone CR, and files with a row whose every field
+  is empty (pyarrow cannot tell it from a blank line, which is layout, not a record);
+- files whose line count disagrees with the rows read (so every record's first line is exact).
+Where the two CSV parsers could differ, the file is declined: for files of rows of equal width with
+CRLF or LF line ends, pyarrow and Python's `csv` give the same fields (`tests/test_data_columnar.py`
+checks it on generated CSV).
+
+Per-value rules run once per distinct value (roles, exclusion rules, conversation ids, metadata);
+timestamps in the plain ISO form `YYYY-MM-DDTHH:MM:SS` are read by numpy, any other value by the
+reader's own parser.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from kit.data import read
+
+_TIME_LAYOUT = b"0000-00-00T00:00:00"  # digits where 0, the separators as they must be (T or a space)
+_MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def read_messages(reader):
+    """`reader.messages()`'s `Groups`, read by columns; None (and the reader unchanged) when declined."""
+    source = reader.source
+    if reader.get_role is None or source.header is None or codecs.lookup(source.encoding).name not in read._SPLITTABLE:
+        return None
+    data = source.path.read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    if codecs.lookup(source.encoding).name not in ("utf-8", "utf-8-sig", "ascii") and not data.isascii():
+        data = data.decode(source.encoding).encode("utf-8")  # the same bytes for " , CR and LF
+    width = len(source.header)
+    names = [f"c{i}" for i in range(width)]
+    try:
+        table = pcsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pcsv.ReadOptions(column_names=names, block_size=16 << 20),
+            parse_options=pcsv.ParseOptions(delimiter=source.delimiter, quote_char='"', double_quote=True,
+                                            escape_char=False, newlines_in_values=True, ignore_empty_lines=False),
+            convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
+                                                strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a row of another width, a row too long...
+        return None
+    del data
+    if table.num_rows < 2 or [value.strip() for value in table.slice(0, 1).to_pylist()[0].values()] != source.header:
+        return None
+    columns = table.columns
+    # A row whose every field is empty: a blank line (layout) or an empty record (a reject); pyarrow
+    # gives both the same way.
+    suspects = None
+    for column in columns:
+        blank = pc.equal(pc.binary_length(column), 0)
+        suspects = blank if suspects is None else pc.and_(suspects, blank)
+        if not pc.any(suspects).as_py():
+            break
+    else:
+        return None
+    # The lines each record spans, as Python's csv counts them: a line ends at LF, CRLF or a lone CR.
+    breaks = np.zeros(table.num_rows, dtype=np.int64)
+    for column in columns:
+        for end in ("\n", "\r"):
+            if _contains(column, end):
+                breaks += pc.count_substring(column, end).to_numpy()
+        if _contains(column, "\r"):
+            breaks -= pc.count_substring(column, "\r\n").to_numpy()
+    lines_per_row = breaks + 1
+    lines = (np.cumsum(lines_per_row) - lines_per_row + 1)[1:]  # each record's first line (the header's is 1)
+    return _group(reader, [column.slice(1) for column in columns], lines, table.num_rows - 1)
+
+
+def _contains(column, text: str) -> bool:
+    """Whether any value of a (chunked) string column may contain `text` (one character): a scan of the
+    raw bytes, much faster than a search value by value."""
+    code = ord(text)
+    return any(chunk.buffers()[2] is not None and bool((np.frombuffer(chunk.buffers()[2], dtype=np.uint8) == code).any())
+               for chunk in column.chunks)
+
+
+def _codes(column):
+    """(distinct values in order of first appearance, each row's index into them)."""
+    distinct = pc.unique(column)
+    return distinct.to_pylist(), pc.index_in(column, value_set=distinct).to_numpy()
+
+
+def _column(reader, name: str | None, columns: list):
+    if name is None or name not in reader.source.header:
+        return None
+    return columns[reader.source.header.index(name)]
+
+
+def _group(reader, columns: list, lines, n: int):
+    from kit.data.convert import Groups, _id
+
+    source = reader.source
+    fields = source.template.fields
+    text_column = _column(reader, fields.text, columns)
+    texts = text_column.to_pylist()
+
+    # 0: a message; else the reject (code, reason) at status - 1 in `problems`.
+    status = np.zeros(n, dtype=np.int64)
+    problems: list[tuple[str, str]] = []
+
+    def mark(rows, code: str, reason: str) -> None:
+        rows = rows & (status == 0)
+        if rows.any():
+            problems.append((code, reason))
+            status[rows] = len(problems)
+
+    for (_, values, pattern, reason), rule in zip(reader.exclude, source.template.exclude):
+        column = _column(reader, rule.field, columns)
+        if column is None:
+            continue  # a column this export lacks never matches
+        distinct, codes = _codes(column)
+        hits = np.array([bool((values is not None and value.strip().lower() in values)
+                              or (pattern is not None and pattern.search(value.strip()))) for value in distinct], dtype=bool)
+        mark(hits[codes], "excluded", reason)
+
+    distinct, codes = _codes(_column(reader, fields.role, columns))
+    role_names: list[str] = []
+    role_ids = np.zeros(len(distinct), dtype=np.int64)
+    for index, value in enumerate(distinct):
+        role, problem = reader.role_of_value(value)
+        if problem is not None:
+            problem_rows = codes == index
+            mark(problem_rows, *problem)
+            continue
+        if role not in role_names:
+            role_names.append(role)
+        role_ids[index] = role_names.index(role)
+    roles = role_ids[codes]
+
+    times = np.arange(1, n + 1, dtype=np.float64)  # without a timestamp column, a message's time is its number
+    time_column = _column(reader, fields.timestamp, columns)
+    if time_column is not None:
+        parsed = _iso_seconds(time_column) if reader.iso_times else None
+        if parsed is None:
+            parsed = (np.zeros(n), np.zeros(n, dtype=bool))
+        times, done = parsed
+        moment_of = reader.moment_of
+        rows = np.flatnonzero(~done & (status == 0))
+        values = time_column.to_pylist() if len(rows) else []
+        for row in rows.tolist():
+            value = values[row]
+            moment = moment_of(value)
+            if moment is None:
+                reason = f"unreadable timestamp {value!r}" if value.strip() else "missing timestamp"
+                problems.append(("bad_timestamp", reason))
+                status[row] = len(problems)
+            else:
+                times[row] = moment
+
+    distinct, codes = _codes(_column(reader, fields.conversation, columns))
+    keys = [key if key and key[0] != " " and key[-1] != " " and key[-2:] != ".0" else _id(key)
+            for key in distinct]
+    empty_keys = np.array([not key for key in keys], dtype=bool)
+    mark(empty_keys[codes], "missing_field", f"missing field {fields.conversation!r}")
+
+    kept = np.flatnonzero(status == 0)
+    if not np.isfinite(times[kept]).all():
+        return None  # "nan" read as a time: Python's sort of such messages is not numpy's
+
+    # Conversations in order of their first message; a conversation's messages by time, then record.
+    canonical = {}
+    key_ids = np.array([canonical.setdefault(key, len(canonical)) for key in keys], dtype=np.int64)[codes[kept]]
+    _, first = np.unique(key_ids, return_index=True)  # each conversation's first message (as an index of `kept`)
+    rank = np.empty(len(canonical), dtype=np.int64)
+    used = key_ids[np.sort(first)]
+    rank[used] = np.arange(len(used))
+    ranks = rank[key_ids]
+    sort = np.lexsort((times[kept], ranks))
+    order = kept[sort]
+    bounds = np.flatnonzero(np.diff(ranks[sort])) + 1
+    firsts = np.sort(first)
+    key_names = list(canonical)
+    groups = Groups(
+        keys=[key_names[key] for key in key_ids[firsts].tolist()],
+        metadata=_metadata(reader, columns, kept[firsts]),  # from each conversation's first record
+        starts=[0, *bounds.tolist(), len(order)] if len(order) else [0],
+        numbers=(order + 1).tolist(),
+        roles=np.array(role_names, dtype=object)[roles[order]].tolist(),
+        texts=np.array(texts, dtype=object)[order].tolist(),
+        locs=lines[order].tolist(),
+    )
+
+    # Nothing declined: now the reader's state changes. Rejects in record order, as one pass gives them.
+    for row in np.flatnonzero(status):
+        code, reason = problems[status[row] - 1]
+        reader.reject(int(row) + 1, int(lines[row]), code, reason, raw=texts[row])
+    for name in fields.names:  # people's names, from every record
+        column = _column(reader, name, columns)
+        if column is not None:
+            reader.names_seen.update(pc.unique(column).to_pylist())
+    reader.result.input += n
+    return groups
+
+
+def _metadata(reader, columns: list, rows) -> list[dict]:
+    """`reader.metadata_of` for each conversation's first record, a column at a time."""
+    found: list[dict] = [{} for _ in range(len(rows))]
+    indices = pa.array(rows)
+    for key, path in reader.source.template.metadata_fields().items():
+        column = _column(reader, path, columns)
+        if column is None:
+            continue
+        cache: dict[str, object] = {}
+        for meta, value in zip(found, column.take(indices).to_pylist()):
+            cleaned = cache.get(value)
+            if cleaned is None:
+                cleaned = cache[value] = reader.metadata_value(key, value)
+            if cleaned:
+                meta[key] = cleaned
+    return found
+
+
+def _iso_seconds(column):
+    """(seconds since the epoch, which rows were read) for values in the exact form YYYY-MM-DDTHH:MM:SS
+    (or with a space for T) with a valid date and time: what `datetime.fromisoformat` gives them. Other
+    rows are left to the caller."""
+    n = len(column)
+    done = np.zeros(n, dtype=bool)
+    seconds = np.zeros(n, dtype=np.float64)
+    size = len(_TIME_LAYOUT)
+    rows = np.flatnonzero(pc.binary_length(column).to_numpy() == size)
+    if not len(rows):
+        return seconds, done
+    fixed = (column.take(rows) if len(rows) < n else column).combine_chunks()
+    offsets = np.frombuffer(fixed.buffers()[1], dtype=np.int32, count=len(fixed) + 1, offset=fixed.offset * 4)
+    raw = np.frombuffer(fixed.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, size)
+    layout = np.frombuffer(_TIME_LAYOUT, dtype=np.uint8)
+    digits = raw - np.uint8(ord("0"))  # a digit is 0 to 9, anything else wraps above
+    where = layout == ord("0")
+    ok = (digits[:, where] <= 9).all(axis=1)
+    punctuation = ~where
+    punctuation[10] = False
+    ok &= (raw[:, punctuation] == layout[punctuation]).all(axis=1)
+    ok &= (raw[:, 10] == ord("T")) | (raw[:, 10] == ord(" "))
+
+    def number(start: int, end: int):
+        total = digits[:, start].astype(np.int64)
+        for i in range(start + 1, end):
+            total = total * 10 + digits[:, i]
+        return total
+
+    year, month, day = number(0, 4), number(5, 7), number(8, 10)
+    hour, minute, second = number(11, 13), number(14, 16), number(17, 19)
+    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
+    month_days = np.array((0, *_MONTH_DAYS), dtype=np.int64)[np.clip(month, 0, 12)] + (leap & (month == 2))
+    ok &= (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= month_days)
+    ok &= (hour <= 23) & (minute <= 59) & (second <= 59)
+    # Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    y = year - (month <= 2)
+    era = np.floor_divide(y, 400)
+    yoe = y - era * 400
+    doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    seconds[rows] = (days * 86400 + hour * 3600 + minute * 60 + second).astype(np.float64)
+    done[rows] = ok
+    return seconds, done

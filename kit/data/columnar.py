@@ -1,17 +1,18 @@
 """Phase 1 for large CSV message exports, a column at a time: pyarrow parses, numpy groups and sorts.
 
-`read_messages(reader)` gives exactly what `_Reader.messages` gives (the same work items in the same
-order, the same rejects, record and line numbers, names and record count), about three times faster
-on a big ticket export, or None when the file is outside what it can match exactly; then the caller
-reads the file record by record as before. It declines:
+`read_messages(reader)` gives exactly what `_Reader.messages` gives (the same conversations in the same
+order, the same rejects, record and line numbers, names and record count), in well under half the
+time on a big ticket export, or None when the file is outside what it can match exactly; then the
+caller reads the file record by record as before. It declines:
 - encodings other than the byte-compatible ones (UTF-16), and templates without a role column;
 - files that pyarrow cannot split into rows of the header's width (a broken row: its reject needs
-  Python's reading), files with a line end that is a lone CR, and files with a row whose every field
-  is empty (pyarrow cannot tell it from a blank line, which is layout, not a record);
-- files whose line count disagrees with the rows read (so every record's first line is exact).
-Where the two CSV parsers could differ, the file is declined: for files of rows of equal width with
-CRLF or LF line ends, pyarrow and Python's `csv` give the same fields (`tests/test_data_columnar.py`
-checks it on generated CSV).
+  Python's reading);
+- files with a row whose every field is empty (pyarrow cannot tell it from a blank line, which is
+  layout, not a record);
+- times that read as NaN (Python's sort of such messages is not numpy's).
+Otherwise pyarrow and Python's `csv` give the same fields (LF, CRLF or lone-CR line ends, quoted
+fields over several lines, stray quotes), and a record's first line is counted as `csv` counts it;
+`tests/test_data_columnar.py` checks both on generated messy CSV.
 
 Per-value rules run once per distinct value (roles, exclusion rules, conversation ids, metadata);
 timestamps in the plain ISO form `YYYY-MM-DDTHH:MM:SS` are read by numpy, any other value by the

@@ -9,7 +9,6 @@ caller reads the file record by record as before. It declines:
   Python's reading);
 - files with a row whose every field is empty (pyarrow cannot tell it from a blank line, which is
   layout, not a record);
-- times that read as NaN (Python's sort of such messages is not numpy's).
 Otherwise pyarrow and Python's `csv` give the same fields (LF, CRLF or lone-CR line ends, quoted
 fields over several lines, stray quotes), and a record's first line is counted as `csv` counts it;
 `tests/test_data_columnar.py` checks both on generated messy CSV.
@@ -172,8 +171,6 @@ def _group(reader, columns: list, lines, n: int):
     mark(empty_keys[codes], "missing_field", f"missing field {fields.conversation!r}")
 
     kept = np.flatnonzero(status == 0)
-    if not np.isfinite(times[kept]).all():
-        return None  # "nan" read as a time: Python's sort of such messages is not numpy's
 
     # Conversations in order of their first message; a conversation's messages by time, then record.
     canonical = {}
@@ -186,6 +183,14 @@ def _group(reader, columns: list, lines, n: int):
     sort = np.lexsort((times[kept], ranks))
     order = kept[sort]
     bounds = np.flatnonzero(np.diff(ranks[sort])) + 1
+    unordered = np.isnan(times[order])
+    if unordered.any():  # "nan" read as a time: the order is Python's sort of such a conversation, not numpy's
+        edges = np.concatenate(([0], bounds, [len(order)]))
+        for group in np.unique(np.searchsorted(edges, np.flatnonzero(unordered), side="right") - 1).tolist():
+            start, end = int(edges[group]), int(edges[group + 1])
+            messages = [[time, row] for row, time in zip(np.sort(order[start:end]).tolist(), times[np.sort(order[start:end])].tolist())]
+            messages.sort()  # as `Groups.of` sorts [time, number, ...], the group in file order
+            order[start:end] = [row for _, row in messages]
     firsts = np.sort(first)
     key_names = list(canonical)
     groups = Groups(

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import orjson
+
 from kit import pii
 from kit.data import read
 from kit.data.clean import Cleaner, Rules, resolve_rules
@@ -48,19 +50,14 @@ from kit.errors import KitError
 REJECT_TEXT_CHARS = 400
 
 
-def _line_encoder():
-    """`json.JSONEncoder(ensure_ascii=False).encode` for dicts, without building a C encoder per call
-    (half the cost of a dataset line); the same text."""
-    from json import encoder
-
-    if encoder.c_make_encoder is None:
-        return json.JSONEncoder(ensure_ascii=False).encode
-    iterencode = encoder.c_make_encoder(None, json.JSONEncoder().default, encoder.encode_basestring, None, ": ", ", ",
-                                        False, False, True)
-    return lambda value: "".join(iterencode(value, 0))
-
-
-dumps_line = _line_encoder()  # one line of the dataset (a dict)
+def dumps_line(value) -> str:
+    """One line of a JSONL file: compact JSON, not ASCII-escaped (orjson: about ten times faster than
+    `json` on a dataset line). Text that UTF-8 cannot hold (a lone surrogate from a JSON export's
+    escapes) or numbers orjson does not take are written by `json`, escaped."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(value, separators=(",", ":"))
 # Metadata keys that are lists of strings (kit.eval reads `required_phrases`); text cells split on "|".
 LIST_METADATA = frozenset({"required_phrases"})
 # Below this many records a source is assembled in-process: starting workers costs more than it saves.
@@ -859,17 +856,18 @@ class _Assembler:
 
     def _conversation(self, cid: str, messages: list[dict], metadata: dict, located: list, batch: _Batch) -> dict:
         source = {**_where(self.file, *located[0]), "records": [n for n, _ in located], "template": self.template_name}
-        conversation = {"id": cid, "messages": messages, "metadata": self._metadata(metadata, batch), "source": source,
-                        "_locs": located}
-        if self.key_of is not None:
-            conversation["_key"] = self.key_of(messages)
+        conversation = {"id": cid, "messages": messages, "metadata": self._metadata(metadata, batch), "source": source}
+        key = self.key_of(messages) if self.key_of is not None else None  # (without the system prompt)
         if self.system_prompt:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
         if self.serialize:
             # The line carries the messages; the dict sent back to the main process does not (half the
             # pickling). `messages_of` reads them back from the line when a later step needs them.
-            conversation["_line"] = dumps_line({k: conversation[k] for k in ("id", "messages", "metadata", "source")})
+            conversation["_line"] = dumps_line(conversation)  # (before the private keys below)
             del conversation["messages"]
+        conversation["_locs"] = located
+        if key is not None:
+            conversation["_key"] = key
         return conversation
 
     def qa_pairs(self, items: list) -> _Batch:

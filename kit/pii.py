@@ -261,15 +261,15 @@ def batch_starts(texts: list[str]) -> list[int]:
     return list(itertools.accumulate(map(operator.add, map(len, texts), itertools.repeat(1)), initial=0))
 
 
-def mark_texts(find, starts: list[int], marks: list[bool]) -> None:
-    """Set `marks[i]` for each text i of a joined batch in which `find(position)` (the next hit at or
-    after a position of the joined string, or -1) has a hit. Searches resume at the next text, so the
-    cost is one search per marked text. Hits must not span texts (no pattern matches the separator)."""
+def mark_texts(find, starts: list[int], marks: list, value=True) -> None:
+    """Mark (`marks[i] |= value`) each text i of a joined batch in which `find(position)` (the next hit
+    at or after a position of the joined string, or -1) has a hit. Searches resume at the next text, so
+    the cost is one search per marked text. Hits must not span texts (no pattern matches the separator)."""
     last = len(marks) - 1
     position = 0
     while (at := find(position)) >= 0:
         index = bisect_right(starts, at) - 1
-        marks[index] = True
+        marks[index] |= value
         if index >= last:
             return
         position = starts[index + 1]
@@ -303,6 +303,14 @@ _IPV6_GATE = re.compile(r":[0-9A-Fa-f]{0,4}:")
 # A fused European street name ("Kerkstraat 5") is a word that ends in one of these (ASCII: straße is not).
 _EU_ENDINGS = (b"str", b"strasse", b"weg", b"gasse", b"platz", b"allee", b"laan", b"straat", b"gracht")
 _ONLY_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57 and b != 0)  # keeps digits and the separator
+# The gates' marks, one bit per family of detectors; a text is scanned only by the detectors its marks allow.
+_GATE_EMAIL, _GATE_IP, _GATE_DIGIT_RUN, _GATE_IBAN, _GATE_ADDRESS, _GATE_NAME = 1, 2, 4, 8, 16, 32
+_GATE_ALL = 63
+_GATE_KINDS = {_GATE_EMAIL: ("EMAIL",), _GATE_IP: ("IP",), _GATE_DIGIT_RUN: ("PHONE", "CARD"), _GATE_IBAN: ("IBAN",),
+               _GATE_ADDRESS: ("ADDRESS",), _GATE_NAME: ("NAME",)}
+# The kinds a text with these marks may hold (all of them, CUSTOM included, for _GATE_ALL).
+_KINDS_OF_MARKS = [frozenset(kind for bit, kinds in _GATE_KINDS.items() if marks & bit for kind in kinds)
+                   for marks in range(_GATE_ALL)] + [frozenset(KINDS)]
 
 
 class Scanner:
@@ -338,18 +346,21 @@ class Scanner:
             return any(a.endswith(digits) or digits.endswith(a) for a in self.allow_digits if len(digits) >= 7)
         return False
 
-    def scan(self, text: str, names: NameMatcher | None = None) -> list[Finding]:
-        """Findings in `text`; `names` (a `name_matcher`) adds the names known for this text only."""
+    def scan(self, text: str, names: NameMatcher | None = None, kinds: frozenset | None = None) -> list[Finding]:
+        """Findings in `text`; `names` (a `name_matcher`) adds the names known for this text only.
+        `kinds`: look only for these (the ones `candidates` allows); the scanner's own kinds still apply."""
         found: list[Finding] = []
         add = found.append
-        words = _ascii_words(text)  # shared by the name and street-address gates
-        self._detect(text, add, words)
-        if "NAME" in self.kinds:
+        kinds = self.kinds if kinds is None else self.kinds & kinds
+        # The words are shared by the name and street-address gates.
+        words = _ascii_words(text) if "NAME" in kinds or "ADDRESS" in kinds else None
+        self._detect(text, add, words, kinds)
+        if "NAME" in kinds:
             for matcher in (self.names, names):
                 if matcher is not None:
                     for start, end in matcher.spans(text, words):
                         add(Finding("NAME", start, end, text[start:end]))
-        if "CUSTOM" in self.kinds:
+        if "CUSTOM" in kinds:
             for pattern in self.patterns:
                 for m in pattern.finditer(text):
                     if m.end() > m.start():
@@ -358,8 +369,7 @@ class Scanner:
             return found
         return self._resolve(text, found)
 
-    def _detect(self, text: str, add, words: list[bytes] | None) -> None:
-        kinds = self.kinds
+    def _detect(self, text: str, add, words: list[bytes] | None, kinds: frozenset) -> None:
         if "@" in text and "EMAIL" in kinds:
             for m in EMAIL.finditer(text):
                 add(Finding("EMAIL", m.start(), m.end(), m.group()))
@@ -446,41 +456,42 @@ class Scanner:
             for m in _NANP_PHONE.finditer(value):
                 add(Finding("PHONE", offset + m.start(), offset + m.end(), m.group()))
 
-    def candidates(self, texts: list[str]) -> list[bool]:
-        """For each text, whether `scan` may find anything in it (False: it finds nothing, for sure).
+    def candidates(self, texts: list[str]) -> list[int]:
+        """For each text, the detectors that may find anything in it: a bit mask of `_GATE_*` marks, 0
+        when `scan` finds nothing in it for sure (so a mark is also a truth value).
 
         The texts are joined with NUL, and each detector's gate runs once over the batch: substring and
-        C-level searches instead of a dozen steps per text. A gate is implied by what its detector needs
+        C-level searches instead of a dozen steps per text. A gate is implied by what its detectors need
         (an `@` for an email, 7 digits in phone punctuation for a phone or card, a street word as a whole
-        word for a street address...), so an unmarked text would give no finding. Texts that are not
-        ASCII (lower() may change their length) or contain NUL are always marked; so are all texts when
-        the recipe adds its own patterns."""
+        word for a street address, a word of a known name...), so a text without a detector's mark would
+        give it no finding. Texts that are not ASCII (lower() may change their length) or contain NUL get
+        every mark; so do all texts when the recipe adds its own patterns."""
         n = len(texts)
         if n < 2 or (self.patterns and "CUSTOM" in self.kinds):
-            return [True] * n
+            return [_GATE_ALL] * n
         if n > 1024:  # a whole-word search passes over the batch once per word found: keep batches short
             return [marked for i in range(0, n, 1024) for marked in self.candidates(texts[i : i + 1024])]
         joined = "\x00".join(texts)
         if not joined.isascii() or joined.count("\x00") != n - 1:
             plain = [i for i, text in enumerate(texts) if text.isascii() and "\x00" not in text]
-            marks = [True] * n
+            marks = [_GATE_ALL] * n
             for i, marked in zip(plain, self.candidates([texts[i] for i in plain])):
                 marks[i] = marked
             return marks
         starts = batch_starts(texts)
-        marks = [False] * n
+        marks = [0] * n
         lower = joined.lower()
         if "@" in joined:
-            mark_texts(lambda position: joined.find("@", position), starts, marks)
+            mark_texts(lambda position: joined.find("@", position), starts, marks, _GATE_EMAIL)
         for pattern in (_IPV4_GATE, _IPV6_GATE):
-            mark_texts(searcher(pattern, joined), starts, marks)
+            mark_texts(searcher(pattern, joined), starts, marks, _GATE_IP)
         encoded = joined.encode()
         phones = encoded.translate(_DIGIT_SHAPE, _PHONE_PUNCTUATION).split(b"\x00")
         for i in itertools.compress(range(n), map(operator.contains, phones, itertools.repeat(b"9999999"))):
-            marks[i] = True
+            marks[i] |= _GATE_DIGIT_RUN
         digits = encoded.translate(None, _ONLY_DIGITS).split(b"\x00")
         for i in itertools.compress(range(n), map((10).__le__, map(len, digits))):  # IBAN
-            marks[i] = True
+            marks[i] |= _GATE_IBAN
         # Whole words (street words, "box", names, fused street names): in `padded`, each run of letters
         # stands between spaces, at its offset in `joined`; the batch's words are looked up first, then the
         # texts that hold them found.
@@ -488,17 +499,21 @@ class Scanner:
         words = set(padded.split())
         found = set(self._gate_words.intersection(words))
         found.update(filter(operator.methodcaller("endswith", _EU_ENDINGS), words))
+        names = self.names._ascii_words if self.names is not None else frozenset()
         for word in found:
-            mark_texts(functools.partial(_find_word, padded, b" " + word), starts, marks)
+            mark = ((_GATE_NAME if word in names else 0)
+                    | (_GATE_ADDRESS if word in _STREET_WORDS or word == b"box" or word.endswith(_EU_ENDINGS) else 0))
+            mark_texts(functools.partial(_find_word, padded, b" " + word), starts, marks, mark)
         shape = encoded.translate(_SHAPE)  # UK postcodes
         if b" 9AA" in shape:
-            mark_texts(lambda position: shape.find(b" 9AA", position), starts, marks)
+            mark_texts(lambda position: shape.find(b" 9AA", position), starts, marks, _GATE_ADDRESS)
         return marks
 
     def redact_many(self, texts: list[str]) -> list[tuple[str, dict[str, int]]]:
-        """`redact` of each text; the texts `candidates` rules out are returned as they are."""
-        redact = self.redact
-        return [redact(text) if marked else (text, {}) for text, marked in zip(texts, self.candidates(texts))]
+        """`redact` of each text, by the detectors `candidates` allows it; the texts it rules out are
+        returned as they are."""
+        redact, kinds = self.redact, _KINDS_OF_MARKS
+        return [redact(text, kinds=kinds[marks]) if marks else (text, {}) for text, marks in zip(texts, self.candidates(texts))]
 
     def _resolve(self, text: str, found: list[Finding]) -> list[Finding]:
         """Drop allowlisted values and placeholders; keep the best of overlapping findings."""
@@ -515,8 +530,8 @@ class Scanner:
         keep.sort(key=lambda f: f.start)
         return keep
 
-    def redact(self, text: str, names: NameMatcher | None = None) -> tuple[str, dict[str, int]]:
-        findings = self.scan(text, names)
+    def redact(self, text: str, names: NameMatcher | None = None, kinds: frozenset | None = None) -> tuple[str, dict[str, int]]:
+        findings = self.scan(text, names, kinds)
         if not findings:
             return text, {}
         parts, last = [], 0

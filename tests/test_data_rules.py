@@ -227,6 +227,18 @@ def test_encodings_are_detected(tmp_path, encoding, text):
     assert result.conversations[0]["messages"][0]["content"] == text
 
 
+def test_encoding_detection_skips_ascii_chunks_only_between_characters(tmp_path, monkeypatch):
+    # ASCII chunks are not decoded; a character cut by a chunk edge must still be checked whole
+    from kit.data import read
+
+    monkeypatch.setattr(read, "_CHUNK", 4)
+    path = tmp_path / "e.csv"
+    for raw, expected in [(b"abc\xc3" + b"abcd" + b"\xa9xyz", "cp1252"), ("abcé".encode() + b"abcd" + "é".encode(), "utf-8"),
+                          (b"abc\xc3\xa9defg", "utf-8"), (b"abcdefgh", "utf-8")]:
+        path.write_bytes(raw)
+        assert read.detect_encoding(path) == expected, raw
+
+
 def test_broken_records_are_rejected_with_location(tmp_path):
     _, tpl = template(tmp_path)
     path = tmp_path / "bad.csv"

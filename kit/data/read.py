@@ -43,7 +43,10 @@ def detect_encoding(path: Path, declared: str = "auto") -> str:
         try:
             with path.open("rb") as handle:
                 while chunk := handle.read(_CHUNK):
-                    decoder.decode(chunk)
+                    # ASCII is valid UTF-8 and cp1252 and tested ten times faster (unless a character
+                    # from the chunk before is not finished: then the bytes must complete it)
+                    if not chunk.isascii() or decoder.getstate()[0]:
+                        decoder.decode(chunk)
                 decoder.decode(b"", final=True)
             return encoding
         except UnicodeDecodeError:

@@ -87,8 +87,8 @@ def fingerprint(recipe) -> str:
                 digest.update(b"missing")
                 continue
             with path.open("rb") as handle:
-                while chunk := handle.read(1 << 20):
-                    digest.update(chunk)
+                digest.update(hashlib.file_digest(handle, "sha256").digest() if hasattr(hashlib, "file_digest")
+                              else hashlib.sha256(handle.read()).digest())
     return digest.hexdigest()
 
 

@@ -1050,13 +1050,11 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
     scanner = _scanner(settings, sorted({name.strip() for name in names} - {""}))
     for source, rules, reader, items, records in read_sources:
         # Early rejects kept their raw text until every name was known; redact them now.
-        for entry in reader.rejects:
-            if "text" in entry:
-                text = entry["text"]
-                if scanner is not None:
-                    text, counts = scanner.redact(text)
-                    result.pii.update(counts)
-                entry["text"] = _shorten(text)
+        early = [entry for entry in reader.rejects if "text" in entry]
+        texts = [entry["text"] for entry in early]
+        for entry, (text, counts) in zip(early, scanner.redact_many(texts) if scanner is not None else zip(texts, [{}] * len(texts))):
+            result.pii.update(counts)
+            entry["text"] = _shorten(text)
         result.rejects.extend(reader.rejects)
         assembler = _Assembler(source, rules, scanner, settings.dedup, system_prompt, settings.serialize)
         method = "qa_pairs" if source.template.shape == "qa_pairs" else "groups"

@@ -91,6 +91,32 @@ def _contains(column, text: str) -> bool:
                for chunk in column.chunks)
 
 
+class ColumnGroups:
+    """`Groups` kept as arrays: conversation i's messages are the records `rows[starts[i]:starts[i + 1]]`
+    (indices into the columns, in order). Slicing gives a `Groups` of lists, so each assembly process
+    makes the Python strings of its own part only."""
+
+    def __init__(self, keys: list, metadata: list, starts: list, rows, roles, texts, lines):
+        self.keys, self.metadata, self.starts = keys, metadata, starts
+        self.rows, self.roles, self.texts, self.lines = rows, roles, texts, lines
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, part: slice):
+        from kit.data.convert import Groups
+
+        first, last = part.start or 0, len(self.keys) if part.stop is None else part.stop
+        lo, hi = self.starts[first], self.starts[last]
+        rows = self.rows[lo:hi]
+        return Groups(self.keys[first:last], self.metadata[first:last], [s - lo for s in self.starts[first : last + 1]],
+                      (rows + 1).tolist(), self.roles[rows].tolist(), self.texts.take(rows).to_pylist(),
+                      self.lines[rows].tolist())
+
+    def sizes(self) -> list[int]:
+        return [b - a for a, b in zip(self.starts, self.starts[1:])]
+
+
 def _codes(column):
     """(distinct values in order of first appearance, each row's index into them)."""
     distinct = pc.unique(column)
@@ -104,12 +130,11 @@ def _column(reader, name: str | None, columns: list):
 
 
 def _group(reader, columns: list, lines, n: int):
-    from kit.data.convert import Groups, _id
+    from kit.data.convert import _id
 
     source = reader.source
     fields = source.template.fields
     text_column = _column(reader, fields.text, columns)
-    texts = text_column.to_pylist()
 
     # 0: a message; else the reject (code, reason) at status - 1 in `problems`.
     status = np.zeros(n, dtype=np.int64)
@@ -193,20 +218,18 @@ def _group(reader, columns: list, lines, n: int):
             order[start:end] = [row for _, row in messages]
     firsts = np.sort(first)
     key_names = list(canonical)
-    groups = Groups(
+    groups = ColumnGroups(
         keys=[key_names[key] for key in key_ids[firsts].tolist()],
         metadata=_metadata(reader, columns, kept[firsts]),  # from each conversation's first record
         starts=[0, *bounds.tolist(), len(order)] if len(order) else [0],
-        numbers=(order + 1).tolist(),
-        roles=np.array(role_names, dtype=object)[roles[order]].tolist(),
-        texts=np.array(texts, dtype=object)[order].tolist(),
-        locs=lines[order].tolist(),
+        rows=order, roles=np.array(role_names or [None], dtype=object)[roles], texts=text_column.combine_chunks(), lines=lines,
     )
 
     # Nothing declined: now the reader's state changes. Rejects in record order, as one pass gives them.
-    for row in np.flatnonzero(status):
+    rejected = np.flatnonzero(status)
+    for row, text in zip(rejected.tolist(), groups.texts.take(rejected).to_pylist()):
         code, reason = problems[status[row] - 1]
-        reader.reject(int(row) + 1, int(lines[row]), code, reason, raw=texts[row])
+        reader.reject(row + 1, int(lines[row]), code, reason, raw=text)
     for name in fields.names:  # people's names, from every record
         column = _column(reader, name, columns)
         if column is not None:

@@ -1,7 +1,10 @@
 """Reading, cleaning, conversation rules, dedup, splits, augmentation and outputs of kit.data."""
 
 import csv
+import importlib
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -363,15 +366,41 @@ def test_build_outputs_card_folds_augmentation_and_loads_with_datasets(tiny_reci
     assert loaded["test"][0]["messages"][0]["role"] == "system"
 
 
-def test_workers_give_the_same_result_as_in_process(tmp_path):
+def test_workers_give_the_same_result_as_in_process(tmp_path, monkeypatch):
     rows = [[f"T{i // 3}", f"2026-03-01T10:0{i % 3}", "customer" if i % 3 != 1 else "agent", f"message {i} mail x{i}@example.com"]
             for i in range(60)]
     _, tpl = template(tmp_path)
     path = write_rows(tmp_path / "w.csv", rows)
     inline = data.convert([(str(path), tpl, "t")], None, Settings(workers=0))
+    convert = importlib.import_module("kit.data.convert")
+    monkeypatch.setattr(convert, "CHUNK_RECORDS", 4)  # many chunks, taken in turn by both processes
     forked = data.convert([(str(path), tpl, "t")], None, Settings(workers=2))
     assert forked.conversations == inline.conversations and forked.rejects == inline.rejects
     assert forked.pii == inline.pii and inline.pii["EMAIL"] == 60
+
+
+@pytest.mark.parametrize("failure", ["error", "death"])
+def test_a_failing_assembly_process_fails_the_conversion(tmp_path, monkeypatch, failure):
+    """An error in a forked assembly process is raised here; a process that dies (killed, out of memory)
+    is reported, not waited for."""
+    rows = [[f"T{i // 2}", f"2026-03-01T10:0{i % 2}", "customer" if i % 2 == 0 else "agent", f"message {i}"] for i in range(40)]
+    _, tpl = template(tmp_path)
+    path = write_rows(tmp_path / "w.csv", rows)
+    convert = importlib.import_module("kit.data.convert")
+    monkeypatch.setattr(convert, "CHUNK_RECORDS", 2)
+    parent, groups = os.getpid(), convert._Assembler.groups
+
+    def failing(self, items):
+        if os.getpid() == parent:
+            time.sleep(0.05)  # so that the other process surely takes chunks too
+            return groups(self, items)
+        if failure == "death":
+            os._exit(3)
+        raise ValueError("bad chunk")
+
+    monkeypatch.setattr(convert._Assembler, "groups", failing)
+    with pytest.raises(ValueError if failure == "error" else RuntimeError, match="bad chunk|ended without its results"):
+        data.convert([(str(path), tpl, "t")], None, Settings(workers=2))
 
 
 def _thread_lines(n: int) -> list[str]:

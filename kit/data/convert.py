@@ -31,6 +31,7 @@ import multiprocessing
 import operator
 import os
 import pickle
+import queue
 import re
 import time
 from collections import Counter
@@ -956,17 +957,29 @@ def _dumps_tree(value) -> bytes:
     return buffer.getvalue()
 
 
-_SHARED: tuple | None = None  # (assembler, method name, items): inherited by forked workers
+def _take(counter, total: int) -> int | None:
+    """The next chunk to assemble, from the counter every assembly process shares; None when all are taken."""
+    with counter.get_lock():
+        index = counter.value
+        if index >= total:
+            return None
+        counter.value = index + 1
+    return index
 
 
-def _run_chunk(bounds: tuple[int, int]) -> _Batch:
-    assembler, method, items = _SHARED
-    return getattr(assembler, method)(items[bounds[0] : bounds[1]])
-
-
-def _run_chunk_sent(bounds: tuple[int, int]) -> bytes:
-    """`_run_chunk` in a worker: its batch pickled without the memo (see `_dumps_tree`)."""
-    return _dumps_tree(_run_chunk(bounds))
+def _assemble_in_worker(assembler: _Assembler, method: str, items, bounds: list, counter, results) -> None:
+    """A forked assembly process: take chunks until none is left; send each batch back (pickled without
+    the memo, see `_dumps_tree`), then None. An error is sent back to be raised in the parent."""
+    try:
+        while (index := _take(counter, len(bounds))) is not None:
+            start, end = bounds[index]
+            results.put((index, _dumps_tree(getattr(assembler, method)(items[start:end]))))
+    except BaseException as exc:  # noqa: BLE001 - the parent raises it
+        results.put((-1, pickle.dumps(exc)))
+    finally:
+        results.put(None)
+        results.close()
+        results.join_thread()
 
 
 def _chunks(items: list, sizes: list[int], target: int) -> list[tuple[int, int]]:
@@ -992,22 +1005,58 @@ def worker_count(settings: Settings, records: int, large: bool = False) -> int:
     return min(cores, 8) if (large or records >= PARALLEL_MIN_RECORDS) and cores > 1 else 0
 
 
-def _assemble(assembler: _Assembler, method: str, items: list, records: int, settings: Settings) -> list[_Batch]:
+def _assemble(assembler: _Assembler, method: str, items, records: int, settings: Settings) -> list[_Batch]:
     workers = worker_count(settings, records)
     if not workers:
         return [getattr(assembler, method)(items)]
-    global _SHARED
     sizes = [1] * len(items) if method == "qa_pairs" else items.sizes()
     bounds = _chunks(items, sizes, CHUNK_RECORDS)
-    _SHARED = (assembler, method, items)
+    # This process and `workers - 1` forked ones (which inherit the items) take the chunks in turn from a
+    # shared counter, so that none waits for another while chunks are left; a chunk done here is neither
+    # pickled nor copied.
+    context = multiprocessing.get_context("fork")
+    counter = context.Value("q", 0)
+    results = context.Queue()
+    processes = [context.Process(target=_assemble_in_worker, args=(assembler, method, items, bounds, counter, results),
+                                 daemon=True) for _ in range(workers - 1)]
+    for process in processes:
+        process.start()
+    batches: list = [None] * len(bounds)
+    running = len(processes)
+
+    def receive(block: bool) -> None:
+        nonlocal running
+        while running:
+            try:
+                item = results.get(block, 1.0)
+            except queue.Empty:
+                if not block:
+                    return
+                if any(p.exitcode not in (None, 0) for p in processes):
+                    raise RuntimeError("an assembly process ended without its results (out of memory?); "
+                                       "set data.workers: 0 to assemble in one process") from None
+                continue
+            if item is None:
+                running -= 1
+            elif item[0] < 0:
+                raise pickle.loads(item[1])
+            else:
+                batches[item[0]] = pickle.loads(item[1])
+
     try:
-        # This process takes every `workers`-th chunk itself and `workers - 1` forked processes the rest:
-        # a chunk done here is neither pickled nor copied, and this process would otherwise only wait.
-        with multiprocessing.get_context("fork").Pool(workers - 1) as pool:
-            theirs = pool.imap(_run_chunk_sent, [b for i, b in enumerate(bounds) if i % workers])
-            return [_run_chunk(b) if i % workers == 0 else pickle.loads(next(theirs)) for i, b in enumerate(bounds)]
+        while (index := _take(counter, len(bounds))) is not None:
+            start, end = bounds[index]
+            batches[index] = getattr(assembler, method)(items[start:end])
+            receive(block=False)
+        receive(block=True)
     finally:
-        _SHARED = None
+        for process in processes:
+            process.join(timeout=5 if not running else 0)  # (done: they are exiting)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        results.close()
+    return batches
 
 
 # -- the whole conversion -----------------------------------------------------------------------------

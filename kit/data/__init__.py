@@ -15,6 +15,7 @@ The folder is written whole or not at all.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -102,13 +103,23 @@ def _write_jsonl(path: Path, rows: list[dict], digest=None) -> None:
     # Conversations arrive with their line already serialized (`_line`, made by the conversion workers).
     encode = dumps_line
     end = os.linesep
-    with path.open("wb") as handle:
+
+    def emit(data: bytes) -> None:
+        handle.write(data)
+        if digest is not None:
+            digest.update(data)
+
+    # A thread writes and hashes each block (both release the GIL) while the next one is encoded.
+    with path.open("wb") as handle, concurrent.futures.ThreadPoolExecutor(1) as writer:
+        pending = None
         for start in range(0, len(rows), WRITE_ROWS):
-            data = "".join([(row.get("_line") or encode(row)) + "\n" for row in rows[start : start + WRITE_ROWS]])
+            data = "\n".join([row.get("_line") or encode(row) for row in rows[start : start + WRITE_ROWS]]) + "\n"
             data = (data if end == "\n" else data.replace("\n", end)).encode("utf-8")  # as text mode writes
-            handle.write(data)
-            if digest is not None:
-                digest.update(data)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(emit, data)
+        if pending is not None:
+            pending.result()
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -1136,21 +1136,27 @@ def _dedup(result: Conversion, settings: Settings) -> None:
     if settings.dedup == "none":
         return
     near = NearDuplicates(settings.near_threshold) if settings.dedup == "near" else None
-    seen: dict[bytes, str] = {}
+    seen: dict[bytes, dict] = {}  # key -> the first conversation with it
     kept = []
     for conversation in result.conversations:
+        first = seen.get(conversation["_key"])
+        if first is None and near is None:
+            seen[conversation["_key"]] = conversation
+            kept.append(conversation)
+            continue
         source = conversation["source"]
-        label = f"{source['file']} record {source['record']}"
-        original = seen.get(conversation["_key"])
         kind = "duplicate"
-        if original is None and near is not None:
+        if first is not None:
+            original = f"{first['source']['file']} record {first['source']['record']}"
+        else:
+            label = f"{source['file']} record {source['record']}"
             text = "\n".join(m["content"] for m in messages_of(conversation) if m["role"] != "system")
             original = near.check_and_add(label, text)
             kind = "near_duplicate"
-        if original is None:
-            seen[conversation["_key"]] = label
-            kept.append(conversation)
-            continue
+            if original is None:
+                seen[conversation["_key"]] = conversation
+                kept.append(conversation)
+                continue
         result.duplicate_conversations += 1
         for number, loc in conversation["_locs"]:
             result.rejects.append({**_where(source["file"], number, loc), "reason": f"{kind.replace('_', ' ')} of {original}",

@@ -155,3 +155,29 @@ def test_large_exports_are_read_by_columns_with_the_same_dataset(tmp_path, monke
     slow = run(1 << 40)
     assert not calls
     assert run(0) == slow and calls
+
+
+def test_iso_times_are_read_as_fromisoformat_reads_them():
+    import random
+    from datetime import datetime, timedelta
+
+    import pyarrow as pa
+
+    rng = random.Random(0)
+    epoch = datetime(1970, 1, 1)
+    values = [(datetime(1, 1, 1) + timedelta(seconds=rng.randrange(0, 315537897599))).isoformat(sep=rng.choice("T "))
+              for _ in range(5000)]
+    values += ["2024-02-29T12:00:00", "2023-02-29T12:00:00", "1900-02-29T00:00:00", "2000-02-29T00:00:00",
+               "0000-01-01T00:00:00", "2026-04-31T00:00:00", "2026-01-01T23:59:60", "2026-01-01t10:00:00",
+               "2026-01-01T1a:00:00", "20260101T10:00:00", "2026-01-01T10:00:0"]
+    seconds, done = columnar._iso_seconds(pa.chunked_array([pa.array(values)]))
+    for value, read, moment in zip(values, done.tolist(), seconds.tolist()):
+        try:
+            expected = (datetime.fromisoformat(value) - epoch).total_seconds()
+        except ValueError:
+            expected = None
+        if read:  # what numpy reads, it reads as Python does (the rest is left to Python)
+            assert moment == expected, value
+        else:
+            assert expected is None or len(value) != 19 or value[10] not in "T ", value
+    assert sum(done.tolist()) == 5002  # the 5000 and the two real leap days

@@ -71,30 +71,36 @@ def read_messages(reader):
     else:
         return None
     # The lines each record spans, as Python's csv counts them: a line ends at LF, CRLF or a lone CR.
-    breaks = np.zeros(table.num_rows, dtype=np.int64)
-    for column in columns:
-        for end in ("\n", "\r"):
-            if _contains(column, end):
-                breaks += pc.count_substring(column, end).to_numpy()
-        if _contains(column, "\r"):
-            breaks -= pc.count_substring(column, "\r\n").to_numpy()
+    breaks = sum(np.concatenate([_line_breaks(chunk) for chunk in column.chunks]) for column in columns)
     lines_per_row = breaks + 1
     lines = (np.cumsum(lines_per_row) - lines_per_row + 1)[1:]  # each record's first line (the header's is 1)
     return _group(reader, [column.slice(1) for column in columns], lines, table.num_rows - 1)
 
 
-def _contains(column, text: str) -> bool:
-    """Whether any value of a (chunked) string column may contain `text` (one character): a scan of the
-    raw bytes, much faster than a search value by value."""
-    code = ord(text)
-    return any(chunk.buffers()[2] is not None and bool((np.frombuffer(chunk.buffers()[2], dtype=np.uint8) == code).any())
-               for chunk in column.chunks)
+def _line_breaks(column) -> np.ndarray:
+    """For each value of a string array, its line breaks as Python's csv counts them (LF, CRLF, lone CR),
+    found in the raw bytes at once rather than value by value."""
+    counts = np.zeros(len(column), dtype=np.int64)
+    if column.buffers()[2] is None:
+        return counts
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int32, count=len(column) + 1, offset=column.offset * 4)
+    data = np.frombuffer(column.buffers()[2], dtype=np.uint8)[: offsets[-1]]
+    ends = np.flatnonzero(data == 10)  # LF
+    returns = np.flatnonzero(data == 13)
+    if len(returns):  # a CR followed by an LF in the same value is one break with it
+        rows = np.searchsorted(offsets, returns, side="right") - 1
+        after = returns + 1
+        paired = (after < offsets[rows + 1]) & (data[np.minimum(after, len(data) - 1)] == 10)
+        ends = np.concatenate((ends, returns[~paired]))
+    ends = ends[ends >= offsets[0]]
+    counts += np.bincount(np.searchsorted(offsets, ends, side="right") - 1, minlength=len(column))[: len(column)]
+    return counts
 
 
 class ColumnGroups:
     """`Groups` kept as arrays: conversation i's messages are the records `rows[starts[i]:starts[i + 1]]`
     (indices into the columns, in order). Slicing gives a `Groups` of lists, so each assembly process
-    makes the Python strings of its own part only."""
+    makes the lists of its own part only."""
 
     def __init__(self, keys: list, metadata: list, starts: list, rows, roles, texts, lines):
         self.keys, self.metadata, self.starts = keys, metadata, starts
@@ -110,7 +116,7 @@ class ColumnGroups:
         lo, hi = self.starts[first], self.starts[last]
         rows = self.rows[lo:hi]
         return Groups(self.keys[first:last], self.metadata[first:last], [s - lo for s in self.starts[first : last + 1]],
-                      (rows + 1).tolist(), self.roles[rows].tolist(), self.texts.take(rows).to_pylist(),
+                      (rows + 1).tolist(), self.roles[rows].tolist(), self.texts[rows].tolist(),
                       self.lines[rows].tolist())
 
     def sizes(self) -> list[int]:
@@ -189,19 +195,26 @@ def _group(reader, columns: list, lines, n: int):
             else:
                 times[row] = moment
 
-    distinct, codes = _codes(_column(reader, fields.conversation, columns))
-    keys = [key if key and key[0] != " " and key[-1] != " " and key[-2:] != ".0" else _id(key)
-            for key in distinct]
-    empty_keys = np.array([not key for key in keys], dtype=bool)
-    mark(empty_keys[codes], "missing_field", f"missing field {fields.conversation!r}")
+    column = _column(reader, fields.conversation, columns)
+    distinct = pc.unique(column)
+    codes = pc.index_in(column, value_set=distinct).to_numpy()
+    if pc.any(pc.match_substring_regex(distinct, r"^$|^ | $|\.0$")).as_py():  # ids the reader would tidy up
+        keys = [key if key and key[0] != " " and key[-1] != " " and key[-2:] != ".0" else _id(key)
+                for key in distinct.to_pylist()]
+        empty_keys = np.array([not key for key in keys], dtype=bool)
+        mark(empty_keys[codes], "missing_field", f"missing field {fields.conversation!r}")
+        canonical: dict[str, int] = {}
+        codes = np.array([canonical.setdefault(key, len(canonical)) for key in keys], dtype=np.int64)[codes]
+        keys = list(canonical)
+    else:  # each distinct value is an id as it is
+        keys = distinct.to_pylist()
 
     kept = np.flatnonzero(status == 0)
 
     # Conversations in order of their first message; a conversation's messages by time, then record.
-    canonical = {}
-    key_ids = np.array([canonical.setdefault(key, len(canonical)) for key in keys], dtype=np.int64)[codes[kept]]
+    key_ids = codes[kept]
     _, first = np.unique(key_ids, return_index=True)  # each conversation's first message (as an index of `kept`)
-    rank = np.empty(len(canonical), dtype=np.int64)
+    rank = np.empty(len(keys), dtype=np.int64)
     used = key_ids[np.sort(first)]
     rank[used] = np.arange(len(used))
     ranks = rank[key_ids]
@@ -217,17 +230,17 @@ def _group(reader, columns: list, lines, n: int):
             messages.sort()  # as `Groups.of` sorts [time, number, ...], the group in file order
             order[start:end] = [row for _, row in messages]
     firsts = np.sort(first)
-    key_names = list(canonical)
     groups = ColumnGroups(
-        keys=[key_names[key] for key in key_ids[firsts].tolist()],
+        keys=[keys[key] for key in key_ids[firsts].tolist()],
         metadata=_metadata(reader, columns, kept[firsts]),  # from each conversation's first record
         starts=[0, *bounds.tolist(), len(order)] if len(order) else [0],
-        rows=order, roles=np.array(role_names or [None], dtype=object)[roles], texts=text_column.combine_chunks(), lines=lines,
+        rows=order, roles=np.array(role_names or [None], dtype=object)[roles],
+        texts=np.array(text_column.to_pylist(), dtype=object), lines=lines,
     )
 
     # Nothing declined: now the reader's state changes. Rejects in record order, as one pass gives them.
     rejected = np.flatnonzero(status)
-    for row, text in zip(rejected.tolist(), groups.texts.take(rejected).to_pylist()):
+    for row, text in zip(rejected.tolist(), groups.texts[rejected].tolist()):
         code, reason = problems[status[row] - 1]
         reader.reject(row + 1, int(lines[row]), code, reason, raw=text)
     for name in fields.names:  # people's names, from every record
@@ -239,21 +252,23 @@ def _group(reader, columns: list, lines, n: int):
 
 
 def _metadata(reader, columns: list, rows) -> list[dict]:
-    """`reader.metadata_of` for each conversation's first record, a column at a time."""
-    found: list[dict] = [{} for _ in range(len(rows))]
-    indices = pa.array(rows)
+    """`reader.metadata_of` for each conversation's first record: each field's distinct values cleaned
+    once, each distinct combination of them made into a dict once (and copied per conversation)."""
+    fields = []  # (key, cleaned distinct values, index of each row's value)
+    combination = np.zeros(len(rows), dtype=np.int64)
     for key, path in reader.source.template.metadata_fields().items():
         column = _column(reader, path, columns)
         if column is None:
             continue
-        cache: dict[str, object] = {}
-        for meta, value in zip(found, column.take(indices).to_pylist()):
-            cleaned = cache.get(value)
-            if cleaned is None:
-                cleaned = cache[value] = reader.metadata_value(key, value)
-            if cleaned:
-                meta[key] = cleaned
-    return found
+        distinct, codes = _codes(column.take(rows))
+        fields.append((key, [reader.metadata_value(key, value) for value in distinct], codes))
+        # (renumbered after each field, so that the number stays below the number of rows)
+        combination = np.unique(combination * len(distinct) + codes, return_inverse=True)[1].reshape(-1)
+    _, first, combination = np.unique(combination, return_index=True, return_inverse=True)
+    made = []
+    for row in first.tolist():
+        made.append({key: values[codes[row]] for key, values, codes in fields if values[codes[row]]})
+    return [dict(made[i]) for i in combination.reshape(-1).tolist()]
 
 
 def _iso_seconds(column):
@@ -270,19 +285,22 @@ def _iso_seconds(column):
     fixed = (column.take(rows) if len(rows) < n else column).combine_chunks()
     offsets = np.frombuffer(fixed.buffers()[1], dtype=np.int32, count=len(fixed) + 1, offset=fixed.offset * 4)
     raw = np.frombuffer(fixed.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, size)
-    layout = np.frombuffer(_TIME_LAYOUT, dtype=np.uint8)
-    digits = raw - np.uint8(ord("0"))  # a digit is 0 to 9, anything else wraps above
-    where = layout == ord("0")
-    ok = (digits[:, where] <= 9).all(axis=1)
-    punctuation = ~where
-    punctuation[10] = False
-    ok &= (raw[:, punctuation] == layout[punctuation]).all(axis=1)
-    ok &= (raw[:, 10] == ord("T")) | (raw[:, 10] == ord(" "))
+    columns = np.ascontiguousarray(raw.T)  # one row per character position: fast whole-array steps
+    ok = np.ones(len(rows), dtype=bool)
+    digits = {}
+    for position, expected in enumerate(_TIME_LAYOUT):
+        if expected == ord("0"):
+            digits[position] = columns[position] - np.uint8(ord("0"))  # 0 to 9, or wrapped above
+            ok &= digits[position] <= 9
+        elif position == 10:
+            ok &= (columns[position] == ord("T")) | (columns[position] == ord(" "))
+        else:
+            ok &= columns[position] == expected
 
     def number(start: int, end: int):
-        total = digits[:, start].astype(np.int64)
-        for i in range(start + 1, end):
-            total = total * 10 + digits[:, i]
+        total = digits[start].astype(np.int64)
+        for position in range(start + 1, end):
+            total = total * 10 + digits[position]
         return total
 
     year, month, day = number(0, 4), number(5, 7), number(8, 10)

@@ -104,10 +104,15 @@ def test_large_builds_report_each_phase_and_small_ones_stay_quiet(tiny_recipe, c
     assert f"{result.input:,} records read in" in lines[1] and lines[1].endswith("(in 2 processes)")
     assert f"assembling {result.assembled:,} conversations" in lines[2] and "assembled in" in lines[3]
 
+    from kit import speed
+
+    kept = []
+    monkeypatch.setattr(speed, "keep_freed_memory", lambda: kept.append(1) or True)
     recipe = load_recipe(tiny_recipe())
     data.build(recipe, force=True)
-    assert "kit.data: reading" not in capsys.readouterr().err
+    assert "kit.data: reading" not in capsys.readouterr().err and not kept
     monkeypatch.setattr(data, "PARALLEL_MIN_BYTES", 0)  # every export counts as large
     data.build(recipe, force=True)
     err = capsys.readouterr().err
     assert "kit.data: reading" in err and "kit.data: writing" in err
+    assert kept  # a large build keeps freed memory for reuse (glibc malloc)

@@ -440,6 +440,12 @@ def _build(recipe, force: bool) -> Path:
     settings = _recipe_settings(recipe)
     if large:  # a big export takes a while: say what is happening, a line per phase
         settings.progress = _progress
+        # Its arrays and batches are big blocks, which glibc's malloc would map fresh and unmap again every
+        # time: keeping freed memory for reuse makes the whole build about a tenth faster (see
+        # `speed.keep_freed_memory`; kit.sft does the same on a CPU). It stays set for this process.
+        from kit import speed
+
+        speed.keep_freed_memory()
     try:
         result = convert(sources, recipe.data.system_prompt, settings)
         sampled = None

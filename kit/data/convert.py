@@ -856,7 +856,12 @@ class _Assembler:
                 for key, value in metadata.items()}
 
     def _conversation(self, cid: str, messages: list[dict], metadata: dict, located: list, batch: _Batch) -> dict:
-        source = {**_where(self.file, *located[0]), "records": [n for n, _ in located], "template": self.template_name}
+        number, loc = located[0]
+        records = [n for n, _ in located]
+        if loc.__class__ is int:  # (a CSV or JSONL line: `_where`, built directly)
+            source = {"file": self.file, "record": number, "line": loc, "records": records, "template": self.template_name}
+        else:
+            source = {**_where(self.file, number, loc), "records": records, "template": self.template_name}
         conversation = {"id": cid, "messages": messages, "metadata": self._metadata(metadata, batch), "source": source}
         key = self.key_of(messages) if self.key_of is not None else None  # (without the system prompt)
         if self.system_prompt:
@@ -923,26 +928,30 @@ class _Assembler:
                     turns[-1][2].append((number, loc))
                 else:
                     turns.append([role, [text], [(number, loc)]])
-            if rules.trim_trailing_customer and any(t[0] == "assistant" for t in turns):
-                while turns and turns[-1][0] == "user":
+            if not turns:  # every message was rejected on its own already
+                batch.rejected_conversations += 1
+                continue
+            sides = {t[0] for t in turns}
+            if rules.trim_trailing_customer and turns[-1][0] == "user" and "assistant" in sides:
+                while turns[-1][0] == "user":
                     _, parts, located = turns.pop()
                     for text, (number, loc) in zip(parts, located):
                         self._reject(batch, number, loc, "after_last_answer", "customer message after the last agent answer", text)
+                sides = {t[0] for t in turns}
             problem = None
-            if not turns:
-                problem = None  # every message was rejected on its own already
-            elif rules.require_both_sides and not any(t[0] == "user" for t in turns):
+            if rules.require_both_sides and "user" not in sides:
                 problem = ("no_customer_turn", "conversation has no customer message")
-            elif rules.require_both_sides and not any(t[0] == "assistant" for t in turns):
+            elif rules.require_both_sides and "assistant" not in sides:
                 problem = ("no_agent_answer", "conversation has no agent answer")
-            if problem is not None or not turns:
+            if problem is not None:
                 batch.rejected_conversations += 1
                 for _, parts, located in turns:
                     for text, (number, loc) in zip(parts, located):
                         self._reject(batch, number, loc, problem[0], f"{problem[1]} (conversation {key})", text)
                 continue
-            messages = [{"role": role, "content": "\n\n".join(parts)} for role, parts, _ in turns]
-            located = sorted(item for t in turns for item in t[2])
+            messages = [{"role": role, "content": "\n\n".join(parts) if len(parts) > 1 else parts[0]} for role, parts, _ in turns]
+            located = [item for t in turns for item in t[2]]
+            located.sort()
             batch.conversations.append(self._conversation(f"{self.file_name}:{key}", messages, metadata, located, batch))
 
 

@@ -220,3 +220,15 @@ def test_normalized_key_equality_is_unchanged(first, second):
                     [{"role": m["role"], "content": m["content"].replace(" ", " , ")} for m in a]):
         assert (normalized_key(a) == normalized_key(variant)) == (
             _reference_normalized_key(a) == _reference_normalized_key(variant))
+
+
+@SETTINGS
+@given(st.lists(dedup_messages, max_size=8), st.sampled_from(["", "\x03", "a\x03b"]))
+def test_normalized_keys_of_a_batch_are_each_conversations_key(conversations, extra):
+    """The batch (ASCII conversations normalised together) gives exactly `normalized_key` of each one."""
+    from kit.data.dedup import normalized_key, normalized_keys
+
+    batch = [[{"role": r, "content": c} for r, c in messages] for messages in conversations]
+    if batch and extra:  # the batch separator inside a text
+        batch[0][0]["content"] += extra
+    assert normalized_keys(batch) == [normalized_key(messages) for messages in batch]

@@ -44,7 +44,7 @@ import orjson
 from kit import pii
 from kit.data import read
 from kit.data.clean import Cleaner, Rules, resolve_rules
-from kit.data.dedup import NearDuplicates, exact_key, normalized_key
+from kit.data.dedup import NearDuplicates, exact_key, normalized_keys
 from kit.data.template import Template
 from kit.errors import KitError
 
@@ -794,7 +794,8 @@ class _Assembler:
         self.rules = rules
         self.cleaner = Cleaner(rules)
         self.scanner = scanner
-        self.key_of = {"exact": exact_key, "normalized": normalized_key, "near": normalized_key}.get(dedup)
+        self.keys_of = {"exact": lambda conversations: [exact_key(messages) for messages in conversations],
+                        "normalized": normalized_keys, "near": normalized_keys}.get(dedup)
         self.system_prompt = system_prompt
         self.value_cache: dict[str, tuple] = {}
         self.serialize = serialize
@@ -856,28 +857,36 @@ class _Assembler:
                 for key, value in metadata.items()}
 
     def _conversation(self, cid: str, messages: list[dict], metadata: dict, located: list, batch: _Batch) -> dict:
+        """A kept conversation; `_seal` adds its dedup key and line."""
         number, loc = located[0]
         records = [n for n, _ in located]
         if loc.__class__ is int:  # (a CSV or JSONL line: `_where`, built directly)
             source = {"file": self.file, "record": number, "line": loc, "records": records, "template": self.template_name}
         else:
             source = {**_where(self.file, number, loc), "records": records, "template": self.template_name}
-        conversation = {"id": cid, "messages": messages, "metadata": self._metadata(metadata, batch), "source": source}
-        key = self.key_of(messages) if self.key_of is not None else None  # (without the system prompt)
-        if self.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.system_prompt})
-        if self.serialize:
-            # The line carries the messages; the dict sent back to the main process does not (half the
-            # pickling). `messages_of` reads them back from the line when a later step needs them.
-            conversation["_line"] = dumps_line(conversation)  # (before the private keys below)
-            del conversation["messages"]
-        conversation["_locs"] = located
-        if key is not None:
-            conversation["_key"] = key
-        return conversation
+        return {"id": cid, "messages": messages, "metadata": self._metadata(metadata, batch), "source": source,
+                "_locs": located}
+
+    def _seal(self, made: list[dict], batch: _Batch) -> None:
+        """Give a part's conversations their dedup keys (all at once: `normalized_keys`) and their lines,
+        and add them to the batch."""
+        if self.keys_of is not None:
+            for conversation, key in zip(made, self.keys_of([c["messages"] for c in made])):
+                conversation["_key"] = key  # (without the system prompt)
+        for conversation in made:
+            messages = conversation["messages"]
+            if self.system_prompt:
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            if self.serialize:
+                # The line carries the messages; the dict sent back to the main process does not (half the
+                # pickling). `messages_of` reads them back from the line when a later step needs them.
+                conversation["_line"] = dumps_line({k: conversation[k] for k in ("id", "messages", "metadata", "source")})
+                del conversation["messages"]
+        batch.conversations.extend(made)
 
     def qa_pairs(self, items: list) -> _Batch:
         batch = _Batch()
+        made = []
         question_name, answer_name = self.fields.question, self.fields.answer
         for number, loc, question, answer, metadata in items:
             question = self._clean(batch, number, loc, question, question_name)
@@ -888,7 +897,8 @@ class _Assembler:
                 continue
             messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
             batch.assembled += 1
-            batch.conversations.append(self._conversation(f"{self.file_name}:{number}", messages, metadata, [(number, loc)], batch))
+            made.append(self._conversation(f"{self.file_name}:{number}", messages, metadata, [(number, loc)], batch))
+        self._seal(made, batch)
         return batch
 
     def groups(self, groups: Groups) -> _Batch:
@@ -911,6 +921,7 @@ class _Assembler:
         automatic = self.cleaner.auto_replies(texts)
         redacted = self.scanner.redact_many(texts) if self.scanner is not None else [None] * len(texts)
         numbers, roles, locs, starts = part.numbers, part.roles, part.locs, part.starts
+        made = []
         for index, (key, metadata) in enumerate(zip(part.keys, part.metadata)):
             batch.assembled += 1
             turns: list[list] = []  # [role, [texts], [(number, loc)]]
@@ -952,7 +963,8 @@ class _Assembler:
             messages = [{"role": role, "content": "\n\n".join(parts) if len(parts) > 1 else parts[0]} for role, parts, _ in turns]
             located = [item for t in turns for item in t[2]]
             located.sort()
-            batch.conversations.append(self._conversation(f"{self.file_name}:{key}", messages, metadata, located, batch))
+            made.append(self._conversation(f"{self.file_name}:{key}", messages, metadata, located, batch))
+        self._seal(made, batch)
 
 
 def _dumps_tree(value) -> bytes:

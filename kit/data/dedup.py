@@ -77,6 +77,47 @@ def normalized_key(messages: list[dict]) -> bytes:
     return hashlib.blake2b(canonical, digest_size=16).digest()
 
 
+# `_CANONICAL`, also keeping \x03 (where the next conversation starts, in `normalized_keys`).
+_CANONICAL_MANY = bytes(c if (chr(c).isalnum() and c < 128) or c in (1, 2, 3) else 32 for c in range(256))
+
+
+def normalized_keys(conversations: list[list[dict]]) -> list[bytes]:
+    """`normalized_key` of each conversation's messages. The ASCII conversations with plain roles (most)
+    are normalised together: one lower(), translate() and collapse of spaces over all of them, then a
+    hash each, instead of a dozen steps per conversation."""
+    keys: list = [None] * len(conversations)
+    plain, texts, messages = [], [], 0
+    for index, conversation in enumerate(conversations):
+        parts = []
+        for message in conversation:
+            role = message["role"]
+            if role not in _PLAIN_ROLES:
+                break
+            parts += (" \x01 ", role, " \x02 ", message["content"])
+        else:
+            text = "".join(parts)
+            if text.isascii():
+                plain.append(index)
+                texts.append(text)
+                messages += len(conversation)
+                continue
+        keys[index] = normalized_key(conversation)
+    joined = "\x03".join(texts)
+    if joined.count("\x01") != messages or joined.count("\x02") != messages or joined.count("\x03") != len(texts) - 1:
+        for index in plain:  # a text holds a marker: conversation by conversation
+            keys[index] = normalized_key(conversations[index])
+        return keys
+    import numpy as np
+
+    canonical = np.frombuffer(joined.lower().encode().translate(_CANONICAL_MANY), dtype=np.uint8)
+    space = canonical == 32
+    space[1:] &= space[:-1].copy()  # a space after a space: dropped (each run of spaces becomes one)
+    blake2b = hashlib.blake2b
+    for index, text in zip(plain, canonical[~space].tobytes().split(b"\x03")):
+        keys[index] = blake2b(text.strip(), digest_size=16).digest()
+    return keys
+
+
 class NearDuplicates:
     """MinHash over word 3-grams with LSH banding; a candidate pair is confirmed by its estimated Jaccard.
 

@@ -121,9 +121,10 @@ _SENT_FROM = re.compile(r"^[ \t]*(?:Sent from my [^\n]{1,40}|Get Outlook for [^\
 def strip_signatures(text: str) -> str:
     if "Sent from my" in text or "Get Outlook for" in text:
         text = _SENT_FROM.sub("", text).rstrip()
-    if "\n" not in text:
+    stripped = text.rstrip() if "\n" in text else ""
+    if "\n" not in stripped:  # (a single line, maybe with line ends after it: no signature block)
         return text
-    lines = text.rstrip().split("\n")
+    lines = stripped.split("\n")
     n = len(lines)
     # "-- " alone on a line starts a signature (RFC 3676); only trusted near the end.
     for i in range(max(1, n - 8), n):

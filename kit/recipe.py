@@ -160,8 +160,8 @@ class DataSection(Section):
     )
     workers: int | None = Field(
         None, ge=0, le=64,
-        description="Processes that read, clean and redact: unset = one per CPU core for sources of 50,000+ records "
-        "(CSV exports of 8 MiB+ are read in two); 0 = in-process.",
+        description="Processes that clean and redact: unset = one per CPU core for sources of 50,000+ records "
+        "(CSV exports of 8 MiB+ that cannot be read by columns are read in two); 0 = in-process.",
     )
     rules: DataRules = Field(default_factory=DataRules, description="Cleaning rules (override the template's).")
     pii: PiiSection = Field(default_factory=PiiSection, description="Private-data redaction.")

@@ -9,14 +9,16 @@ Two phases per source file:
 1. read (streaming, one pass): parse each record, apply the template's field mapping, exclusion
    rules and role mapping, parse timestamps, and group messages by conversation (rows may arrive in
    any order, so groups are complete only at the end of the file). People's names are collected.
-   A large CSV of messages is read in two processes: a forked child reads from a line near the middle
-   while this process reads up to it, and the child's groups are merged in only when this process
-   reaches a record boundary exactly there (see `_Reader._group_split`): the result is the one pass's.
+   A large CSV of messages is first read by columns (`kit.data.columnar`), which gives exactly this
+   pass's result or declines; then it is read in two processes: a forked child reads from a line
+   near the middle while this process reads up to it, and the child's groups are merged in only when
+   this process reaches a record boundary exactly there (see `_Reader._group_split`): the result is
+   the one pass's. Either way phase 2 gets the conversations as `Groups` (flat lists).
 2. assemble (per conversation, independent): clean each text, drop auto-replies, redact private data
    (phase 1 ran for every source first, so every name in the recipe's exports is known), order by
-   time, merge consecutive turns, apply the
-   conversation rules, compute the dedup key. Large exports run this phase in forked worker
-   processes (`data.workers`), which read the groups they inherited and send back conversations.
+   time, merge consecutive turns, apply the conversation rules, compute the dedup key. Large exports
+   run this phase in chunks that this process and forked worker processes (`data.workers`) take in
+   turn from a shared counter; the workers read the groups they inherited and send back conversations.
 Dedup across all sources runs last, in input order, so the first copy is the one kept.
 """
 
@@ -63,7 +65,8 @@ def dumps_line(value) -> str:
 LIST_METADATA = frozenset({"required_phrases"})
 # Below this many records a source is assembled in-process: starting workers costs more than it saves.
 PARALLEL_MIN_RECORDS = 50_000
-# CSV exports from this size on are read in two processes (about 50,000 records of ticket threads).
+# CSV exports from this size on that are not read by columns are read in two processes (about 50,000
+# records of ticket threads).
 PARALLEL_MIN_BYTES = 8 << 20
 # CSV message exports from this size on are first read by columns (`kit.data.columnar`).
 COLUMNAR_MIN_BYTES = 8 << 20

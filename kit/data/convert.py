@@ -10,7 +10,7 @@ Two phases per source file:
    rules and role mapping, parse timestamps, and group messages by conversation (rows may arrive in
    any order, so groups are complete only at the end of the file). People's names are collected.
    A large CSV of messages is first read by columns (`kit.data.columnar`), which gives exactly this
-   pass's result or declines; then it is read in two processes: a forked child reads from a line
+   pass's result or declines; declined, it is read in two processes: a forked child reads from a line
    near the middle while this process reads up to it, and the child's groups are merged in only when
    this process reaches a record boundary exactly there (see `_Reader._group_split`): the result is
    the one pass's. Either way phase 2 gets the conversations as `Groups` (flat lists).

@@ -27,6 +27,8 @@ import threading
 import sys
 from pathlib import Path
 
+import xxhash
+
 from kit.data.augment import augment
 from kit.data.clean import resolve_rules
 from kit.data.convert import PARALLEL_MIN_BYTES, Conversion, Settings, convert, messages_of, no_gc, parse_time
@@ -87,9 +89,13 @@ def fingerprint(recipe) -> str:
             if not path.is_file():
                 digest.update(b"missing")
                 continue
+            # xxh3: a change detector (not a security check) at memory speed; the dataset written is
+            # hashed with sha256 (stats.json).
+            content = xxhash.xxh3_128()
             with path.open("rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest() if hasattr(hashlib, "file_digest")
-                              else hashlib.sha256(handle.read()).digest())
+                while chunk := handle.read(1 << 20):
+                    content.update(chunk)
+            digest.update(content.digest())
     return digest.hexdigest()
 
 

@@ -36,9 +36,10 @@ _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 def read_messages(reader):
     """`reader.messages()`'s `Groups`, read by columns; None (and the reader unchanged) when declined."""
     source = reader.source
+    data, source.data = source.data, None  # (the bytes `_Source` read: taken, so that they are freed with ours)
     if reader.get_role is None or source.header is None or codecs.lookup(source.encoding).name not in read._SPLITTABLE:
         return None
-    data = source.path.read_bytes()
+    data = data or source.path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8):]
     if codecs.lookup(source.encoding).name not in ("utf-8", "utf-8-sig", "ascii") and not data.isascii():

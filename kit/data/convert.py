@@ -238,7 +238,10 @@ class _Source:
             raise KitError(f"data.sources[].path: {path_text} not found; point it at an export file")
         self.template = template
         self.template_name = template_name
-        self.encoding = read.detect_encoding(self.path, template.encoding)
+        # A CSV export that will be read by columns is read into memory once, for both.
+        self.data = (self.path.read_bytes() if template.reader == "csv" and template.shape == "messages"
+                     and self.path.stat().st_size >= COLUMNAR_MIN_BYTES else None)
+        self.encoding = read.detect_encoding(self.path, template.encoding, self.data)
         self.header: list[str] | None = None
         self.document = None
         self.document_problem: tuple | None = None
@@ -554,6 +557,7 @@ class _Reader:
             if items is not None:
                 self.how = "by columns"
                 return items
+        source.data = None  # (read for the columns only)
         split = read.split_offset(source.path, source.encoding) if self.split and source.header is not None else None
         if split is None:
             number = self._group(source.records(), groups, metadata)

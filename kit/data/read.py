@@ -24,16 +24,20 @@ MISSING = object()
 _CHUNK = 1 << 20
 
 
-def detect_encoding(path: Path, declared: str = "auto") -> str:
-    """UTF-8 (with or without BOM) or UTF-16 with BOM when the bytes say so, else cp1252, else latin-1."""
+def detect_encoding(path: Path, declared: str = "auto", data: bytes | None = None) -> str:
+    """UTF-8 (with or without BOM) or UTF-16 with BOM when the bytes say so, else cp1252, else latin-1.
+    `data`: the file's bytes, when the caller has read them already."""
     if declared != "auto":
         try:
             codecs.lookup(declared)
         except LookupError:
             raise KitError(f"template encoding: unknown codec {declared!r}; use auto, utf-8, cp1252, latin-1...") from None
         return declared
-    with path.open("rb") as handle:
-        head = handle.read(4)
+    if data is None:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    else:
+        head = data[:4]
     if head.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -41,17 +45,27 @@ def detect_encoding(path: Path, declared: str = "auto") -> str:
     for encoding in ("utf-8", "cp1252"):
         decoder = codecs.getincrementaldecoder(encoding)()
         try:
-            with path.open("rb") as handle:
-                while chunk := handle.read(_CHUNK):
-                    # ASCII is valid UTF-8 and cp1252 and tested ten times faster (unless a character
-                    # from the chunk before is not finished: then the bytes must complete it)
-                    if not chunk.isascii() or decoder.getstate()[0]:
-                        decoder.decode(chunk)
-                decoder.decode(b"", final=True)
+            for chunk in _chunks(path, data):
+                # ASCII is valid UTF-8 and cp1252 and tested ten times faster (unless a character
+                # from the chunk before is not finished: then the bytes must complete it)
+                if not chunk.isascii() or decoder.getstate()[0]:
+                    decoder.decode(chunk)
+            decoder.decode(b"", final=True)
             return encoding
         except UnicodeDecodeError:
             continue
     return "latin-1"  # decodes any byte string
+
+
+def _chunks(path: Path, data: bytes | None):
+    """The file's bytes, _CHUNK at a time (from `data` when given)."""
+    if data is not None:
+        for start in range(0, len(data), _CHUNK):
+            yield data[start : start + _CHUNK]
+        return
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            yield chunk
 
 
 def _open_text(path: Path, encoding: str):

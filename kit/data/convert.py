@@ -922,11 +922,19 @@ class _Assembler:
         rules = self.rules
         merge = rules.merge_consecutive
         text_name = self.fields.text
-        # Cleaning and the auto-reply test run over all the part's texts at once (see `Cleaner.clean_many`).
+        # Cleaning, the auto-reply test and redaction run over all the part's distinct texts at once (see
+        # `Cleaner.clean_many`): support logs repeat texts (canned answers, greetings, thanks), and each
+        # rule is a function of the text alone.
         raws = part.texts
-        texts = self.cleaner.clean_many(raws)
-        automatic = self.cleaner.auto_replies(texts)
-        redacted = self.scanner.redact_many(texts) if self.scanner is not None else [None] * len(texts)
+        seen: dict[str, int] = {}
+        which = [seen.setdefault(raw, len(seen)) for raw in raws]
+        distinct = self.cleaner.clean_many(list(seen))
+        automatic = self.cleaner.auto_replies(distinct)
+        redacted = self.scanner.redact_many(distinct) if self.scanner is not None else [None] * len(distinct)
+        if len(distinct) < len(raws):
+            texts, automatic, redacted = ([values[i] for i in which] for values in (distinct, automatic, redacted))
+        else:
+            texts = distinct
         numbers, roles, locs, starts = part.numbers, part.roles, part.locs, part.starts
         made = []
         for index, (key, metadata) in enumerate(zip(part.keys, part.metadata)):

@@ -379,6 +379,24 @@ def test_workers_give_the_same_result_as_in_process(tmp_path, monkeypatch):
     assert forked.pii == inline.pii and inline.pii["EMAIL"] == 60
 
 
+def test_repeated_texts_reuse_their_results_exactly(tmp_path, monkeypatch):
+    """A text met before (in this part or an earlier one) reuses its cleaning, auto-reply and redaction
+    results: the conversion is the same as with nothing remembered, PII counts included."""
+    texts = ["Thanks!", "Mail me at jo@example.com", "Out of office until Monday", "Best regards,\nJo", "   "]
+    rows = [[f"T{i // 3}", f"2026-03-01T10:0{i % 3}", "customer" if i % 3 != 1 else "agent", texts[i % len(texts)]]
+            for i in range(90)]
+    _, tpl = template(tmp_path)
+    path = write_rows(tmp_path / "r.csv", rows)
+    convert = importlib.import_module("kit.data.convert")
+    monkeypatch.setattr(convert, "GROUP_TEXTS", 7)  # many parts
+    remembered = data.convert([(str(path), tpl, "t")], None, Settings(workers=0))
+    monkeypatch.setattr(convert, "TEXTS_REMEMBERED", 0)  # forgotten before every part
+    forgotten = data.convert([(str(path), tpl, "t")], None, Settings(workers=0))
+    assert remembered.conversations == forgotten.conversations and remembered.rejects == forgotten.rejects
+    assert remembered.pii == forgotten.pii and remembered.pii["EMAIL"] == 18
+    assert {r["code"] for r in remembered.rejects} >= {"auto_reply", "empty_text"}
+
+
 @pytest.mark.parametrize("failure", ["error", "death"])
 def test_a_failing_assembly_process_fails_the_conversion(tmp_path, monkeypatch, failure):
     """An error in a forked assembly process is raised here; a process that dies (killed, out of memory)

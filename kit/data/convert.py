@@ -72,6 +72,7 @@ PARALLEL_MIN_BYTES = 8 << 20
 COLUMNAR_MIN_BYTES = 8 << 20
 CHUNK_RECORDS = 4_000
 GROUP_TEXTS = 4_096  # messages cleaned as one batch (`Cleaner.clean_many`)
+TEXTS_REMEMBERED = 200_000  # distinct texts whose results an assembly process keeps for reuse
 
 
 @dataclass
@@ -805,6 +806,7 @@ class _Assembler:
                         "normalized": normalized_keys, "near": normalized_keys}.get(dedup)
         self.system_prompt = system_prompt
         self.value_cache: dict[str, tuple] = {}
+        self.done: dict[str, tuple] = {}  # raw text -> (cleaned, automatic reply, redaction), see `_groups`
         self.serialize = serialize
 
     def _redact(self, text: str, batch: _Batch) -> str:
@@ -922,19 +924,18 @@ class _Assembler:
         rules = self.rules
         merge = rules.merge_consecutive
         text_name = self.fields.text
-        # Cleaning, the auto-reply test and redaction run over all the part's distinct texts at once (see
-        # `Cleaner.clean_many`): support logs repeat texts (canned answers, greetings, thanks), and each
-        # rule is a function of the text alone.
+        # Cleaning, the auto-reply test and redaction run over the part's new texts at once (see
+        # `Cleaner.clean_many`). Support logs repeat texts (canned answers, greetings, thanks) and each
+        # rule is a function of the text alone, so a text met before reuses its results.
         raws = part.texts
-        seen: dict[str, int] = {}
-        which = [seen.setdefault(raw, len(seen)) for raw in raws]
-        distinct = self.cleaner.clean_many(list(seen))
-        automatic = self.cleaner.auto_replies(distinct)
-        redacted = self.scanner.redact_many(distinct) if self.scanner is not None else [None] * len(distinct)
-        if len(distinct) < len(raws):
-            texts, automatic, redacted = ([values[i] for i in which] for values in (distinct, automatic, redacted))
-        else:
-            texts = distinct
+        done = self.done
+        if len(done) > TEXTS_REMEMBERED:
+            done.clear()
+        new = list(dict.fromkeys(raw for raw in raws if raw not in done))
+        cleaned = self.cleaner.clean_many(new)
+        redacted = self.scanner.redact_many(cleaned) if self.scanner is not None else [None] * len(cleaned)
+        done.update(zip(new, zip(cleaned, self.cleaner.auto_replies(cleaned), redacted)))
+        texts, automatic, redacted = zip(*[done[raw] for raw in raws]) if raws else ((), (), ())
         numbers, roles, locs, starts = part.numbers, part.roles, part.locs, part.starts
         made = []
         for index, (key, metadata) in enumerate(zip(part.keys, part.metadata)):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import random
@@ -58,10 +59,21 @@ CATEGORIES = ["orders_shipping", "returns_refunds", "billing_payments", "device_
 HEADER = ["ticket_id", "created_at", "author_role", "author_name", "visibility", "category", "subject", "body"]
 
 
-def _body(rng: random.Random, side: str, name: str) -> str:
+def _code(number: int) -> str:
+    """Five letters, different for each number below 26**5 (no digits: they would wake the PII gates)."""
+    letters = []
+    for _ in range(5):
+        number, rest = divmod(number, 26)
+        letters.append(chr(97 + rest))
+    return "".join(letters)
+
+
+def _body(rng: random.Random, side: str, name: str, ref: str | None = None) -> str:
     pool = CUSTOMER if side == "customer" else AGENT
     text = rng.choice(pool).format(order=f"BL-{rng.randrange(100000, 999999)}", n=rng.randrange(2, 90),
                                    device=rng.choice(DEVICES))
+    if ref is not None:
+        text += f" Ref {ref}."
     roll = rng.random()
     if roll < 0.02:
         text += f" You can call me at +1 415 555 {rng.randrange(1000, 9999)}."
@@ -74,8 +86,12 @@ def _body(rng: random.Random, side: str, name: str) -> str:
     return text
 
 
-def generate(path: Path, messages: int, seed: int = 0) -> int:
-    """Write the CSV; returns the number of message rows (tickets have 2-6 messages, rows shuffled)."""
+def generate(path: Path, messages: int, seed: int = 0, distinct: bool = False) -> int:
+    """Write the CSV; returns the number of message rows (tickets have 2-6 messages, rows shuffled).
+
+    The bodies come from 15 sentence templates with random order numbers, days and devices, so most
+    texts recur (as canned answers do in real logs); `distinct` adds a reference code to each message
+    so that no two texts are the same."""
     rng = random.Random(seed)
     rows = []
     ticket = 0
@@ -94,7 +110,7 @@ def generate(path: Path, messages: int, seed: int = 0) -> int:
             when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start + i * 600 + rng.randrange(0, 300)))
             name = customer if side == "customer" else agent
             rows.append([f"TK-{ticket}", when, side, name, "internal" if internal else "public", category,
-                         f"Ticket about {category}", _body(rng, side, name)])
+                         f"Ticket about {category}", _body(rng, side, name, _code(len(rows)) if distinct else None)])
     rng.shuffle(rows)
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
@@ -273,6 +289,9 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="where the CSV and outputs go (default: a temp folder)")
     parser.add_argument("--skip-pandas", action="store_true")
     parser.add_argument("--reuse", action="store_true", help="reuse <workdir>/tickets.csv when it exists")
+    parser.add_argument("--distinct-texts", action="store_true",
+                        help="a reference code in every message, so that no text repeats (kit reuses the results "
+                             "of repeated texts; this shows it without)")
     parser.add_argument("--no-pii", action="store_true", help="without PII redaction (to see what privacy costs)")
     parser.add_argument("--pandas-mapping-only", action="store_true",
                         help="the lighter pandas baseline: the mapping only, no cleaning, redaction or dedup")
@@ -287,13 +306,16 @@ def main() -> None:
     csv_path = workdir / "tickets.csv"
     started = time.perf_counter()
     if args.reuse and csv_path.is_file():
-        with csv_path.open(encoding="utf-8", newline="") as handle:
-            messages = sum(1 for _ in csv.reader(handle)) - 1
-        print(f"reusing {csv_path} ({messages:,} messages)", flush=True)
+        print(f"reusing {csv_path}", flush=True)
     else:
-        messages = generate(csv_path, args.messages)
-        print(f"generated {messages:,} messages ({csv_path.stat().st_size / 2**20:.0f} MiB) in "
-              f"{time.perf_counter() - started:.1f}s: {csv_path}", flush=True)
+        generate(csv_path, args.messages, distinct=args.distinct_texts)
+        print(f"generated {csv_path.stat().st_size / 2**20:.0f} MiB in {time.perf_counter() - started:.1f}s: "
+              f"{csv_path}", flush=True)
+    with csv_path.open(encoding="utf-8", newline="") as handle:
+        bodies = [row[-1] for row in itertools.islice(csv.reader(handle), 1, None)]
+    messages, distinct = len(bodies), len(set(bodies))
+    del bodies
+    print(f"{messages:,} messages, {distinct:,} distinct texts ({distinct / messages:.0%})", flush=True)
     print(f"cpu cores available: {len(os.sched_getaffinity(0))}; load average: {os.getloadavg()[0]:.2f}", flush=True)
     results = {}
     for phase in ["kit"] + ([] if args.skip_pandas else ["pandas"]):

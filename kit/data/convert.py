@@ -806,7 +806,7 @@ class _Assembler:
                         "normalized": normalized_keys, "near": normalized_keys}.get(dedup)
         self.system_prompt = system_prompt
         self.value_cache: dict[str, tuple] = {}
-        self.done: dict[str, tuple] = {}  # raw text -> (cleaned, automatic reply, redaction), see `_groups`
+        self.remembered: dict[str, tuple] = {}  # raw text -> (cleaned, automatic reply, redaction), see `_groups`
         self.serialize = serialize
 
     def _redact(self, text: str, batch: _Batch) -> str:
@@ -928,14 +928,14 @@ class _Assembler:
         # `Cleaner.clean_many`). Support logs repeat texts (canned answers, greetings, thanks) and each
         # rule is a function of the text alone, so a text met before reuses its results.
         raws = part.texts
-        done = self.done
-        if len(done) > TEXTS_REMEMBERED:
-            done.clear()
-        new = list(dict.fromkeys(raw for raw in raws if raw not in done))
+        remembered = self.remembered
+        if len(remembered) > TEXTS_REMEMBERED:
+            remembered.clear()
+        new = list(dict.fromkeys(raw for raw in raws if raw not in remembered))
         cleaned = self.cleaner.clean_many(new)
         redacted = self.scanner.redact_many(cleaned) if self.scanner is not None else [None] * len(cleaned)
-        done.update(zip(new, zip(cleaned, self.cleaner.auto_replies(cleaned), redacted)))
-        texts, automatic, redacted = zip(*[done[raw] for raw in raws]) if raws else ((), (), ())
+        remembered.update(zip(new, zip(cleaned, self.cleaner.auto_replies(cleaned), redacted)))
+        texts, automatic, redacted = zip(*[remembered[raw] for raw in raws]) if raws else ((), (), ())
         numbers, roles, locs, starts = part.numbers, part.roles, part.locs, part.starts
         made = []
         for index, (key, metadata) in enumerate(zip(part.keys, part.metadata)):

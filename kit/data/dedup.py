@@ -45,38 +45,27 @@ def _normalized_bytes(text: str) -> bytes:
 _CANONICAL = bytes(c if (chr(c).isalnum() and c < 128) or c in (1, 2) else 32 for c in range(256))
 
 
-_PLAIN_ROLES = frozenset({"user", "assistant", "system"})
-
-
-def _collapse_spaces(text: bytes) -> bytes:
-    """`b" ".join(text.split())` for bytes whose only whitespace is the space, without a list of words."""
-    text = text.replace(b"    ", b" ")
-    while b"  " in text:
-        text = text.replace(b"  ", b" ")
-    return text.strip()
-
-
 def normalized_key(messages: list[dict]) -> bytes:
     """Equal for conversations whose messages have the same roles and the same `normalize`d texts.
 
     The hash is of the tokens `\x01 role \x02 word word ...` for each message; an ASCII conversation
     (the common case) is normalised in one pass over all its messages."""
     parts = []
-    plain = True
     for message in messages:
-        role = message["role"]
-        plain = plain and role in _PLAIN_ROLES
-        parts += (" \x01 ", role, " \x02 ", message["content"])
+        parts += (" \x01 ", message["role"], " \x02 ", message["content"])
     text = "".join(parts)
     n = len(messages)
-    if plain and text.isascii() and text.count("\x01") == n and text.count("\x02") == n:
-        canonical = _collapse_spaces(text.lower().encode().translate(_CANONICAL))
+    if (text.isascii() and text.count("\x01") == n and text.count("\x02") == n
+            and all(m["role"].isalnum() and m["role"].islower() for m in messages)):
+        canonical = text.lower().encode().translate(_CANONICAL)
     else:  # per message (texts that are not ASCII, or hold the markers); the same tokens
-        canonical = b" ".join(b" ".join(b"\x01 " + m["role"].encode() + b" \x02 " + _normalized_bytes(m["content"])
-                                        for m in messages).split())
-    return hashlib.blake2b(canonical, digest_size=16).digest()
+        canonical = b" ".join(b"\x01 " + m["role"].encode() + b" \x02 " + _normalized_bytes(m["content"])
+                              for m in messages)
+    return hashlib.blake2b(b" ".join(canonical.split()), digest_size=16).digest()
 
 
+# Roles whose names hold no marker or case (the other roles' conversations take `normalized_key`).
+_PLAIN_ROLES = frozenset({"user", "assistant", "system"})
 # `_CANONICAL`, also keeping \x03 (where the next conversation starts, in `normalized_keys`).
 _CANONICAL_MANY = bytes(c if (chr(c).isalnum() and c < 128) or c in (1, 2, 3) else 32 for c in range(256))
 

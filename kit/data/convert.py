@@ -1175,25 +1175,20 @@ def _dedup(result: Conversion, settings: Settings) -> None:
     near = NearDuplicates(settings.near_threshold) if settings.dedup == "near" else None
     seen: dict[bytes, dict] = {}  # key -> the first conversation with it
     kept = []
+    label = lambda c: f"{c['source']['file']} record {c['source']['record']}"  # noqa: E731 (only when needed)
     for conversation in result.conversations:
         first = seen.get(conversation["_key"])
-        if first is None and near is None:
+        original = None if first is None else label(first)
+        kind = "duplicate"
+        if original is None and near is not None:
+            text = "\n".join(m["content"] for m in messages_of(conversation) if m["role"] != "system")
+            original = near.check_and_add(label(conversation), text)
+            kind = "near_duplicate"
+        if original is None:
             seen[conversation["_key"]] = conversation
             kept.append(conversation)
             continue
         source = conversation["source"]
-        kind = "duplicate"
-        if first is not None:
-            original = f"{first['source']['file']} record {first['source']['record']}"
-        else:
-            label = f"{source['file']} record {source['record']}"
-            text = "\n".join(m["content"] for m in messages_of(conversation) if m["role"] != "system")
-            original = near.check_and_add(label, text)
-            kind = "near_duplicate"
-            if original is None:
-                seen[conversation["_key"]] = conversation
-                kept.append(conversation)
-                continue
         result.duplicate_conversations += 1
         for number, loc in conversation["_locs"]:
             result.rejects.append({**_where(source["file"], number, loc), "reason": f"{kind.replace('_', ' ')} of {original}",

@@ -239,9 +239,11 @@ class _Source:
             raise KitError(f"data.sources[].path: {path_text} not found; point it at an export file")
         self.template = template
         self.template_name = template_name
-        # A CSV export that will be read by columns is read into memory once, for both.
-        self.data = (self.path.read_bytes() if template.reader == "csv" and template.shape == "messages"
-                     and self.path.stat().st_size >= COLUMNAR_MIN_BYTES else None)
+        # A large CSV of messages is first read by columns (`kit.data.columnar`): into memory once, for
+        # the encoding and the columns both.
+        self.by_columns = (template.reader == "csv" and template.shape == "messages"
+                           and self.path.stat().st_size >= COLUMNAR_MIN_BYTES)
+        self.data = self.path.read_bytes() if self.by_columns else None
         self.encoding = read.detect_encoding(self.path, template.encoding, self.data)
         self.header: list[str] | None = None
         self.document = None
@@ -336,12 +338,11 @@ class _Source:
 class _Reader:
     """Phase 1 for one source: records -> work items (qa pairs or message groups) and early rejects."""
 
-    def __init__(self, result: Conversion, source: _Source, rules: Rules, split: bool = False, columnar: bool = False):
+    def __init__(self, result: Conversion, source: _Source, rules: Rules, split: bool = False):
         self.result = result
         self.source = source
         self.rules = rules
         self.split = split  # read a large CSV in two processes (`messages` shape)
-        self.columnar = columnar  # first try reading it by columns (`kit.data.columnar`, `messages` shape)
         self.how = ""  # how the file was read, when not record by record in this process (for progress lines)
         self.rejects: list[dict] = []  # raw texts: redacted once every name is known
         self.names_seen: set[str] = set(source.user_names())
@@ -551,14 +552,15 @@ class _Reader:
         groups: dict[str, list] = {}
         metadata: dict[str, dict] = {}
         source = self.source
-        if self.columnar and source.header is not None:
+        data, source.data = source.data, None  # (read for the columns only: freed with them)
+        if source.by_columns and source.header is not None:
             from kit.data.columnar import read_messages
 
-            items = read_messages(self)
+            items = read_messages(self, data)
             if items is not None:
                 self.how = "by columns"
                 return items
-        source.data = None  # (read for the columns only)
+        del data
         split = read.split_offset(source.path, source.encoding) if self.split and source.header is not None else None
         if split is None:
             number = self._group(source.records(), groups, metadata)
@@ -1120,9 +1122,7 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
         rules = resolve_rules(template.rules, settings.rules)
         split = (template.reader == "csv" and template.shape == "messages" and worker_count(settings, 0, True) > 1
                  and (settings.workers is not None or source.path.stat().st_size >= PARALLEL_MIN_BYTES))
-        columnar = (template.reader == "csv" and template.shape == "messages"
-                    and source.path.stat().st_size >= COLUMNAR_MIN_BYTES)
-        reader = _Reader(result, source, rules, split, columnar)
+        reader = _Reader(result, source, rules, split)
         before = result.input
         if settings.progress:
             settings.progress(f"reading {source.path.name} ({source.path.stat().st_size / 2**20:,.0f} MiB)")

@@ -145,7 +145,7 @@ def test_large_exports_are_read_by_columns_with_the_same_dataset(tmp_path, monke
     _write(path, records)
     calls = []
     original = columnar.read_messages
-    monkeypatch.setattr(columnar, "read_messages", lambda *args: calls.append(1) or original(*args))
+    monkeypatch.setattr(columnar, "read_messages", lambda reader: calls.append(1) or original(reader))
 
     def run(minimum: int):
         monkeypatch.setattr(importlib.import_module("kit.data.convert"), "COLUMNAR_MIN_BYTES", minimum)

@@ -33,10 +33,10 @@ _TIME_LAYOUT = b"0000-00-00T00:00:00"  # digits where 0, the separators as they 
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
-def read_messages(reader, data: bytes | None = None):
-    """`reader.messages()`'s `Groups`, read by columns; None (and the reader unchanged) when declined.
-    `data`: the file's bytes, when the caller has them."""
+def read_messages(reader):
+    """`reader.messages()`'s `Groups`, read by columns; None (and the reader unchanged) when declined."""
     source = reader.source
+    data, source.data = source.data, None  # (the bytes `_Source` read, if any: freed once parsed)
     if reader.get_role is None or source.header is None or codecs.lookup(source.encoding).name not in read._SPLITTABLE:
         return None
     data = data or source.path.read_bytes()

@@ -552,15 +552,14 @@ class _Reader:
         groups: dict[str, list] = {}
         metadata: dict[str, dict] = {}
         source = self.source
-        data, source.data = source.data, None  # (read for the columns only: freed with them)
         if source.by_columns and source.header is not None:
             from kit.data.columnar import read_messages
 
-            items = read_messages(self, data)
+            items = read_messages(self)  # (it takes `source.data`, so that the bytes go when it is done with them)
             if items is not None:
                 self.how = "by columns"
                 return items
-        del data
+        source.data = None
         split = read.split_offset(source.path, source.encoding) if self.split and source.header is not None else None
         if split is None:
             number = self._group(source.records(), groups, metadata)

@@ -792,7 +792,8 @@ class Groups:
 
 
 class _Assembler:
-    """Phase 2: clean, redact, order, merge and check. Holds no per-run state, so workers can run it."""
+    """Phase 2: clean, redact, order, merge and check. Holds no per-run state (only caches of results that
+    depend on a text alone), so workers can run it."""
 
     def __init__(self, source: _Source, rules: Rules, scanner: pii.Scanner | None, dedup: str, system_prompt: str | None,
                  serialize: bool = False):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TextIO
 
 from kit import models, pii
-from kit.cli import add_recipe_arguments, run_cli
+from kit.cli import ArgumentParser, add_recipe_arguments, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template, render
 from kit.recipe import ModelSection, Recipe, load_recipe
@@ -693,7 +693,7 @@ def run_terminal(recipe: Recipe, stdin: TextIO | None = None, stdout: TextIO | N
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m kit.chat", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m kit.chat", description=__doc__.splitlines()[0])
     add_recipe_arguments(parser)
     parser.add_argument("--host", help="address to bind (default: chat.host, 127.0.0.1); 0.0.0.0 opens it to the network")
     parser.add_argument("--port", type=int, help="port to bind (default: chat.port); 0 picks a free one")

@@ -1,18 +1,53 @@
-"""The thin shell every `python -m kit.<stage>` shares: argument parsing and the exit-2 contract."""
+"""The thin shell every kit command shares: argument parsing, the exit-2 contract, and `kit <stage>`.
+
+    kit sft recipes/quickstart.yaml          # the same as python -m kit.sft recipes/quickstart.yaml
+    kit data build recipes/quickstart.yaml
+    kit --help                               # the stages
+"""
 
 from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import os
 import sys
 from collections.abc import Callable
 
 from kit.errors import KitError
 
+# `kit <stage>` runs `python -m kit.<stage>`: each is a module with main(argv).
+STAGES = {
+    "data": "convert a support export into a chat dataset (templates | preview | build)",
+    "sft": "fine-tune on the dataset, then evaluate (the whole path of a recipe)",
+    "eval": "compare base, tuned and student on the test split",
+    "distill": "distill the tuned model into a smaller student",
+    "chat": "the models side by side in the browser, with blind votes",
+    "export": "adapter, merged weights, GGUF and an Ollama Modelfile",
+    "recipe": "check a recipe and print it resolved, or print the recipe reference",
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with kit's error contract: one line on stderr, exit 2 (argparse prints usage too).
+
+    Every kit command takes `--verbose`: library notices and warnings reach the terminal (kit.console).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if os.path.basename(sys.argv[0]) == "kit":  # run as `kit sft ...`: say so in usage and errors
+            self.prog = self.prog.replace("python -m kit.", "kit ")
+        self.add_argument("--verbose", action="store_true",
+                          help="also show the notices and warnings of the libraries kit uses (or KIT_VERBOSE=1)")
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
 
 def recipe_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description)
     add_recipe_arguments(parser)
     return parser
 
@@ -81,3 +116,21 @@ def run_cli(work: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`kit <stage> ...`: the console script; hands the rest of the line to the stage's own main."""
+    argv = sys.argv[1:] if argv is None else argv
+    stage = next((arg for arg in argv if arg != "--verbose"), None)
+    if stage in (None, "-h", "--help"):
+        width = max(map(len, STAGES))
+        lines = [f"  {name:<{width}}  {text}" for name, text in STAGES.items()]
+        print("usage: kit <stage> [recipe.yaml] [options]   (kit <stage> --help for a stage's options)\n\nstages:\n"
+              + "\n".join(lines))
+        sys.exit(0 if stage else 2)
+    if stage not in STAGES:
+        print(f"error: kit: no stage {stage!r}; use one of {', '.join(STAGES)}", file=sys.stderr)
+        sys.exit(2)
+    rest = list(argv)
+    rest.remove(stage)
+    importlib.import_module(f"kit.{stage}").main(rest)

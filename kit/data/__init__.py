@@ -592,12 +592,10 @@ def preview(recipe, n: int = 5) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    from kit.cli import add_recipe_arguments, run_cli
+    from kit.cli import ArgumentParser, add_recipe_arguments, run_cli
     from kit.recipe import load_recipe
 
-    parser = argparse.ArgumentParser(prog="python -m kit.data", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m kit.data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("templates", help="list the log formats")
     for name, text in (("build", "write the dataset folder"), ("preview", "print converted conversations")):

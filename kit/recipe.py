@@ -1,7 +1,7 @@
 """The recipe: one typed YAML file that drives every stage.
 
     python -m kit.recipe check recipes/quickstart.yaml [--set sft.learning_rate=1e-4]
-    python -m kit.recipe reference        # prints the recipe reference kept in README.md
+    python -m kit.recipe reference        # prints the recipe reference kept in docs/recipes.md
 
 Precedence is defaults < YAML < `--set a.b=c`. Unknown keys are errors, and every problem is reported
 at once, one line each, naming the file and the dotted key.
@@ -9,7 +9,6 @@ at once, one line each, naming the file and the dotted key.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 import typing
@@ -20,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kit.errors import KitError
+from kit.shipped import resolve
+from kit.yamlfile import read_yaml
 
 
 class Section(BaseModel):
@@ -46,7 +47,10 @@ class ModelSection(Section):
 
 
 class DataSource(Section):
-    path: str = Field(description="An export file (relative paths are relative to the working directory).")
+    path: str = Field(
+        description="An export file. A relative path is relative to the working directory; one that is not there "
+        "but is a file kit ships (`data_templates/samples/...`) is that file."
+    )
     template: str = Field(
         "qa_csv",
         description="Log format: a name from `data_templates/` (e.g. `qa_csv`) or a path to a template YAML.",
@@ -56,6 +60,11 @@ class DataSource(Section):
         description="A separate users table (CSV, JSON or JSONL) for templates with a `users` section: resolves "
         "author roles and names to redact. Unset: the template reads it from the export itself.",
     )
+
+    @field_validator("path", "users")
+    @classmethod
+    def _shipped(cls, value: str | None) -> str | None:
+        return None if value is None else str(resolve(value))
 
 
 class DataRules(Section):
@@ -524,15 +533,10 @@ def _describe(error: dict) -> str:
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override and validate a recipe. Raises KitError with one line per problem."""
-    path = Path(path)
+    path = resolve(path)
     if not path.is_file():
         raise KitError(f"{path}: recipe file not found; pass the path of a recipe YAML such as recipes/quickstart.yaml")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" line {where.line + 1}" if where is not None else ""
-        raise KitError(f"{path}:{line} not valid YAML: fix the syntax ({getattr(exc, 'problem', exc)})") from None
+    tree = read_yaml(path)
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
@@ -564,7 +568,7 @@ def _type_name(annotation) -> str:
 
 
 def reference_markdown() -> str:
-    """The recipe reference, generated from the schema's field help (README.md embeds it; a test checks)."""
+    """The recipe reference, generated from the schema's field help (docs/recipes.md embeds it; a test checks)."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
 
     def walk(model: type[BaseModel], prefix: str) -> None:
@@ -594,9 +598,9 @@ def reference_markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from kit.cli import run_cli
+    from kit.cli import ArgumentParser, run_cli
 
-    parser = argparse.ArgumentParser(prog="python -m kit.recipe", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m kit.recipe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a recipe and print it resolved")
     check.add_argument("recipe")

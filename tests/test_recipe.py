@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from kit.errors import KitError
+from kit.data.template import load_template
 from kit.recipe import load_recipe, reference_markdown
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,9 +111,47 @@ def test_shipped_recipes_validate_and_say_how_to_run(path):
         assert (REPO / source.path).is_file(), source.path
 
 
-def test_readme_reference_matches_schema():
-    readme = (REPO / "README.md").read_text()
+def test_docs_reference_matches_schema():
+    readme = (REPO / "docs" / "recipes.md").read_text()
     start, end = "<!-- recipe-reference:start -->\n", "<!-- recipe-reference:end -->"
     assert start in readme and end in readme
     embedded = readme.split(start, 1)[1].split(end, 1)[0]
-    assert embedded.strip() == reference_markdown().strip(), "run `python -m kit.recipe reference` and paste it into README.md"
+    assert embedded.strip() == reference_markdown().strip(), "run `python -m kit.recipe reference` and paste it into docs/recipes.md"
+
+
+def test_a_key_set_twice_is_refused_with_both_lines(tmp_path):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("name: twice\nseed: 42\nmodel:\n  name: bundled:smollm2-135m-instruct\n"
+                      "sft:\n  epochs: 1\n  learning_rate: 1.0e-4\n  epochs: 3\nseed: 7\n")
+    with pytest.raises(KitError) as error:
+        load_recipe(recipe)
+    assert str(error.value).splitlines() == [
+        f"{recipe}: sft.epochs: set twice, on lines 6 and 8; keep one",
+        f"{recipe}: seed: set twice, on lines 2 and 9; keep one",
+    ]
+    result = run_cli("-m", "kit.recipe", "check", str(recipe))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "seed: set twice, on lines 2 and 9" in result.stderr and "sft.epochs" in result.stderr
+
+
+def test_keys_repeated_in_different_places_are_fine(tmp_path):
+    recipe = tmp_path / "ok.yaml"
+    recipe.write_text("name: ok\nmodel: {name: bundled:smollm2-135m-instruct}\ndata:\n  sources:\n    - {path: a.csv, template: qa_csv}\n"
+                      "    - {path: b.csv, template: qa_csv}\n"
+                      "sft:\n  lora: &lora {r: 8, alpha: 16}\ndistill:\n  student: {method: lora}\n")
+    assert [s.path for s in load_recipe(recipe).data.sources] == ["a.csv", "b.csv"]
+
+
+def test_a_template_key_set_twice_is_refused(tmp_path):
+    template = tmp_path / "twice.yaml"
+    template.write_text("description: x\nreader: csv\nshape: qa_pairs\nfields:\n  question: q\n  answer: a\n"
+                        "  question: body\n")
+    with pytest.raises(KitError, match=r"twice.yaml: fields.question: set twice, on lines 5 and 7; keep one"):
+        load_template(str(template))
+
+
+def test_yaml_syntax_errors_name_the_line(tmp_path):
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text("name: broken\nsft:\n  epochs: [1, 2\n")
+    with pytest.raises(KitError, match=r"broken.yaml: line \d+: not valid YAML"):
+        load_recipe(recipe)

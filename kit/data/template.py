@@ -12,13 +12,14 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kit.errors import KitError
 from kit.recipe import DataRules
+from kit.shipped import shipped_dir
+from kit.yamlfile import read_yaml
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent.parent / "data_templates"
+TEMPLATES_DIR = shipped_dir("data_templates")
 
 Role = Literal["user", "assistant", "system", "bot", "drop"]
 
@@ -148,9 +149,7 @@ def find_template(name: str) -> Path:
 def load_template(name: str) -> Template:
     path = find_template(name)
     try:
-        return Template.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except yaml.YAMLError as exc:
-        raise KitError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        return Template.model_validate(read_yaml(path))
     except ValidationError as exc:
         lines = []
         for e in exc.errors():
@@ -162,7 +161,13 @@ def load_template(name: str) -> Template:
 
 
 def template_listing() -> str:
+    """One line per template: the shipped ones, and those in ./data_templates (which win on a name clash)."""
+    found = {path.stem: path for path in sorted(TEMPLATES_DIR.glob("*.yaml"))}
+    own = Path("data_templates")
+    if own.is_dir() and own.resolve() != TEMPLATES_DIR.resolve():
+        found.update({path.stem: path for path in sorted(own.glob("*.yaml"))})
     lines = []
-    for path in sorted(TEMPLATES_DIR.glob("*.yaml")):
-        lines.append(f"{path.stem:<20} {load_template(str(path)).description}")
+    for name, path in sorted(found.items()):
+        mark = "  (./data_templates)" if path.parent == own else ""
+        lines.append(f"{name:<20} {load_template(str(path)).description}{mark}")
     return "\n".join(lines) + "\n"

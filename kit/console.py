@@ -8,7 +8,8 @@ progress lines, and they turn kit's one-line errors into several lines. So by de
 - library loggers that have no handler of their own (kernels, bitsandbytes, accelerate, ...) no longer
   fall through to Python's last-resort stderr handler; transformers and datasets log errors only;
 - warnings raised from library code, and every `DeprecationWarning` / `FutureWarning`, are ignored;
-- transformers' own bars (weights loading) are off while kit loads a model (`hide_library_bars`).
+- transformers' own bars (weight loading, and hub downloads with them) are off while kit loads a model
+  (`hide_library_bars`); `--verbose` brings them back.
 
 kit's own output is untouched: its errors, warnings (such as `trust_remote_code` being on), progress
 lines and the training bar. `--verbose` on any kit command, or `KIT_VERBOSE=1`, shows everything the

@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.console import hide_library_bars
 from kit.errors import KitError
 from kit.runs import scratch_dir
 
@@ -148,6 +149,8 @@ def _gguf_to_folder(gguf_path: Path, folder: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    hide_library_bars()
+
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # The GGUF loader dequantizes to float tensors but flags the model as quantized; rebuild it unflagged.
@@ -263,6 +266,7 @@ def load_model(section, adapter: str | Path | None = None, path: str | None = No
     """
     from transformers import AutoModelForCausalLM
 
+    hide_library_bars()
     path = path or resolve(section.name)
     check_remote_code(section, path)
     check_weight_files(section, path)

@@ -94,26 +94,37 @@ def load_votes(path: Path) -> Votes:
     return votes
 
 
-def mistake_reasons(book: FactBook, answer: str, reference: str, prompt: str, min_rouge_l: float) -> list[str]:
-    """Why an answer is a mistake against its reference (empty: it is not)."""
+def mistake_reasons(book: FactBook, answer: str, reference: str, prompt: str, min_rouge_l: float,
+                    finished: bool = True) -> list[str]:
+    """Why an answer is a mistake against its reference (empty: it is not).
+
+    An answer cut off by the length limit (`finished=False`) is scored against as many words of the reference:
+    a low score must mean a wrong answer, not a long one (rejecting long answers would teach brevity).
+    """
     from rouge_score import rouge_scorer
 
     checked = book.check(answer, reference, prompt)
     reasons = [f"invented contact {f.kind}: {f.text}" for f in checked.invented_contacts]
     reasons += [f"invented {f.kind}: {f.text}" for f in checked.invented if not f.is_contact]
-    rouge = rouge_scorer.RougeScorer(["rougeL"]).score(reference, answer)["rougeL"].fmeasure
+    compared = reference if finished else " ".join(reference.split()[: max(1, len(answer.split()))])
+    rouge = rouge_scorer.RougeScorer(["rougeL"]).score(compared, answer)["rougeL"].fmeasure
     if rouge < min_rouge_l:
         reasons.append(f"ROUGE-L {rouge:.3f} < {min_rouge_l}")
     return reasons
 
 
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy answers, batched with left padding (the model's own end-of-turn token stops each one)."""
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
+             batch_size: int = 8) -> list[tuple[str, bool]]:
+    """Greedy (answer, finished) pairs, batched with left padding; `finished`: it ended on an end-of-turn token
+    rather than at `max_new_tokens`."""
     import torch
 
     device = next(model.parameters()).device
     texts = [render(tokenizer, p, add_generation_prompt=True) for p in prompts]
-    answers = [""] * len(texts)
+    configured = model.generation_config.eos_token_id
+    eos = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    eos |= {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    answers: list[tuple[str, bool]] = [("", False)] * len(texts)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         for start in range(0, len(texts), batch_size):
@@ -123,7 +134,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int, b
                 output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                         pad_token_id=tokenizer.pad_token_id)
             for i, row in enumerate(output[:, batch["input_ids"].shape[1]:]):
-                answers[start + i] = tokenizer.decode(row, skip_special_tokens=True).strip()
+                finished = any(int(token) in eos for token in row)
+                answers[start + i] = (tokenizer.decode(row, skip_special_tokens=True).strip(), finished)
             print(f"kit.prefer: answered {min(start + batch_size, len(texts))} of {len(texts)} training prompts", flush=True)
     finally:
         tokenizer.padding_side = side
@@ -175,9 +187,9 @@ def mistake_pairs(recipe: Recipe, tokenizer, load_tuned) -> Mistakes:
     del model
     book = FactBook((c["messages"][-1]["content"] for c in train), allowlist(recipe), recipe.data.pii.phone_regions)
     pairs = []
-    for prompt, reference, answer in zip(prompts, references, answers):
+    for prompt, reference, (answer, finished) in zip(prompts, references, answers):
         asked = " ".join(m["content"] for m in prompt if m["role"] == "user")
-        reasons = mistake_reasons(book, answer, reference, asked, recipe.prefer.min_rouge_l)
+        reasons = mistake_reasons(book, answer, reference, asked, recipe.prefer.min_rouge_l, finished)
         if reasons and answer.strip() != reference.strip():
             pairs.append(Pair(prompt, [{"role": "assistant", "content": reference}],
                               [{"role": "assistant", "content": answer}], "mistakes", reasons))
@@ -221,7 +233,9 @@ def load_preferred(recipe: Recipe, dtype=None):
     if folder is None:
         return None
     manifest = json.loads((folder / "manifest.json").read_text())
-    base = manifest["base"]["path"]
+    # After a full/freeze run the adapter sits on <run>/model/; after LoRA on the recipe's model, resolved anew
+    # (the bundled model's cache folder may have moved since).
+    base = manifest["base"]["tuned_model"]
     return models.load_model(recipe.model, adapter=folder, path=base, dtype=dtype).merge_and_unload()
 
 
@@ -234,14 +248,16 @@ def _policy(recipe: Recipe, model_path: str):
         base = models.load_model(recipe.model, path=model_path, dtype=models.resolve_dtype(recipe.model.dtype))
         models.check_weight_files(recipe.model, adapter, what="adapter")
         # is_trainable: the SFT adapter keeps learning; TRL copies it as the frozen reference ("ref" adapter).
-        return PeftModel.from_pretrained(base, str(adapter), is_trainable=True), None, {"path": model_path, "sft_adapter": str(adapter)}
+        trainable = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+        return trainable, None, {"model": recipe.model.name, "tuned_model": None, "sft_adapter": str(adapter)}
     folder = tuned_model_dir(recipe)
     if folder is None:
         raise KitError(f"prefer: no tuned model in {recipe.run_dir}; run `python -m kit.sft <recipe>` first")
     lora = recipe.sft.lora
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
                         task_type="CAUSAL_LM")
-    return models.load_model(recipe.model, path=str(folder)), config, {"path": str(folder), "sft_adapter": None}
+    return models.load_model(recipe.model, path=str(folder)), config, {"model": recipe.model.name, "tuned_model": str(folder),
+                                                                      "sft_adapter": None}
 
 
 def _config(recipe: Recipe, output_dir: Path, pairs: int):

@@ -146,6 +146,10 @@ def test_mistake_reasons_on_hand_made_answers():
     assert reasons == ["invented contact PHONE: +44 (02) 7833 233"]
     reasons = prefer.mistake_reasons(book, "The warranty period is 90 days from the order date.", reference, "warranty?", 0.2)
     assert reasons[0] == "invented DURATION: 90 days" and reasons[-1].startswith("ROUGE-L")
+    long_answer = "Hi there, every device has a 1-year warranty from the delivery date and covers defects."
+    cut = " ".join(long_answer.split()[:6])
+    assert prefer.mistake_reasons(book, cut, long_answer, "warranty?", 0.9, finished=False) == []
+    assert prefer.mistake_reasons(book, cut, long_answer, "warranty?", 0.9)[0].startswith("ROUGE-L")
 
 
 def test_cli_without_a_tuned_model_is_one_clear_line(tmp_path, tiny_model_dir):

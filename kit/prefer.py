@@ -335,6 +335,9 @@ def run(recipe: Recipe) -> Path:
     checkpoints = recipe.run_dir / "prefer_checkpoints"
     trainer = DPOTrainer(model=model, args=_config(recipe, checkpoints, len(pairs)), train_dataset=dataset,
                          processing_class=tokenizer, peft_config=peft_config)
+    if len(trainer.train_dataset) == 0:  # TRL drops pairs whose prompt alone fills max_length
+        raise KitError(f"sft.max_length: every one of the {len(pairs)} preference prompts fills sft.max_length="
+                       f"{recipe.sft.max_length} tokens, leaving no answer to compare; raise it")
     print(f"kit.prefer: DPO ({recipe.prefer.loss_type}, beta {recipe.prefer.beta}) on {len(trainer.train_dataset)} pairs",
           flush=True)
     result = trainer.train()

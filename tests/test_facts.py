@@ -125,3 +125,31 @@ def test_no_reference_facts_gives_no_recall_rather_than_a_perfect_one():
 def test_lengths_must_match():
     with pytest.raises(ValueError):
         facts.fact_scores(["a", "b"], ["a"], TRAINING)
+
+
+# ---------------------------------------------------------------- properties on generated messy answers
+
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
+
+set_hypothesis_home_dir(str(Path(tempfile.gettempdir()) / "kit-hypothesis"))
+
+PIECES = st.sampled_from([
+    "Hi there, ", "Refunds take ", "3-5 business days", "within 1 hour", "a 1-year warranty", "$6.99", "20%", " up to 5 devices",
+    "Account > Orders > Cancel order", " > ", "Loop Hub", "Plus membership", "brightloop.example/returns", "support@brightloop.example",
+    "+44 (02) 7833 233", "1-800-223-7777", "iOS 15", ". ", ", ", "\n", "é", "😀", "{{PHONE}}", "the ", "Order BL-401572", "",
+])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+@given(st.lists(PIECES, max_size=8).map("".join))
+def test_every_fact_is_found_in_the_text_once_and_an_answer_recalls_its_own_facts(text):
+    found = facts.extract(text)
+    assert all(f.text and f.text in text and f.kind in facts.KINDS for f in found)
+    assert len({f.key for f in found}) == len(found)
+    scores = facts.fact_scores([text], [text], [text])  # an answer that is its own reference and training data
+    assert scores.invented_facts == 0 and scores.fact_recall in (None, 1.0)

@@ -20,7 +20,13 @@ Per model (`fact_scores` / `FactBook.score`):
   customer's own message): the company never said them. Contacts are facts, so they are counted here too;
 - **invented contacts**: the phones, emails and URLs among those, unless allowlisted (the company's public
   hotline or support address; an allowlisted bare host such as `brightloop.example` allows every URL on it).
-  These are counted apart from `kit.pii` leaks, which are real customer data repeated by a model.
+  These are counted apart from `kit.pii` leaks, which are real customer data repeated by a model;
+- **contradicted facts**: values the answer states where its reference states another value of the same kind
+  (a duration, amount, percentage, limit, measure, menu path or contact) and the answer not the reference's.
+  "The warranty period is 90 days" against a reference saying "1-year" is one, even though the company does
+  say "90 days" elsewhere (for replacements), so it is not invented. A menu path that is a prefix of the
+  reference's agrees with it. It can also count a true but unrelated value (a 30-day return window in an
+  answer whose reference gives the refund time); compare models on it, do not read it alone.
 
 Extraction is a set of plain rules, not a model: it misses facts phrased in unusual ways, and counts only
 what it can normalize. The rules are tested on hand-made answers in tests/test_facts.py.
@@ -38,6 +44,8 @@ from kit import pii
 
 KINDS = ("URL", "EMAIL", "PHONE", "MONEY", "DURATION", "PERCENT", "MEASURE", "LIMIT", "MENU", "NAME")
 CONTACT_KINDS = ("URL", "EMAIL", "PHONE")
+# Kinds where two different values in an answer and its reference contradict (names legitimately vary).
+CONTRADICTION_KINDS = ("URL", "EMAIL", "PHONE", "MONEY", "DURATION", "PERCENT", "MEASURE", "LIMIT", "MENU")
 
 _WORD_NUMBERS = {
     "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
@@ -293,6 +301,7 @@ class AnswerFacts:
     missed: list[Fact]  # reference facts it does not
     invented: list[Fact]  # facts the company never stated (contacts included)
     invented_contacts: list[Fact]  # phones, emails, URLs neither in the training answers nor allowlisted
+    contradicted: list[Fact] = field(default_factory=list)  # values where the reference states another of the kind
 
     def as_dict(self) -> dict:
         """JSON-ready, for `generations.jsonl` rows (values only: the text as written is in the answer)."""
@@ -302,6 +311,7 @@ class AnswerFacts:
             "missed": [f"{f.kind}: {f.value}" for f in self.missed],
             "invented": [f"{f.kind}: {f.text}" for f in self.invented],
             "invented_contacts": [f"{f.kind}: {f.text}" for f in self.invented_contacts],
+            "contradicted": [f"{f.kind}: {f.text}" for f in self.contradicted],
         }
 
 
@@ -316,6 +326,8 @@ class FactScores:
     invented_fact_answers: int  # answers with at least one invented fact
     invented_contacts: int
     invented_contact_answers: int
+    contradicted_facts: int = 0
+    contradicted_fact_answers: int = 0
     items: list[AnswerFacts] = field(default_factory=list)
 
     @property
@@ -338,6 +350,8 @@ class FactScores:
             "invented_fact_answers": self.invented_fact_answers,
             "invented_contacts": self.invented_contacts,
             "invented_contact_answers": self.invented_contact_answers,
+            "contradicted_facts": self.contradicted_facts,
+            "contradicted_fact_answers": self.contradicted_fact_answers,
         }
 
     def invented_list(self, ids: Sequence | None = None) -> list[dict]:
@@ -347,6 +361,25 @@ class FactScores:
             for fact in item.invented:
                 rows.append({"id": ids[i] if ids is not None else i, **asdict(fact), "contact": fact.is_contact})
         return rows
+
+
+def _agrees(fact: Fact, other: Fact) -> bool:
+    if fact.value == other.value:
+        return True
+    if fact.kind == "MENU":  # a shorter path on the way to the reference's (or one step further) is not wrong
+        a, b = fact.value.split(" > "), other.value.split(" > ")
+        return a[: len(b)] == b or b[: len(a)] == a
+    return False
+
+
+def contradicted(answer_facts: Sequence[Fact], reference_facts: Sequence[Fact]) -> list[Fact]:
+    """The answer's values that disagree with every value of the same kind in its reference."""
+    by_kind: dict[str, list[Fact]] = {}
+    for fact in reference_facts:
+        if fact.kind in CONTRADICTION_KINDS:
+            by_kind.setdefault(fact.kind, []).append(fact)
+    return [f for f in answer_facts
+            if f.kind in by_kind and not any(_agrees(f, ref) for ref in by_kind[f.kind])]
 
 
 class FactBook:
@@ -361,6 +394,9 @@ class FactBook:
         self.known: set[tuple[str, str]] = set()
         for answer in training_answers:
             self.known.update(f.key for f in extract(answer, self.phone_regions))
+        # Every step on the way to a known menu path is a real menu too (`Account > Orders`).
+        self.menu_steps = {" > ".join(value.split(" > ")[:n]) for kind, value in self.known if kind == "MENU"
+                           for n in range(2, value.count(" > ") + 2)}
         self.allowed: set[tuple[str, str]] = set()
         self.allowed_hosts: set[str] = set()
         for entry in allowlist:
@@ -373,9 +409,11 @@ class FactBook:
                     self.allowed_hosts.add(fact.value)
 
     def is_known(self, fact: Fact) -> bool:
-        """Stated in the training answers, or allowlisted."""
+        """Stated in the training answers (a menu path: or on the way to one), or allowlisted."""
         if fact.key in self.known or fact.key in self.allowed:
             return True
+        if fact.kind == "MENU":
+            return fact.value in self.menu_steps
         if fact.kind == "URL":
             host = url_host(fact.value)
             return any(host == h or host.endswith("." + h) for h in self.allowed_hosts)
@@ -395,6 +433,7 @@ class FactBook:
             missed=[f for f in reference_facts if f.key not in stated],
             invented=invented,
             invented_contacts=[f for f in invented if f.is_contact],
+            contradicted=contradicted(facts, reference_facts),
         )
 
     def score(self, generations: Sequence[str], references: Sequence[str],
@@ -412,6 +451,8 @@ class FactBook:
             invented_fact_answers=sum(1 for item in items if item.invented),
             invented_contacts=sum(len(item.invented_contacts) for item in items),
             invented_contact_answers=sum(1 for item in items if item.invented_contacts),
+            contradicted_facts=sum(len(item.contradicted) for item in items),
+            contradicted_fact_answers=sum(1 for item in items if item.contradicted),
             items=items,
         )
 

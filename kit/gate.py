@@ -20,7 +20,7 @@ no model is loaded. The candidate is promoted only when every check that both ro
 
 A lower loss alone never promotes: a distilled student with eval loss 1.75 (tuned 2.22) but intent accuracy
 0.31 (tuned 0.74) answers the wrong question in fluent company style, and is refused. A margin set to None
-turns its check off. A check that only one row measured fails (the models were not evaluated alike); one
+turns its check off; `rouge_l` and `contradicted_facts` (see kit.facts) are off unless given one. A check that only one row measured fails (the models were not evaluated alike); one
 that neither measured is listed as skipped; and a decision with no check at all refuses.
 """
 
@@ -42,6 +42,7 @@ class Margins:
     intent_accuracy: float | None = 0.03
     similarity: float | None = 0.02
     rouge_l: float | None = None
+    contradicted_facts: float | None = None  # off by default: it also counts true but unrelated values
 
 
 # metric -> (words in the report, True when higher is better)
@@ -53,6 +54,7 @@ CHECKS = {
     "intent_accuracy": ("intent accuracy", True),
     "similarity": ("similarity", True),
     "rouge_l": ("ROUGE-L", True),
+    "contradicted_facts": ("contradicted facts", False),
 }
 
 

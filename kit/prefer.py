@@ -7,7 +7,8 @@ Runs after `kit.sft`, on top of its adapter. The pairs come from (`prefer.source
   format, written by `kit.chat`); a multi-turn prompt is kept whole, and a line that is not a valid row is
   reported with its line number and skipped, never fatal;
 - `mistakes`: the tuned model answers a seeded sample of `prefer.max_prompts` training prompts; an answer that
-  invents facts or contact details (`kit.facts`: values the training answers never state) or scores below
+  invents facts or contact details (`kit.facts`: values the training answers never state), contradicts a value
+  its reference states (a "90 days" warranty where the reference says "1-year"), or scores below
   `prefer.min_rouge_l` against the reference becomes `rejected`, the reference answer `chosen`. They are
   cached in `<run>/prefer_cache/mistakes.json`, keyed by the tuned weights, the data and the settings, so a
   rerun reuses them.
@@ -106,6 +107,7 @@ def mistake_reasons(book: FactBook, answer: str, reference: str, prompt: str, mi
     checked = book.check(answer, reference, prompt)
     reasons = [f"invented contact {f.kind}: {f.text}" for f in checked.invented_contacts]
     reasons += [f"invented {f.kind}: {f.text}" for f in checked.invented if not f.is_contact]
+    reasons += [f"contradicts the reference {f.kind}: {f.text}" for f in checked.contradicted]
     compared = reference if finished else " ".join(reference.split()[: max(1, len(answer.split()))])
     rouge = rouge_scorer.RougeScorer(["rougeL"]).score(compared, answer)["rougeL"].fmeasure
     if rouge < min_rouge_l:

@@ -468,8 +468,8 @@ class PreferSection(Section):
     sources: list[Literal["votes", "mistakes"]] = Field(
         default_factory=lambda: ["votes", "mistakes"], min_length=1,
         description="Where the preference pairs come from: `votes` (the arena's `feedback/preferences.jsonl`) and "
-        "`mistakes` (the tuned model's answers on training prompts that invent facts or contacts, or score below "
-        "`min_rouge_l`, rejected in favour of the reference answer).",
+        "`mistakes` (the tuned model's answers on training prompts that invent facts or contacts, contradict the "
+        "reference's, or score below `min_rouge_l`, rejected in favour of the reference answer).",
     )
     max_prompts: int = Field(
         64, ge=1, description="`mistakes`: training prompts (a seeded sample) the tuned model answers; cached in "

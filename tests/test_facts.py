@@ -65,6 +65,25 @@ def test_the_issue_example_invented_warranty_is_counted_and_recall_misses_the_re
     assert [(f.kind, f.value) for f in item.invented] == [("DURATION", "90 day")]
     assert [(f.kind, f.value) for f in item.missed] == [("DURATION", "1 year")]
     assert scores.fact_recall == 0.0 and scores.invented_facts == 1 and scores.invented_contacts == 0
+    assert [f.value for f in item.contradicted] == ["90 day"]
+
+
+def test_a_known_value_in_the_wrong_answer_is_contradicted_not_invented():
+    training = [*TRAINING, "Replacements keep the remaining warranty or 90 days.", "Express takes 1-2 business days."]
+    scores = facts.fact_scores(
+        generations=["The warranty period is 90 days from the order date.", "Refunds take 1-2 business days.",
+                     "Cancel it under Account > Orders.", "Refunds take 5-7 business days, returns are free for 30 days."],
+        references=["Every device has a 1-year warranty.", "Refunds reach your card within 5-7 business days.",
+                    "Use Account > Orders > Cancel order before it ships.", "Refunds take 5-7 business days."],
+        training_answers=training,
+    )
+    assert scores.invented_facts == 1  # only the "30 days" of the last answer: every other value is the company's
+    assert [[f.text for f in item.contradicted] for item in scores.items] == [["90 days"], ["1-2 business days"], [], ["30 days"]]
+    assert (scores.contradicted_facts, scores.contradicted_fact_answers) == (3, 3)
+    assert scores.metrics()["contradicted_facts"] == 3
+    book = facts.FactBook(TRAINING)
+    assert book.check("Go to Account > Orders.").invented == []  # a step on the way to a known path
+    assert [f.value for f in book.check("Go to Account > Payments.").invented] == ["account > payments"]
 
 
 def test_invented_contact_details_are_counted_apart():

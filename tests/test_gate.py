@@ -41,6 +41,9 @@ def test_loss_beyond_the_margin_and_a_recall_drop_fail_with_their_numbers():
     assert "eval loss rose: 2.4 > 2.22 (allowed <= 2.27)" in decision.reasons()
     looser = gate.decide(worse, TUNED, margins=gate.Margins(eval_loss=0.2, fact_recall=0.02))
     assert looser.promoted
+    strict = gate.Margins(contradicted_facts=0)
+    assert not gate.decide({**TUNED, "contradicted_facts": 5}, {**TUNED, "contradicted_facts": 4}, margins=strict).promoted
+    assert gate.decide({**TUNED, "contradicted_facts": 5}, {**TUNED, "contradicted_facts": 4}).promoted  # off by default
 
 
 def test_a_metric_measured_for_one_model_only_fails_and_nothing_measured_refuses():

@@ -145,7 +145,8 @@ def test_mistake_reasons_on_hand_made_answers():
                                      reference, "is there a warranty", 0.2)
     assert reasons == ["invented contact PHONE: +44 (02) 7833 233"]
     reasons = prefer.mistake_reasons(book, "The warranty period is 90 days from the order date.", reference, "warranty?", 0.2)
-    assert reasons[0] == "invented DURATION: 90 days" and reasons[-1].startswith("ROUGE-L")
+    assert reasons[:2] == ["invented DURATION: 90 days", "contradicts the reference DURATION: 90 days"]
+    assert reasons[-1].startswith("ROUGE-L")
     long_answer = "Hi there, every device has a 1-year warranty from the delivery date and covers defects."
     cut = " ".join(long_answer.split()[:6])
     assert prefer.mistake_reasons(book, cut, long_answer, "warranty?", 0.9, finished=False) == []

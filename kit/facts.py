@@ -466,3 +466,29 @@ def fact_scores(generations: Sequence[str], references: Sequence[str], training_
     as invented. To score several models against the same training data, build one `FactBook` and call `score`.
     """
     return FactBook(training_answers, allowlist, phone_regions).score(generations, references, prompts)
+
+
+def report_markdown(scores: dict[str, FactScores], ids: Sequence | None = None, examples: int = 5) -> str:
+    """The report's section: one row per model, then each model's invented contacts (all) and a few invented facts."""
+    lines = ["## Facts", "",
+             "Fact recall: the share of the reference answers' facts (amounts, durations, limits, menu paths, names, "
+             "contacts) the answers state. Invented: facts the training answers never state; contacts among them "
+             "unless allowlisted. Contradicted: a value where the reference states another of the same kind.", "",
+             "| model | fact recall ↑ | invented facts ↓ | answers with one | invented contacts ↓ | contradicted ↓ |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for label, row in scores.items():
+        recall = "n/a" if row.fact_recall is None else f"{row.fact_recall:.3f}"
+        lines.append(f"| {label} | {recall} | {row.invented_facts} | {row.invented_fact_answers} of {row.answers} | "
+                     f"{row.invented_contacts} | {row.contradicted_facts} |")
+    lines.append("")
+    for label, row in scores.items():
+        invented = row.invented_list(ids)
+        contacts = [item for item in invented if item["contact"]]
+        others = [item for item in invented if not item["contact"]]
+        if not invented:
+            continue
+        lines.append(f"- **{label}**: " + "; ".join(
+            [f"invented contact `{item['text']}` ({item['kind']}, `{item['id']}`)" for item in contacts]
+            + [f"`{item['text']}` ({item['kind']}, `{item['id']}`)" for item in others[:examples]]
+            + ([f"{len(others) - examples} more"] if len(others) > examples else [])))
+    return "\n".join(lines) + "\n"

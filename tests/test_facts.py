@@ -105,6 +105,17 @@ def test_invented_contact_details_are_counted_apart():
     assert row["invented_contacts"] == 3 and row["invented_fact_answers"] == 2 and row["fact_recall"] == 1.0
 
 
+def test_report_section_lists_every_invented_contact():
+    book = facts.FactBook(TRAINING)
+    refs = ["Send a photo in the app chat.", "Plus costs $6.99 per month."]
+    rows = {"tuned": book.score(["Call +44 (02) 7833 233 now.", "Plus costs $7.99 per month."], refs),
+            "preferred": book.score(["Send a photo in the app chat.", "Plus costs $6.99 per month."], refs)}
+    text = facts.report_markdown(rows, ids=["c-1", "c-2"])
+    assert "| tuned | 0.000 | 2 | 2 of 2 | 1 | 1 |" in text and "| preferred | 1.000 | 0 | 0 of 2 | 0 | 0 |" in text
+    assert "- **tuned**: invented contact `+44 (02) 7833 233` (PHONE, `c-1`); `$7.99` (MONEY, `c-2`)" in text
+    assert "**preferred**" not in text
+
+
 def test_allowlist_keeps_the_company_hotline_and_its_site():
     book = facts.FactBook(TRAINING, allowlist=["+1 800 223 7777", "brightloop.example"])
     item = book.check("Call (800) 223-7777 or see www.brightloop.example/help and help.brightloop.example/faq.")

@@ -294,8 +294,11 @@ def _config(recipe: Recipe, output_dir: Path, pairs: int):
     )
 
 
-def run(recipe: Recipe) -> Path:
-    """Preference-tune the run's tuned model on votes and mistake pairs; returns `<run>/preferred/`."""
+def run(recipe: Recipe, callbacks: list | None = None) -> Path:
+    """Preference-tune the run's tuned model on votes and mistake pairs; returns `<run>/preferred/`.
+
+    `callbacks`: transformers `TrainerCallback`s handed to the DPOTrainer (progress bars, tests that observe it).
+    """
     import torch
     from datasets import Dataset
     from transformers import set_seed
@@ -336,7 +339,7 @@ def run(recipe: Recipe) -> Path:
     dataset = Dataset.from_list([pair.row() for pair in pairs])
     checkpoints = recipe.run_dir / "prefer_checkpoints"
     trainer = DPOTrainer(model=model, args=_config(recipe, checkpoints, len(pairs)), train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=peft_config)
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     if len(trainer.train_dataset) == 0:  # TRL drops pairs whose prompt alone fills max_length
         raise KitError(f"sft.max_length: every one of the {len(pairs)} preference prompts fills sft.max_length="
                        f"{recipe.sft.max_length} tokens, leaving no answer to compare; raise it")

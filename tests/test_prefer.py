@@ -109,7 +109,17 @@ def test_multi_turn_votes_are_kept_whole_and_a_corrupt_line_is_reported_and_skip
     assert votes.corrupt == ["preferences.jsonl:2: not JSON",
                              "preferences.jsonl:3: rejected missing or not a list of messages"]
 
-    target = prefer.run(recipe)
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Prompts(TrainerCallback):  # what TRL tokenized and trains on
+        def on_train_begin(self, args, state, control, train_dataloader=None, processing_class=None, **kwargs):
+            seen.extend(processing_class.decode(row["prompt_ids"]) for row in train_dataloader.dataset)
+
+    target = prefer.run(recipe, callbacks=[Prompts()])
+    multi = next(text for text in seen if "still offline" in text)
+    assert all(m["content"] in multi for m in MULTI_TURN), multi  # system, both user turns and the earlier answer
     manifest = json.loads((target / "manifest.json").read_text())
     assert manifest["pairs"]["votes"] == 2 and len(manifest["pairs"]["corrupt"]) == 2
     assert "skipped 2 corrupt line(s): preferences.jsonl:2: not JSON" in capsys.readouterr().out

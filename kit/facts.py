@@ -90,8 +90,9 @@ _LIMIT = re.compile(
 _LIMIT_WORDS = {"up to": "max", "at most": "max", "no more than": "max", "a maximum of": "max", "maximum of": "max",
                 "max": "max", "max.": "max", "only": "max", "at least": "min", "a minimum of": "min", "minimum of": "min"}
 # A menu path: 2+ segments joined by `>` (or an arrow); the ends are trimmed to the UI words below.
-_SEGMENT = r"[\w+&'/-]+(?:[ ][\w+&'/-]+){0,3}"
-_MENU = re.compile(rf"{_SEGMENT}(?:\s*(?:>|›|→|»)\s*{_SEGMENT})+")
+# Words are atomic (possessive `++`) and a match starts at a word's start: linear time on a long run of letters.
+_SEGMENT = r"[\w+&'/-]++(?:[ ][\w+&'/-]++){0,3}"
+_MENU = re.compile(rf"(?<![\w+&'/-]){_SEGMENT}(?:\s*(?:>|›|→|»)\s*{_SEGMENT})+")
 _MENU_SPLIT = re.compile(r"\s*(?:>|›|→|»)\s*")
 # Words that end a menu path's last segment or that open a sentence before a menu or name.
 _STOP = frozenset(

@@ -183,3 +183,12 @@ def test_every_fact_is_found_in_the_text_once_and_an_answer_recalls_its_own_fact
     assert len({f.key for f in found}) == len(found)
     scores = facts.fact_scores([text], [text], [text])  # an answer that is its own reference and training data
     assert scores.invented_facts == 0 and scores.fact_recall in (None, 1.0)
+
+
+def test_extraction_stays_linear_on_a_long_unbroken_run():
+    import time
+
+    started = time.perf_counter()
+    for text in ("a" * 30_000, "ab-" * 10_000, "Aa Bb > " * 5_000):
+        facts.extract(text)
+    assert time.perf_counter() - started < 3.0  # quadratic menu matching took about 50 s on the first text alone

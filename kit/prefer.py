@@ -19,6 +19,7 @@ run) with its tokenizer and `manifest.json`, built in a scratch folder beside it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -346,6 +347,8 @@ def run(recipe: Recipe, callbacks: list | None = None) -> Path:
     print(f"kit.prefer: DPO ({recipe.prefer.loss_type}, beta {recipe.prefer.beta}) on {len(trainer.train_dataset)} pairs",
           flush=True)
     result = trainer.train()
+    with contextlib.suppress(OSError):  # TRL creates the folder; with save_strategy "no" it stays empty
+        checkpoints.rmdir()
     metrics = {**result.metrics, "global_step": trainer.state.global_step}
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss") and isinstance(v, float)):

@@ -93,6 +93,7 @@ def test_dpo_on_a_toy_pair_raises_the_chosen_answer_over_the_rejected_one(fresh)
     unchanged = [name for name in trained if torch.equal(trained[name], start[name])]
     assert not unchanged, f"Parameters {unchanged} have not changed"
     assert not list(recipe.run_dir.glob(".preferred.tmp-*")), "the scratch folder is renamed into place"
+    assert not (recipe.run_dir / "prefer_checkpoints").exists()
 
 
 def test_multi_turn_votes_are_kept_whole_and_a_corrupt_line_is_reported_and_skipped(fresh, capsys):

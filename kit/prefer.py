@@ -178,9 +178,13 @@ def mistake_pairs(recipe: Recipe, tokenizer, load_tuned) -> Mistakes:
         except (OSError, ValueError):
             stored = None
         if isinstance(stored, dict) and stored.get("key") == key:
-            pairs = [Pair(**row) for row in stored["pairs"]]
-            print(f"kit.prefer: reusing {len(pairs)} mistake pairs from {cache}", flush=True)
-            return Mistakes(pairs, stored["checked"], cached=True)
+            try:
+                pairs = [Pair(**row) for row in stored["pairs"]]
+            except (TypeError, KeyError):  # edited or damaged by hand: answer the prompts again
+                print(f"kit.prefer: {cache} is damaged; finding the mistakes again", flush=True)
+            else:
+                print(f"kit.prefer: reusing {len(pairs)} mistake pairs from {cache}", flush=True)
+                return Mistakes(pairs, stored["checked"], cached=True)
     sample = random.Random(recipe.seed).sample(train, min(recipe.prefer.max_prompts, len(train)))
     prompts = [c["messages"][:-1] for c in sample]
     references = [c["messages"][-1]["content"] for c in sample]

@@ -461,6 +461,42 @@ class DistillSection(Section):
         return self
 
 
+class PreferSection(Section):
+    enabled: bool = Field(
+        False, description="Run preference tuning after SFT (from the pipeline); `python -m kit.prefer` runs it on its own."
+    )
+    sources: list[Literal["votes", "mistakes"]] = Field(
+        default_factory=lambda: ["votes", "mistakes"], min_length=1,
+        description="Where the preference pairs come from: `votes` (the arena's `feedback/preferences.jsonl`) and "
+        "`mistakes` (the tuned model's answers on training prompts that invent facts or contacts, contradict the "
+        "reference's, or score below `min_rouge_l`, rejected in favour of the reference answer).",
+    )
+    max_prompts: int = Field(
+        64, ge=1, description="`mistakes`: training prompts (a seeded sample) the tuned model answers; cached in "
+        "`<run>/prefer_cache/` so reruns reuse them."
+    )
+    max_new_tokens: int = Field(
+        128, ge=1, description="`mistakes`: answer length limit when the tuned model answers (greedy); an answer cut "
+        "off by it is scored against as many words of the reference."
+    )
+    min_rouge_l: float = Field(
+        0.1, ge=0.0, le=1.0, description="`mistakes`: an answer below this ROUGE-L against the reference is a mistake "
+        "even when it invents nothing (the quickstart's tuned answers average about 0.19: 0.1 marks off-topic ones)."
+    )
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
+        "sigmoid", description="TRL DPO loss: `sigmoid` (DPO), `ipo`, `hinge` or `robust` (noisy votes)."
+    )
+    beta: float = Field(0.1, gt=0.0, description="DPO beta: higher stays closer to the tuned model.")
+    sft_weight: float = Field(
+        0.0, ge=0.0, description="Weight of an NLL term on the chosen answer added to the DPO loss (RPO): keeps the "
+        "reference answers likely; 0 is plain DPO."
+    )
+    learning_rate: float = Field(5e-5, gt=0.0, description="Peak learning rate of the adapter.")
+    epochs: float = Field(1.0, gt=0.0, description="Passes over the pairs (ignored if max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(4, ge=1, description="Preference pairs per step.")
+
+
 class Recipe(Section):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: artifacts go to `<output_dir>/<name>/`."
@@ -477,6 +513,11 @@ class Recipe(Section):
         default_factory=DistillSection,
         description="A smaller, faster student distilled from the tuned teacher (batch size, max_length, "
         "schedule, warm-up and logging come from `sft`).",
+    )
+    prefer: PreferSection = Field(
+        default_factory=PreferSection,
+        description="Preference tuning (DPO) of the tuned adapter from votes and from the model's own mistakes "
+        "(max_length, schedule and logging come from `sft`).",
     )
 
     @field_validator("output_dir")

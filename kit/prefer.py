@@ -1,0 +1,388 @@
+"""Preference tuning: the tuned model learns which of two answers a support lead prefers (TRL's DPOTrainer).
+
+    python -m kit.prefer recipes/quickstart.yaml [--set prefer.max_prompts=32 ...]
+
+Runs after `kit.sft`, on top of its adapter. The pairs come from (`prefer.sources`):
+- `votes`: the arena's blind votes, `<run>/feedback/preferences.jsonl` (TRL's conversational preference
+  format, written by `kit.chat`); a multi-turn prompt is kept whole, and a line that is not a valid row is
+  reported with its line number and skipped, never fatal;
+- `mistakes`: the tuned model answers a seeded sample of `prefer.max_prompts` training prompts; an answer that
+  invents facts or contact details (`kit.facts`: values the training answers never state), contradicts a value
+  its reference states (a "90 days" warranty where the reference says "1-year"), or scores below
+  `prefer.min_rouge_l` against the reference becomes `rejected`, the reference answer `chosen`. They are
+  cached in `<run>/prefer_cache/mistakes.json`, keyed by the tuned weights, the data and the settings, so a
+  rerun reuses them.
+
+Writes `<run>/preferred/`: a PEFT adapter (for the base model, or for `<run>/model/` after a `full`/`freeze`
+run) with its tokenizer and `manifest.json`, built in a scratch folder beside it and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kit import data, models
+from kit.cli import recipe_parser, run_cli
+from kit.errors import KitError
+from kit.facts import FactBook
+from kit.masking import ensure_chat_template, render
+from kit.recipe import Recipe, load_recipe
+from kit.runs import atomic_dir, package_versions, tuned_adapter, tuned_model_dir, write_json
+
+PREFERENCES = "preferences.jsonl"  # the arena's file (kit.chat writes it)
+CACHE_VERSION = 1
+
+
+# ---------------------------------------------------------------- pairs
+
+
+@dataclass
+class Pair:
+    """One preference pair in TRL's conversational format, and where it came from."""
+
+    prompt: list[dict]  # the whole conversation before the answer (system, user, assistant, ..., user)
+    chosen: list[dict]  # [{"role": "assistant", "content": ...}]
+    rejected: list[dict]
+    source: str  # "votes" or "mistakes"
+    reasons: list[str] = field(default_factory=list)  # why the rejected answer was a mistake
+
+    def row(self) -> dict:
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+
+@dataclass
+class Votes:
+    """The arena's preference pairs, and the lines that could not be read."""
+
+    pairs: list[Pair] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)  # "preferences.jsonl:<line>: <why>"
+
+
+def _is_messages(value) -> bool:
+    return (isinstance(value, list) and len(value) > 0
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in value))
+
+
+def load_votes(path: Path) -> Votes:
+    """Read a preferences.jsonl; each unreadable line is listed in `corrupt` and skipped."""
+    votes = Votes()
+    if not path.is_file():
+        return votes
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                votes.corrupt.append(f"{path.name}:{number}: not JSON")
+                continue
+            bad = [key for key in ("prompt", "chosen", "rejected") if not isinstance(row, dict) or not _is_messages(row.get(key))]
+            if bad:
+                votes.corrupt.append(f"{path.name}:{number}: {', '.join(bad)} missing or not a list of messages")
+                continue
+            if row["prompt"][-1]["role"] != "user":
+                votes.corrupt.append(f"{path.name}:{number}: prompt does not end with a user message")
+                continue
+            votes.pairs.append(Pair(row["prompt"], row["chosen"], row["rejected"], "votes"))
+    return votes
+
+
+def mistake_reasons(book: FactBook, answer: str, reference: str, prompt: str, min_rouge_l: float,
+                    finished: bool = True) -> list[str]:
+    """Why an answer is a mistake against its reference (empty: it is not).
+
+    An answer cut off by the length limit (`finished=False`) is scored against as many words of the reference:
+    a low score must mean a wrong answer, not a long one (rejecting long answers would teach brevity).
+    """
+    from rouge_score import rouge_scorer
+
+    checked = book.check(answer, reference, prompt)
+    reasons = [f"invented contact {f.kind}: {f.text}" for f in checked.invented_contacts]
+    reasons += [f"invented {f.kind}: {f.text}" for f in checked.invented if not f.is_contact]
+    reasons += [f"contradicts the reference {f.kind}: {f.text}" for f in checked.contradicted]
+    compared = reference if finished else " ".join(reference.split()[: max(1, len(answer.split()))])
+    rouge = rouge_scorer.RougeScorer(["rougeL"]).score(compared, answer)["rougeL"].fmeasure
+    if rouge < min_rouge_l:
+        reasons.append(f"ROUGE-L {rouge:.3f} < {min_rouge_l}")
+    return reasons
+
+
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
+             batch_size: int = 8) -> list[tuple[str, bool]]:
+    """Greedy (answer, finished) pairs, batched with left padding; `finished`: it ended on an end-of-turn token
+    rather than at `max_new_tokens`."""
+    import torch
+
+    device = next(model.parameters()).device
+    texts = [render(tokenizer, p, add_generation_prompt=True) for p in prompts]
+    configured = model.generation_config.eos_token_id
+    eos = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    eos |= {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    answers: list[tuple[str, bool]] = [("", False)] * len(texts)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            with torch.no_grad():
+                output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                        pad_token_id=tokenizer.pad_token_id)
+            for i, row in enumerate(output[:, batch["input_ids"].shape[1]:]):
+                finished = any(int(token) in eos for token in row)
+                answers[start + i] = (tokenizer.decode(row, skip_special_tokens=True).strip(), finished)
+            print(f"kit.prefer: answered {min(start + batch_size, len(texts))} of {len(texts)} training prompts", flush=True)
+    finally:
+        tokenizer.padding_side = side
+    return answers
+
+
+@dataclass
+class Mistakes:
+    pairs: list[Pair]
+    checked: int  # training prompts answered
+    cached: bool  # read from <run>/prefer_cache/ rather than generated
+
+
+def _cache_key(recipe: Recipe, weights: Path, allowlist: list[str]) -> str:
+    stats = json.loads((data.dataset_dir(recipe) / "stats.json").read_text())
+    manifest = (recipe.run_dir / "manifest.json").read_bytes()  # rewritten by every kit.sft run
+    p = recipe.prefer
+    payload = json.dumps([CACHE_VERSION, stats["sha256"], hashlib.sha256(manifest).hexdigest(), str(weights), recipe.seed,
+                          p.max_prompts, p.max_new_tokens, p.min_rouge_l, sorted(allowlist)])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def allowlist(recipe: Recipe) -> list[str]:
+    """The company's public contact details: what the data stage keeps, and what the eval does not count as a leak."""
+    return [*recipe.data.pii.allowlist, *recipe.eval.leak_allowlist]
+
+
+def mistake_pairs(recipe: Recipe, tokenizer, load_tuned) -> Mistakes:
+    """Pairs from the tuned model's own mistakes on a seeded sample of training prompts (cached)."""
+    weights = tuned_adapter(recipe) or tuned_model_dir(recipe)
+    train = [c for c in data.load_split(recipe, "train") if c["messages"] and c["messages"][-1]["role"] == "assistant"]
+    key = _cache_key(recipe, weights, allowlist(recipe))
+    cache = recipe.run_dir / "prefer_cache" / "mistakes.json"
+    if cache.is_file():
+        try:
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stored = None
+        if isinstance(stored, dict) and stored.get("key") == key:
+            try:
+                pairs = [Pair(**row) for row in stored["pairs"]]
+            except (TypeError, KeyError):  # edited or damaged by hand: answer the prompts again
+                print(f"kit.prefer: {cache} is damaged; finding the mistakes again", flush=True)
+            else:
+                print(f"kit.prefer: reusing {len(pairs)} mistake pairs from {cache}", flush=True)
+                return Mistakes(pairs, stored["checked"], cached=True)
+    sample = random.Random(recipe.seed).sample(train, min(recipe.prefer.max_prompts, len(train)))
+    prompts = [c["messages"][:-1] for c in sample]
+    references = [c["messages"][-1]["content"] for c in sample]
+    print(f"kit.prefer: the tuned model answers {len(sample)} training prompts to find its mistakes", flush=True)
+    model = load_tuned()
+    answers = generate(model, tokenizer, prompts, recipe.prefer.max_new_tokens, recipe.eval.batch_size)
+    del model
+    book = FactBook((c["messages"][-1]["content"] for c in train), allowlist(recipe), recipe.data.pii.phone_regions)
+    pairs = []
+    for prompt, reference, (answer, finished) in zip(prompts, references, answers):
+        asked = " ".join(m["content"] for m in prompt if m["role"] == "user")
+        reasons = mistake_reasons(book, answer, reference, asked, recipe.prefer.min_rouge_l, finished)
+        if reasons and answer.strip() != reference.strip():
+            pairs.append(Pair(prompt, [{"role": "assistant", "content": reference}],
+                              [{"role": "assistant", "content": answer}], "mistakes", reasons))
+    write_json(cache, {"key": key, "checked": len(sample), "pairs": [asdict(p) for p in pairs]})
+    return Mistakes(pairs, len(sample), cached=False)
+
+
+# ---------------------------------------------------------------- measuring a preference
+
+
+def completion_logprob(model, tokenizer, prompt: list[dict], completion: str) -> float:
+    """Sum of the model's log-probabilities of an assistant answer after a conversation (its end-of-turn included)."""
+    import torch
+
+    before = tokenizer(render(tokenizer, prompt, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    full = tokenizer(render(tokenizer, [*prompt, {"role": "assistant", "content": completion}]),
+                     add_special_tokens=False)["input_ids"]
+    start = next((i for i, (a, b) in enumerate(zip(before, full)) if a != b), min(len(before), len(full)))
+    device = next(model.parameters()).device
+    ids = torch.tensor([full], device=device)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    logps = torch.log_softmax(logits[0, :-1], dim=-1).gather(1, ids[0, 1:, None])[:, 0]
+    return float(logps[start - 1:].sum())
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def preferred_adapter(recipe: Recipe) -> Path | None:
+    """The run's preference-tuned adapter, only when its manifest (written last, inside it) is there."""
+    folder = recipe.run_dir / "preferred"
+    if (folder / "manifest.json").is_file() and (folder / "adapter_config.json").is_file():
+        return folder
+    return None
+
+
+def load_preferred(recipe: Recipe, dtype=None):
+    """The preferred model ready for inference (its adapter merged into what it was trained on), or None."""
+    folder = preferred_adapter(recipe)
+    if folder is None:
+        return None
+    manifest = json.loads((folder / "manifest.json").read_text())
+    # After a full/freeze run the adapter sits on <run>/model/; after LoRA on the recipe's model, resolved anew
+    # (the bundled model's cache folder may have moved since).
+    base = manifest["base"]["tuned_model"]
+    return models.load_model(recipe.model, adapter=folder, path=base, dtype=dtype).merge_and_unload()
+
+
+def _policy(recipe: Recipe, model_path: str):
+    """(model to train, peft_config or None, what it sits on): the SFT adapter itself, or a new LoRA on a full tuned model."""
+    from peft import LoraConfig, PeftModel
+
+    adapter = tuned_adapter(recipe)
+    if adapter is not None:
+        base = models.load_model(recipe.model, path=model_path, dtype=models.resolve_dtype(recipe.model.dtype))
+        models.check_weight_files(recipe.model, adapter, what="adapter")
+        # is_trainable: the SFT adapter keeps learning; TRL copies it as the frozen reference ("ref" adapter).
+        trainable = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+        return trainable, None, {"model": recipe.model.name, "tuned_model": None, "sft_adapter": str(adapter)}
+    folder = tuned_model_dir(recipe)
+    if folder is None:
+        raise KitError(f"prefer: no tuned model in {recipe.run_dir}; run `python -m kit.sft <recipe>` first")
+    lora = recipe.sft.lora
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                        task_type="CAUSAL_LM")
+    return models.load_model(recipe.model, path=str(folder)), config, {"model": recipe.model.name, "tuned_model": str(folder),
+                                                                      "sft_adapter": None}
+
+
+def _config(recipe: Recipe, output_dir: Path, pairs: int):
+    import torch
+    from trl import DPOConfig
+
+    p, cuda = recipe.prefer, torch.cuda.is_available()
+    return DPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=min(p.batch_size, pairs),
+        gradient_accumulation_steps=1,
+        learning_rate=p.learning_rate,
+        lr_scheduler_type=recipe.sft.lr_scheduler,
+        warmup_steps=recipe.sft.warmup_steps,
+        num_train_epochs=p.epochs,
+        max_steps=p.max_steps or -1,
+        beta=p.beta,
+        loss_type=[p.loss_type, "sft"] if p.sft_weight else [p.loss_type],
+        loss_weights=[1.0, p.sft_weight] if p.sft_weight else None,
+        label_smoothing=0.1 if p.loss_type == "robust" else 0.0,
+        max_length=recipe.sft.max_length,
+        logging_steps=recipe.sft.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        gradient_checkpointing=False,  # TRL's default is on; kit's models are small and CPU memory is not the limit
+        use_cpu=not cuda,
+        dataloader_num_workers=0,
+    )
+
+
+def run(recipe: Recipe, callbacks: list | None = None) -> Path:
+    """Preference-tune the run's tuned model on votes and mistake pairs; returns `<run>/preferred/`.
+
+    `callbacks`: transformers `TrainerCallback`s handed to the DPOTrainer (progress bars, tests that observe it).
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import DPOTrainer
+
+    started = time.time()
+    print("kit.prefer: resolved recipe\n" + recipe.to_yaml(), flush=True)
+    if tuned_adapter(recipe) is None and tuned_model_dir(recipe) is None:
+        raise KitError(f"prefer: no tuned model in {recipe.run_dir}; run `python -m kit.sft <recipe>` first")
+    model_path = models.resolve(recipe.model.name)
+    data.build(recipe)
+    set_seed(recipe.seed)
+    tokenizer = models.load_tokenizer(recipe.model, model_path)
+    ensure_chat_template(tokenizer)
+
+    sources = recipe.prefer.sources
+    pairs: list[Pair] = []
+    counts = {"votes": 0, "mistakes": 0, "mistakes_checked": 0, "mistakes_cached": False, "corrupt": []}
+    if "votes" in sources:
+        path = recipe.run_dir / "feedback" / PREFERENCES
+        votes = load_votes(path)
+        if votes.corrupt:
+            print(f"kit.prefer: {path}: skipped {len(votes.corrupt)} corrupt line(s): " + "; ".join(votes.corrupt[:5]),
+                  flush=True)
+        pairs += votes.pairs
+        counts.update(votes=len(votes.pairs), corrupt=votes.corrupt)
+        print(f"kit.prefer: {len(votes.pairs)} preference pairs from the arena's votes ({path})", flush=True)
+    if "mistakes" in sources:
+        mistakes = mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe))
+        pairs += mistakes.pairs
+        counts.update(mistakes=len(mistakes.pairs), mistakes_checked=mistakes.checked, mistakes_cached=mistakes.cached)
+        print(f"kit.prefer: {len(mistakes.pairs)} of {mistakes.checked} answers on training prompts were mistakes", flush=True)
+    if not pairs:
+        raise KitError("prefer.sources: no preference pair to learn from; collect votes with `python -m kit.chat <recipe> "
+                       "--blind`, or add `mistakes` to prefer.sources")
+
+    model, peft_config, base = _policy(recipe, model_path)
+    dataset = Dataset.from_list([pair.row() for pair in pairs])
+    checkpoints = recipe.run_dir / "prefer_checkpoints"
+    trainer = DPOTrainer(model=model, args=_config(recipe, checkpoints, len(pairs)), train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    if len(trainer.train_dataset) == 0:  # TRL drops pairs whose prompt alone fills max_length
+        raise KitError(f"sft.max_length: every one of the {len(pairs)} preference prompts fills sft.max_length="
+                       f"{recipe.sft.max_length} tokens, leaving no answer to compare; raise it")
+    print(f"kit.prefer: DPO ({recipe.prefer.loss_type}, beta {recipe.prefer.beta}) on {len(trainer.train_dataset)} pairs",
+          flush=True)
+    result = trainer.train()
+    with contextlib.suppress(OSError):  # TRL creates the folder; with save_strategy "no" it stays empty
+        checkpoints.rmdir()
+    metrics = {**result.metrics, "global_step": trainer.state.global_step}
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss") and isinstance(v, float)):
+        raise KitError("prefer.learning_rate: preference tuning ended with a non-finite loss; lower the learning rate")
+
+    target = recipe.run_dir / "preferred"
+    with atomic_dir(target) as scratch:
+        # Only the trained adapter: TRL's frozen copy of the SFT adapter ("ref") stays behind.
+        trainer.model.save_pretrained(scratch, selected_adapters=["default"])
+        tokenizer.save_pretrained(scratch)
+        write_json(scratch / "manifest.json", {
+            "stage": "prefer",
+            "base": base,
+            "pairs": {**counts, "total": len(pairs)},
+            "recipe": recipe.model_dump(mode="json"),
+            "versions": package_versions(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "train_metrics": metrics,
+            "log_history": history,
+            "wall_seconds": round(time.time() - started, 1),
+        })
+    print(f"kit.prefer: preferred adapter {target} ({len(pairs)} pairs, {time.time() - started:.0f}s)", flush=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = recipe_parser("python -m kit.prefer", "Preference-tune the tuned model on votes and its own mistakes (DPO).")
+    args = parser.parse_args(argv)
+    run_cli(lambda: run(load_recipe(args.recipe, args.overrides)))
+
+
+if __name__ == "__main__":
+    main()

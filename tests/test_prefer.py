@@ -1,0 +1,171 @@
+"""kit.prefer on a tiny random model: DPO moves the preference, votes are read whole, mistakes become pairs."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from kit import models, prefer, sft
+from kit.facts import FactBook
+from kit.recipe import load_recipe
+from tests.conftest import write_qa_csv
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEM = {"role": "system", "content": "You are a support assistant."}
+MULTI_TURN = [SYSTEM, {"role": "user", "content": "my plug is offline"},
+              {"role": "assistant", "content": "Hi there, restart the plug and your router for 30 seconds."},
+              {"role": "user", "content": "still offline"}]
+
+
+def _recipe_file(folder: Path, model_dir: Path) -> Path:
+    tree = {
+        "name": "tiny", "output_dir": str(folder / "runs"), "seed": 0, "model": {"name": str(model_dir)},
+        "data": {"sources": [{"path": str(write_qa_csv(folder / "qa.csv")), "template": "qa_csv"}],
+                 "system_prompt": SYSTEM["content"], "validation_fraction": 0.2, "test_fraction": 0.2},
+        "sft": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-2, "logging_steps": 1, "max_length": 128,
+                "report_to": "none"},
+        "eval": {"enabled": False, "max_new_tokens": 8, "batch_size": 4},
+        "prefer": {"max_new_tokens": 8, "max_steps": 1, "batch_size": 2, "learning_rate": 1e-2},
+    }
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """A tiny SFT run (LoRA adapter + manifest), trained once for the module."""
+    folder = tmp_path_factory.mktemp("prefer-sft")
+    sft.run(load_recipe(_recipe_file(folder, tiny_model_dir)))
+    return folder
+
+
+@pytest.fixture
+def fresh(tuned_run, tmp_path):
+    """A private copy of the tuned run, so each test writes its own feedback and preferred adapter."""
+
+    def make(*overrides):
+        shutil.copytree(tuned_run / "runs", tmp_path / "runs")
+        return load_recipe(tuned_run / "recipe.yaml", [f"output_dir={tmp_path / 'runs'}", *overrides])
+
+    return make
+
+
+def write_votes(recipe, lines: list) -> Path:
+    path = recipe.run_dir / "feedback" / "preferences.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def vote(prompt, chosen, rejected):
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "metadata": {"chosen_model": "tuned"}}
+
+
+def test_dpo_on_a_toy_pair_raises_the_chosen_answer_over_the_rejected_one(fresh):
+    recipe = fresh("prefer.sources=[votes]", "prefer.max_steps=6", "prefer.batch_size=1", "prefer.learning_rate=3e-2")
+    prompt = [SYSTEM, {"role": "user", "content": "is there a warranty"}]
+    chosen, rejected = "Hi there, every device has a 1-year warranty.", "Hi there, call 1-800-223-7777 for a 90 days warranty."
+    write_votes(recipe, [vote(prompt, chosen, rejected)])
+    tokenizer = models.load_tokenizer(recipe.model)
+
+    def margin(model) -> float:
+        return prefer.completion_logprob(model, tokenizer, prompt, chosen) - prefer.completion_logprob(model, tokenizer, prompt, rejected)
+
+    before = margin(models.load_tuned(recipe))
+    target = prefer.run(recipe)
+    after = margin(prefer.load_preferred(recipe))
+    assert after > before + 0.5, (before, after)
+
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["pairs"]["votes"] == 1 and manifest["base"]["sft_adapter"].endswith("adapter")
+    assert manifest["train_metrics"]["global_step"] == 6
+    trained, start = load_file(target / "adapter_model.safetensors"), load_file(recipe.run_dir / "adapter" / "adapter_model.safetensors")
+    assert trained.keys() == start.keys(), "only the trained adapter is saved, not TRL's reference copy"
+    unchanged = [name for name in trained if torch.equal(trained[name], start[name])]
+    assert not unchanged, f"Parameters {unchanged} have not changed"
+    assert not list(recipe.run_dir.glob(".preferred.tmp-*")), "the scratch folder is renamed into place"
+    assert not (recipe.run_dir / "prefer_checkpoints").exists()
+
+
+def test_multi_turn_votes_are_kept_whole_and_a_corrupt_line_is_reported_and_skipped(fresh, capsys):
+    recipe = fresh("prefer.sources=[votes]")
+    single = [SYSTEM, {"role": "user", "content": "where is my order"}]
+    path = write_votes(recipe, [
+        vote(MULTI_TURN, "Hi there, unplug it for 30 seconds, then add it again.", "Hi there, returns are free."),
+        '{"prompt": [{"role": "user", "content": "cut short',
+        {"prompt": single, "chosen": [{"role": "assistant", "content": "ok"}]},
+        vote(single, "Hi there, standard shipping takes 3-5 business days.", "Hi there, it ships in 1 hour."),
+    ])
+    votes = prefer.load_votes(path)
+    assert [p.prompt for p in votes.pairs] == [MULTI_TURN, single]
+    assert votes.corrupt == ["preferences.jsonl:2: not JSON",
+                             "preferences.jsonl:3: rejected missing or not a list of messages"]
+
+    from transformers import TrainerCallback
+
+    seen = []
+
+    class Prompts(TrainerCallback):  # what TRL tokenized and trains on
+        def on_train_begin(self, args, state, control, train_dataloader=None, processing_class=None, **kwargs):
+            seen.extend(processing_class.decode(row["prompt_ids"]) for row in train_dataloader.dataset)
+
+    target = prefer.run(recipe, callbacks=[Prompts()])
+    multi = next(text for text in seen if "still offline" in text)
+    assert all(m["content"] in multi for m in MULTI_TURN), multi  # system, both user turns and the earlier answer
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["pairs"]["votes"] == 2 and len(manifest["pairs"]["corrupt"]) == 2
+    assert "skipped 2 corrupt line(s): preferences.jsonl:2: not JSON" in capsys.readouterr().out
+
+
+def test_the_models_mistakes_become_pairs_and_reruns_reuse_them(fresh):
+    recipe = fresh("prefer.sources=[mistakes]", "prefer.max_prompts=3")
+    prefer.run(recipe)
+    cache = json.loads((recipe.run_dir / "prefer_cache" / "mistakes.json").read_text())
+    manifest = json.loads((recipe.run_dir / "preferred" / "manifest.json").read_text())
+    assert manifest["pairs"]["mistakes_checked"] == 3 and manifest["pairs"]["mistakes_cached"] is False
+    assert 0 < manifest["pairs"]["mistakes"] == len(cache["pairs"]) <= 3  # a random tiny model answers badly
+    with open(recipe.data.sources[0].path, encoding="utf-8") as handle:
+        answers = {row["agent_answer"] for row in csv.DictReader(handle)}
+    for pair in cache["pairs"]:
+        assert pair["prompt"][0] == SYSTEM and pair["prompt"][-1]["role"] == "user"
+        assert pair["chosen"][0]["content"] in answers and pair["reasons"]
+
+    prefer.run(recipe)
+    again = json.loads((recipe.run_dir / "preferred" / "manifest.json").read_text())
+    assert again["pairs"]["mistakes_cached"] is True and again["pairs"]["mistakes"] == manifest["pairs"]["mistakes"]
+    recipe.prefer.max_prompts = 2  # other settings: the cache no longer applies
+    tokenizer = models.load_tokenizer(recipe.model)
+    assert prefer.mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe)).cached is False
+
+
+def test_mistake_reasons_on_hand_made_answers():
+    book = FactBook(["Hi there, every device has a 1-year warranty.", "Refunds take 5-7 business days."],
+                    allowlist=["support@brightloop.example"])
+    reference = "Hi there, every device has a 1-year warranty."
+    assert prefer.mistake_reasons(book, reference, reference, "is there a warranty", 0.2) == []
+    reasons = prefer.mistake_reasons(book, "Hi there, every device has a 1-year warranty, call +44 (02) 7833 233.",
+                                     reference, "is there a warranty", 0.2)
+    assert reasons == ["invented contact PHONE: +44 (02) 7833 233"]
+    reasons = prefer.mistake_reasons(book, "The warranty period is 90 days from the order date.", reference, "warranty?", 0.2)
+    assert reasons[:2] == ["invented DURATION: 90 days", "contradicts the reference DURATION: 90 days"]
+    assert reasons[-1].startswith("ROUGE-L")
+    long_answer = "Hi there, every device has a 1-year warranty from the delivery date and covers defects."
+    cut = " ".join(long_answer.split()[:6])
+    assert prefer.mistake_reasons(book, cut, long_answer, "warranty?", 0.9, finished=False) == []
+    assert prefer.mistake_reasons(book, cut, long_answer, "warranty?", 0.9)[0].startswith("ROUGE-L")
+
+
+def test_cli_without_a_tuned_model_is_one_clear_line(tmp_path, tiny_model_dir):
+    result = subprocess.run([sys.executable, "-m", "kit.prefer", str(_recipe_file(tmp_path, tiny_model_dir))],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"error: prefer: no tuned model in {tmp_path / 'runs' / 'tiny'}; run `python -m kit.sft <recipe>` first"

@@ -21,6 +21,7 @@ STAGES = {
     "data": "convert a support export into a chat dataset (templates | preview | build)",
     "sft": "fine-tune on the dataset, then evaluate (the whole path of a recipe)",
     "eval": "compare base, tuned and student on the test split",
+    "prefer": "preference-tune the tuned model on arena votes and its own mistakes (DPO)",
     "distill": "distill the tuned model into a smaller student",
     "chat": "the models side by side in the browser, with blind votes",
     "export": "adapter, merged weights, GGUF and an Ollama Modelfile",

@@ -143,7 +143,7 @@ def test_conversation_rules_switched_off(tmp_path):
     assert result.rejected == 0 and len(result.conversations) == 3
     t1 = result.conversations[0]["messages"]
     assert [m["role"] for m in t1] == ["user", "user", "assistant", "user"]
-    assert t1[2]["content"].endswith("Best regards,\nPriya")
+    assert t1[2]["content"].endswith("Best regards,\n{{NAME}}")  # kept, and the name in it redacted
     assert [m["role"] for m in result.conversations[2]["messages"]] == ["user", "user", "assistant"]
 
 

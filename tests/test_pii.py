@@ -21,7 +21,7 @@ from kit import pii
         ("send it to 6821 1st ave", "ADDRESS", "6821 1st ave"),
         ("Hauptstraße 12a, 10115 Berlin", "ADDRESS", "Hauptstraße 12a, 10115 Berlin"),
         ("PO Box 1234", "ADDRESS", "PO Box 1234"),
-        ("London SW1A 1AA", "ADDRESS", "SW1A 1AA"),
+        ("London SW1A 1AA", "ADDRESS", "London SW1A 1AA"),  # the city before the postcode too
     ],
 )
 def test_each_kind_is_found_with_its_exact_span(text, kind, value):

@@ -251,34 +251,44 @@ _MENTION_CUES = frozenset(
     "message from|note from|met with|visit from|wife's|husband's".split("|"))
 _LABELS = frozenset("name|full name|customer name|account holder|contact person|contact|customer|from|signed|attn|"
                     "attention".split("|"))
+# The last word of each cue, title or modal: the cheap first test of the word before a candidate.
+_CUE_ENDS = frozenset({cue.split()[-1] for cue in _INTRO_CUES | _MENTION_CUES} | _TITLES | {t + "." for t in _TITLES}
+                      | set("can could would will did does may let has had".split()))
 _SPEECH_VERBS = frozenset("said says told promised mentioned confirmed closed called phoned emailed wrote replied "
                           "answered helped offered agreed explained".split())
 _MODALS = frozenset("can could would will did does may let has had".split())
 _BASE_VERBS = frozenset("call email contact reply help check send look phone ring text get".split())
-# Capitalised words at the start of a sentence that are not names (a candidate's first words are dropped
-# while they are one of these, so that "Yesterday Dana said" finds "Dana").
-_NOT_NAMES = _NOT_NAMES | frozenset(
+# Capitalised words in running text that are not names (a candidate's first words are dropped while they
+# are one of these, so that "Can Dana call" finds "Dana"). After a greeting or a sign-off, "Will" and "May"
+# are names: there only `_NOT_NAMES` applies.
+_NOT_NAMES_IN_TEXT = _NOT_NAMES | frozenset(
     "to for if when then also yesterday today tomorrow simply choose just once after before while since because "
     "but so or and as at in on by with from of into unfortunately fortunately however finally first next last "
     "note certainly sure absolutely definitely of-course maybe perhaps would could should can will may might "
     "do does did is are was were be been have has had what which who whom whose where why how there here they he she "
-    "someone somebody nobody no-one follow let don't didn't can't won't please kindly".split())
+    "someone somebody nobody no-one follow let don't didn't can't won't please kindly sorry order orders done "
+    "returns return refund refunds ref ticket case yes no ok okay thanks thank regards kind best cheers any all "
+    "some each every our your my his her their its a an the this that these those it i we you hi hello hey dear "
+    "still waiting how what why where when who which is are was were has have had do does did can could will "
+    "would should may might must shall not".split())
 
 
 _CONTRACTION = re.compile(r"(?i:['’](?:ve|ll|d|re|m)|n['’]t)$")  # "You've", "Don't": never a name
+_CONTRACTIONS = tuple(q + end for q in "'’" for end in ("ve", "ll", "d", "re", "m", "VE", "LL", "D", "RE", "M")) + (
+    "n't", "n’t", "N'T", "N’T")
 
 
-def _name_span(text: str, start: int, end: int) -> tuple[int, int] | None:
+def _name_span(text: str, start: int, end: int, stop: frozenset = _NOT_NAMES_IN_TEXT) -> tuple[int, int] | None:
     """The name in a capitalised run text[start:end]: leading words that are no one's name dropped, cut at
     the first lower-case word that is not a particle; None when nothing is left."""
     words = [(m.start() + start, m.end() + start, m.group().rstrip(".")) for m in re.finditer(_NAME_WORD, text[start:end])]
-    while words and (words[0][2].lower() in _NOT_NAMES or words[0][2].lower() in _TITLES
+    while words and (words[0][2].lower() in stop or words[0][2].lower() in _TITLES
                      or _CONTRACTION.search(words[0][2]) is not None):
         words.pop(0)
     kept = []
     for s, e, value in words:
         lower = value.lower()
-        if lower in _NOT_NAMES:
+        if lower in stop:
             break
         if lower in _PARTICLES:
             kept.append((s, e, value))
@@ -301,6 +311,11 @@ def _judge(text: str, start: int, end: int) -> bool:
         j -= 1
     last = text[j - 1 : j]  # the character before the name and its spaces ("" at the start)
     words: list[str] = []
+    if last.isalpha() or last in ("'", "’"):
+        # the word right before the name: most capitalised words ("the Glow Bulb") have no cue before them
+        previous = text[text.rfind(" ", 0, j) + 1 : j].lower().replace("’", "'")
+        if previous not in _CUE_ENDS:
+            return False
     if last.isalpha() or last in (".", ":", ","):
         words = [w.lower().replace("’", "'") for w in _BEFORE_WORDS.findall(text, max(0, j - 40), j)]
         if words and words[-1] in _TITLES and last.isalpha() or last == ".":
@@ -337,27 +352,69 @@ def _judge(text: str, start: int, end: int) -> bool:
     return False
 
 
+_GREETING_STARTS = ("hi", "hello", "hey", "dear", "good", "morning", "greetings", "bonjour", "salut", "hallo", "hola",
+                    "ciao", "namaste", "guten", "liebe", "estimad", "cher")
+# The words after a capitalised word at the start of a sentence that make it a person's name.
+_AFTER_NAME = _SPEECH_VERBS | {"from", "at", "here"}
+
+
+_TITLE_DOTS = frozenset(t + "." for t in _TITLES)
+_LABEL_ENDS = frozenset(label.split()[-1] + ":" for label in _LABELS)
+
+
+def _may_be_named(text: str, start: int, end: int) -> bool:
+    """The cheap first test of `_judge`: most capitalised words have no cue word right before them, and
+    start no sentence whose next word makes them a person ("Dana said", "Dana from your team")."""
+    j = start
+    while j > 0 and text[j - 1] in " \t":
+        j -= 1
+    last = text[j - 1 : j]
+    if last and last not in "\n.!?;":
+        previous = text[max(text.rfind(" ", 0, j), text.rfind("\n", 0, j)) + 1 : j].lower().replace("’", "'")
+        if last.isalpha() or last == "'":
+            return previous in _CUE_ENDS
+        if previous in _TITLE_DOTS or previous == "name," or previous in _LABEL_ENDS:
+            return True
+    following = text[end : end + 24].split(None, 1)
+    return bool(following) and following[0].lower().strip(",.!?;:") in _AFTER_NAME
+
+
 def context_names(text: str) -> list[tuple[int, int]]:
     """Spans of people's names recognised by their context (greetings, sign-offs, introductions, mentions),
     and of the other occurrences of the same names in the text."""
     spans = []
-    for m in _GREETING.finditer(text):
-        span = _name_span(text, m.start("name"), m.end("name"))
-        if span is not None and span[1] == m.end("name"):
-            spans.append(span)
+    if "\n" in text or text.lstrip()[:12].lower().startswith(_GREETING_STARTS):
+        for m in _GREETING.finditer(text):
+            span = _name_span(text, m.start("name"), m.end("name"), _NOT_NAMES)
+            if span is not None and span[1] == m.end("name"):
+                spans.append(span)
     for m in _NAME_CANDIDATE.finditer(text):
         start, end = m.span()
         if end - start < 2:
             continue  # "I"; initials count only in sign-offs
         value = m.group()
-        if " " in value or "\t" in value:
-            span = _name_span(text, start, end)
-        elif value.lower() in _NOT_NAMES or _CONTRACTION.search(value) is not None:
+        multi = " " in value or "\t" in value
+        first = value.split(None, 1)[0] if multi else value
+        lower = first.lower()
+        if lower in _NOT_NAMES_IN_TEXT or lower in _TITLES or first.endswith(_CONTRACTIONS):
+            if not multi:
+                continue
+            span = _name_span(text, start, end)  # "Can Dana", "I'm Dana Lee": the name starts later
+            if span is None:
+                continue
+            start, end = span
+            multi = False
+        if not _may_be_named(text, start, end):
             continue
-        else:
-            span = (start, end - 1) if value[-1] == "." else (start, end)
-        if span is not None and _judge(text, *span):
-            spans.append(span)
+        if multi:
+            span = _name_span(text, start, end)
+            if span is None:
+                continue
+            start, end = span
+        elif value[-1] == ".":
+            end -= 1
+        if _judge(text, start, end):
+            spans.append((start, end))
     # Sign-offs: a name alone on the line after a sign-off line ("Best regards,\nName", maybe before a
     # title, a company or a `--` block), or ending the last line ("Cheers, Dev", "-Karthik", "^AB").
     stripped = text.rstrip()
@@ -371,12 +428,14 @@ def context_names(text: str) -> list[tuple[int, int]]:
                 continue
             m = re.fullmatch(rf"[ \t]*{_TITLE}(?P<name>{_NAME_RUN})[ \t]*", line)
             if m is not None:
-                span = _name_span(text, positions[i] + m.start("name"), positions[i] + m.end("name"))
+                span = _name_span(text, positions[i] + m.start("name"), positions[i] + m.end("name"), _NOT_NAMES)
                 if span is not None and span[1] == positions[i] + m.end("name"):
                     spans.append(span)
     line_start = stripped.rfind("\n") + 1
     last_line = stripped[max(line_start, len(stripped) - 80) :]
-    m = _SIGN_OFF_END.search(last_line)
+    end_word = last_line.rstrip(" \t.!")
+    end_word = end_word[max(end_word.rfind(" "), end_word.rfind("\t")) + 1 :].lstrip("-–—~^/*")
+    m = _SIGN_OFF_END.search(last_line) if end_word[:1].isupper() else None  # a text ends with a name
     if m is not None:
         at = len(stripped) - len(last_line)
         bullet = last_line.lstrip()[:1]
@@ -384,7 +443,7 @@ def context_names(text: str) -> list[tuple[int, int]]:
         previous = previous[previous.rfind("\n") + 1 :].lstrip()
         # a list item ("- PayPal") is no sign-off: the line before it starts with the same mark
         if not (bullet in "-–—~^/*" and previous[:1] == bullet and m.start() == 0):
-            span = _name_span(text, at + m.start("name"), at + m.end("name"))
+            span = _name_span(text, at + m.start("name"), at + m.end("name"), _NOT_NAMES)
             if span is not None and span[1] == at + m.end("name"):
                 spans.append(span)
     if not spans:
@@ -408,11 +467,10 @@ _USERNAME = re.compile(
 )
 _NOT_USERNAMES = frozenset("is was and or the a an not to be can cannot can't no locked blocked disabled "
                            "suspended doesn't does isn't won't will keeps still".split())
-_USERNAME_GATE = ("user", "login", "log in", "logged in", "sign", "handle", "gamertag", "screen", "account")
-_PHONE_GATE = ("phone", "tel", "mobile", "cell", "whatsapp", "call", "reach", "ring", "text", "contact", "number",
-               "handy", "portable", "móvil", "teléfono")
-_ID_GATE = ("ssn", "social security", "insurance", "nino", "aadhaar", "tax id", "passport", "national id", "id number",
-            "id card")
+# Words without which the context detectors cannot match (searched in the lower-cased text first).
+_USERNAME_GATE = re.compile("user|log|sign|handle|gamertag|screen|account")
+_PHONE_GATE = re.compile("phone|tel|mobile|cell|whatsapp|call|reach|ring|text|contact|number|handy|portable|móvil")
+_ID_GATE = re.compile("ssn|social security|insurance|nino|aadhaar|tax id|passport|national id|id number|id card")
 _FIVE_DIGITS = re.compile(r"\d{5}")
 # US Social Security numbers (area 001-899 but 666, group 01-99, serial 0001-9999), written 123-45-6789,
 # or 9 digits after "SSN" / "social security"; UK National Insurance numbers; Indian Aadhaar numbers
@@ -749,7 +807,7 @@ class Scanner:
             for m in EMAIL.finditer(text):
                 add(Finding("EMAIL", m.start(), m.end(), m.group()))
         lower = text.lower()
-        if "USERNAME" in kinds and ("@" in text or any(cue in lower for cue in _USERNAME_GATE)):
+        if "USERNAME" in kinds and ("@" in text or _USERNAME_GATE.search(lower) is not None):
             for m in _USERNAME.finditer(text):
                 group = "value" if m.group("value") is not None else "handle"
                 if m.group(group).lower() not in _NOT_USERNAMES:
@@ -765,14 +823,14 @@ class Scanner:
                     add(Finding("CARD", m.start(), m.end(), m.group()))
         if digits >= 7 and "PHONE" in kinds:
             self._phones(text, add)
-            for m in _PHONE_CUE.finditer(text) if any(cue in lower for cue in _PHONE_GATE) else ():
+            for m in _PHONE_CUE.finditer(text) if _PHONE_GATE.search(lower) is not None else ():
                 if 7 <= len(_digits(m.group("value"))) <= 15:
                     add(Finding("PHONE", m.start("value"), m.end("value"), m.group("value")))
         if digits >= 6 and "NATIONAL_ID" in kinds:
             if digits >= 9 and "-" in text:
                 for m in _SSN.finditer(text):
                     add(Finding("NATIONAL_ID", m.start(), m.end(), m.group()))
-            cued = any(cue in lower for cue in _ID_GATE)
+            cued = _ID_GATE.search(lower) is not None
             for m in _NINO.finditer(text) if cued else ():
                 add(Finding("NATIONAL_ID", m.start(), m.end(), m.group()))
             for m in _ID_CUE.finditer(text) if cued else ():

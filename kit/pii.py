@@ -104,6 +104,11 @@ _COMMON_WORDS = frozenset(
 )
 
 
+# A name in the export's name fields with one of these words is the company's, a team's or a bot's.
+_ORG_WORDS = frozenset(
+    "bot bots team support helpdesk desk service services customer care assistant system automated auto noreply "
+    "no-reply notifications notification admin administrator inc ltd llc gmbh ag sa sas srl bv plc corp corporation "
+    "company co group store shop official help billing sales accounts agent virtual".split())
 # Words are runs of letters: "O'Neil's" is o / neil / s, so a possessive never hides a name.
 _WORD = re.compile(r"[^\W\d_]+")
 # ASCII text splits into the same words with C-level bytes methods (every non-letter byte -> space).
@@ -131,6 +136,8 @@ class NameMatcher:
             words = tuple(w.lower() for w in _WORD.findall(str(name)))
             if not words or len("".join(words)) < 3:
                 continue
+            if len(words) > 1 and not _ORG_WORDS.isdisjoint(words):
+                continue  # "Acme Bot", "Brightloop Support": the company's own names are no one's private data
             if len(words) > 1:
                 self.multi.setdefault(words[0], []).append(words)
             for word in words:

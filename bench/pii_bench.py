@@ -53,18 +53,22 @@ BODIES = [
 ]
 GREETINGS = ["Hi {first},\n{body}", "Dear {full},\n{body}", "Hello {first}! {body}", "Hey {first}, {body}",
              "Good morning {full}, {body}", "Hi {first} - {body}", "Dear Mr. {last},\n{body}",
-             "Dear Ms {last}, {body}", "hi {first}, {body}"]
+             "Dear Ms {last}, {body}", "hi {first}, {body}", "Good afternoon {first},\n{body}", "Hello {full},\n{body}"]
 SIGN_OFFS = ["{body}\nThanks,\n{first}", "{body}\n-{first}", "{body}\nBest regards,\n{full}", "{body} Cheers, {first}",
              "{body}\n\n— {full}", "{body}\nKind regards\n{full}", "{body} Thanks! {first}", "{body}\n\nRegards,\n{first} {last}",
-             "{body}\nSincerely,\n{full}", "{body}\n~{first}"]
+             "{body}\nSincerely,\n{full}", "{body}\n~{first}", "{body}\n\nThank you,\n{full}", "{body}\nCheers\n{first}",
+             "{body}\n\nBest,\n{first}\nCustomer since 2019"]
 INTROS = ["Hi, my name is {full} and {body}", "This is {first} from accounts payable. {body}", "I'm {full}, {body}",
           "Hello, I am {full}. {body}", "Hi, {full} here. {body}", "My name's {first} and {body}",
-          "Hi there, this is {full}: {body}", "Name: {full}\n{body}"]
+          "Hi there, this is {full}: {body}", "Name: {full}\n{body}", "Hello, {full} speaking. {body}",
+          "It's {first} again, {body}"]
 MENTIONS = ["I spoke with {first} on the phone yesterday and {body}", "Your colleague {full} promised a refund last week.",
             "{first} from your billing team said it would be fixed. {body}", "Please pass this to {first}, {body}",
             "I already talked to {full} about this.", "The account is in my wife's name, {full}.",
             "Can {first} call me back? {body}", "cc {full}", "Agent {first} closed my ticket without an answer.",
-            "My son {first} set up the device, {body}", "Thanks to {full} for the help earlier."]
+            "My son {first} set up the device, {body}", "Thanks to {full} for the help earlier.",
+            "I was helped by {first} last time, {body}", "{full} said the refund was approved.",
+            "My husband {first} ordered it."]
 USERNAMES = ["My username is {user}, {body}", "I log in as {user} and {body}", "account: {user}\n{body}",
              "Login {user} can't sign in anymore.", "my handle is @{user}", "User ID: {user}"]
 EMAILS = ["Please reply to {value}, {body}", "my email is {value}", "Send the label to {value} thanks"]

@@ -255,7 +255,8 @@ _MENTION_CUES = frozenset(
     "manager|supervisor|advisor|adviser|consultant|pass this to|pass it to|pass me to|passed me to|transfer me to|"
     "transferred me to|forward this to|forward it to|ask|asked|ask for|asked for|cc|wife|husband|son|daughter|partner|"
     "friend|mother|father|mom|mum|dad|brother|sister|boss|neighbour|neighbor|thanks to|thank you|according to|"
-    "message from|note from|met with|visit from|wife's|husband's".split("|"))
+    "message from|note from|met with|visit from|wife's|husband's|helped by|served by|assisted by|handled by|"
+    "supported by|attended by|seen by".split("|"))
 _LABELS = frozenset("name|full name|customer name|account holder|contact person|contact|customer|from|signed|attn|"
                     "attention".split("|"))
 # The last word of each cue, title or modal: the cheap first test of the word before a candidate.
@@ -352,8 +353,9 @@ def _judge(text: str, start: int, end: int) -> bool:
             return True
         if first in ("from", "at") and len(next_words) > 1 and next_words[1].lower().startswith(("your", "the")):
             return True
-        if first.startswith("here") and after.lstrip(" \t")[4:5] in ("", ",", ".", "!", ":", ";", "\n"):
-            return True
+        for word in ("here", "speaking"):  # "Ana here.", "Ana Silva speaking,"
+            if first.startswith(word) and after.lstrip(" \t")[len(word) : len(word) + 1] in ("", ",", ".", "!", ":", ";", "\n"):
+                return True
     elif words and words[-1] in _MODALS and first in _BASE_VERBS:
         return True
     return False
@@ -362,7 +364,7 @@ def _judge(text: str, start: int, end: int) -> bool:
 _GREETING_STARTS = ("hi", "hello", "hey", "dear", "good", "morning", "greetings", "bonjour", "salut", "hallo", "hola",
                     "ciao", "namaste", "guten", "liebe", "estimad", "cher")
 # The words after a capitalised word at the start of a sentence that make it a person's name.
-_AFTER_NAME = _SPEECH_VERBS | {"from", "at", "here"}
+_AFTER_NAME = _SPEECH_VERBS | {"from", "at", "here", "speaking"}
 
 
 _TITLE_DOTS = frozenset(t + "." for t in _TITLES)

@@ -1,19 +1,24 @@
-"""Find and redact private data in support text: emails, phones, cards, IBANs, IPs, addresses, names.
+"""Find and redact private data in support text: emails, phones, cards, IBANs, IPs, addresses, names,
+usernames, national ids.
 
     from kit import pii
     pii.scan("mail me at dana@example.com")          # [Finding(kind='EMAIL', start=11, end=27, ...)]
     pii.redact("call +1 415 555 2671")                # ('call {{PHONE}}', {'PHONE': 1})
+    pii.redact("Thanks,\nKimberley")                  # ('Thanks,\n{{NAME}}', {'NAME': 1})
 
 `kit.data` redacts every text before anything is written (rejects included); `kit.eval` scans generated
 answers for leaks. Typed placeholders (`{{EMAIL}}`, `{{PHONE}}`, ...) are never findings, so redacted
 text scans clean. An allowlist keeps the company's own public contact details (its support address,
-its hotline) as they are.
+its hotline) as they are. docs/privacy.md lists what each kind catches and misses, with measurements.
 
-Detection is tuned to miss little: card numbers must pass the Luhn check, IBANs the mod-97 check, IPs
-must parse, and phone numbers are confirmed by `phonenumbers` (Google's libphonenumber metadata) for the
-configured regions, or start with `+` and a country code, or are written the North American way
-(`(415) 555-0134`). Names come from the export's users table and name fields (a list given by the
-caller), because free-text name detection without a model guesses too much.
+Detection is tuned to miss little and alter nothing else: card numbers must pass the Luhn check, IBANs
+the mod-97 check, IPs must parse, and phone numbers are confirmed by `phonenumbers` (Google's
+libphonenumber metadata) for the configured regions, or start with `+` and a country code, or are
+written the North American way, or follow a word that says they are a phone number. Names come from the
+export's users table and name fields (a list given by the caller), and from free text where a person's
+name stands: after a greeting, in a sign-off, in a self-introduction, after a word that introduces a
+person or before a verb of speech. Postal addresses are found from their postcode. Every finding is
+widened to whole tokens, so no placeholder is glued to a leftover piece of the value.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from kit.data.augment import augment
 from kit.data.clean import resolve_rules
 from kit.data.convert import PARALLEL_MIN_BYTES, Conversion, Settings, convert, messages_of, no_gc, parse_time
 from kit.data.convert import dumps_line
+from kit.data.read import source_files
 from kit.data.splits import folds, split
 from kit.data.template import (
     TEMPLATES_DIR,
@@ -60,8 +61,13 @@ HELPER_NICENESS = 10  # the tokenizer helper's priority below the conversion's
 
 
 def recipe_sources(recipe) -> list[tuple]:
-    """(path, template, template name, users file) for each `data.sources` entry."""
-    return [(s.path, load_template(s.template), Path(s.template).stem, s.users) for s in recipe.data.sources]
+    """(path, template, template name, users file) for each file of each `data.sources` entry (a folder or
+    a glob gives one per file, so that each file is accounted for by name)."""
+    sources = []
+    for s in recipe.data.sources:
+        template = load_template(s.template)
+        sources += [(path, template, Path(s.template).stem, s.users) for path in source_files(s.path, template.reader)]
+    return sources
 
 
 def settings_from(recipe) -> Settings:
@@ -83,7 +89,12 @@ def fingerprint(recipe) -> str:
                     recipe.model.revision]).encode()
     )
     for source in recipe.data.sources:
-        for path in (Path(source.path), find_template(source.template), Path(source.users) if source.users else None):
+        try:
+            files = source_files(source.path, load_template(source.template).reader)
+        except KitError:
+            files = [source.path]  # missing: reported by the build itself
+        digest.update(json.dumps(files).encode())
+        for path in [Path(f) for f in files] + [find_template(source.template), Path(source.users) if source.users else None]:
             if path is None:
                 continue
             if not path.is_file():
@@ -176,8 +187,10 @@ def _lengths(tokenizer, conversations: list[list[str]], batch_size: int = 2048) 
 def _token_limits(recipe) -> dict[str, tuple[int, int]]:
     limits = {}
     for source in recipe.data.sources:
-        rules = resolve_rules(load_template(source.template).rules, recipe.data.rules)
-        limits[source.path] = (rules.min_tokens, rules.max_tokens)
+        template = load_template(source.template)
+        rules = resolve_rules(template.rules, recipe.data.rules)
+        for path in source_files(source.path, template.reader):
+            limits[path] = (rules.min_tokens, rules.max_tokens)
     return limits
 
 

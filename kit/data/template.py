@@ -30,8 +30,9 @@ class _Strict(BaseModel):
 class TemplateFields(_Strict):
     """Which field holds what. Values are field names (CSV columns) or dotted paths into JSON (`a.b.0`)."""
 
-    question: str | None = Field(None, description="`qa_pairs`: the customer's message.")
-    answer: str | None = Field(None, description="`qa_pairs`: the agent's reply.")
+    question: str | list[str] | None = Field(
+        None, description="`qa_pairs`: the customer's message (a list of fields: joined, e.g. `[subject, body]`).")
+    answer: str | list[str] | None = Field(None, description="`qa_pairs`: the agent's reply (a list: as `question`).")
     id: str | None = Field(None, description="`qa_pairs`: the record id, kept in `metadata.id`.")
     conversation: str | None = Field(
         None, description="`messages`: the ticket / conversation id that groups messages (on the record when nested)."
@@ -42,7 +43,9 @@ class TemplateFields(_Strict):
     timestamp: str | None = Field(None, description="When the message was sent; messages are ordered by it.")
     role: str | None = Field(None, description="The author's role (mapped through `roles`); or use `author` + `users`.")
     author: str | None = Field(None, description="The author's id, looked up in the `users` table.")
-    text: str | None = Field(None, description="The message body.")
+    text: str | list[str] | None = Field(
+        None, description="The message body. A list of fields builds it from several (`[subject, body]`, joined by a "
+        "blank line); a field holding a list of parts (sentences) is joined by line ends.")
     metadata: list[str] | dict[str, str] = Field(
         default_factory=list,
         description="Fields copied into `metadata`: a list (key = last path part) or a mapping key -> field.",
@@ -60,19 +63,31 @@ class UsersTable(_Strict):
     email: str | None = Field(None, description="The user's email, redacted wherever it appears.")
 
 
-class ExcludeRule(_Strict):
-    field: str = Field(description="The field tested (on the message).")
-    equals: list[str] | None = Field(None, description="Excluded when the value is one of these (case-insensitive).")
-    matches: str | None = Field(None, description="Excluded when the value matches this regex (case-insensitive).")
-    reason: str = Field("excluded by the template", description="Why, as written to the rejects.")
+class FilterRule(_Strict):
+    """One test of a record (or of the conversation holding it) for `exclude` and `keep`."""
+
+    field: str = Field(description="The field tested: a column, or a dotted JSON path.")
+    equals: list[str | int | float | bool] | None = Field(
+        None, description="Matches when the value is one of these (case-insensitive; `true`, `3` and `\"3\"` alike)."
+    )
+    matches: str | None = Field(None, description="Matches when the value matches this regex (case-insensitive).")
+    level: Literal["message", "conversation"] = Field(
+        "message",
+        description="`message`: the record itself; `conversation`: the record that holds the conversation (the "
+        "ticket of a nested export; in a flat export the record itself, so the field should repeat on each).",
+    )
+    reason: str | None = Field(None, description="Why, as written to the rejects (a default says which rule).")
 
     @model_validator(mode="after")
-    def _one_test(self) -> "ExcludeRule":
+    def _one_test(self) -> "FilterRule":
         if (self.equals is None) == (self.matches is None):
             raise ValueError("give exactly one of `equals` or `matches`")
         if self.matches is not None:
             re.compile(self.matches)
         return self
+
+
+ExcludeRule = FilterRule  # the name before `keep` existed
 
 
 class Template(_Strict):
@@ -85,6 +100,12 @@ class Template(_Strict):
     records: str | None = Field(
         None, description="JSON: dotted path of the record list (unset: the document is the list). JSONL: one record a line."
     )
+    records_as: Literal["list", "mapping", "record"] = Field(
+        "list",
+        description="JSON: what is at `records`: a `list` of records; a `mapping` of id -> record (the id is "
+        "available as the field named by `key_field`); or one `record` (a file per ticket, e.g. with a glob path).",
+    )
+    key_field: str = Field("key", description="`records_as: mapping`: the field that holds each record's key.")
     messages: str | None = Field(
         None, description="Nested exports: dotted path, inside each record, of its list of messages."
     )
@@ -94,15 +115,21 @@ class Template(_Strict):
         "`conversation`; `reply_threads`: one record per message, threaded by `reply_to`.",
     )
     fields: TemplateFields
-    roles: dict[str, Role] = Field(
-        default_factory=dict, description="Raw role value (case-insensitive) -> user / assistant / system / bot / drop."
+    roles: dict[str | int | float | bool, Role] = Field(
+        default_factory=dict, description="Raw role value (case-insensitive; JSON numbers and booleans as written: "
+        "`0: user`, `true: assistant`) -> user / assistant / system / bot / drop."
     )
     unknown_role: Role | None = Field(None, description="Role for values not in `roles`; unset: such records are rejected.")
     users: UsersTable | None = Field(None, description="A users table that resolves `fields.author` to role and name.")
     timestamp_format: str | None = Field(
         None, description="strptime format of `timestamp` when it is not ISO 8601 or epoch seconds."
     )
-    exclude: list[ExcludeRule] = Field(default_factory=list, description="Records left out (private notes...).")
+    exclude: list[FilterRule] = Field(
+        default_factory=list, description="Records left out when any rule matches (private notes, spam tickets...). A "
+        "rule whose field occurs in no record of a file stops the build: a misspelled field would filter nothing.")
+    keep: list[FilterRule] = Field(
+        default_factory=list, description="Records kept only when every rule matches (`status: solved`, a CSAT of 4 "
+        "or 5, `level: conversation` for a conversation's fields); the others are rejected. Checked like `exclude`.")
     rules: DataRules = Field(default_factory=DataRules, description="This format's cleaning rules (the recipe's win).")
 
     @model_validator(mode="after")
@@ -120,6 +147,8 @@ class Template(_Strict):
             raise ValueError(f"shape {self.shape} needs fields.{', fields.'.join(missing)}")
         if self.messages and self.shape == "qa_pairs":
             raise ValueError("`messages` (nested lists) needs shape messages or reply_threads")
+        if self.reader != "json" and self.records_as != "list":
+            raise ValueError("`records_as` is for JSON documents; JSONL and CSV have one record per line or row")
         if self.reader == "csv" and (self.records or self.messages):
             raise ValueError("`records` and `messages` are JSON paths; a CSV has one record per row")
         if self.users and self.users.path is None and self.reader == "csv":

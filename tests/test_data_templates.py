@@ -26,8 +26,8 @@ def by_code(result) -> dict:
 
 def test_every_template_is_listed_with_a_sample_and_a_description():
     templates = sorted(p.stem for p in (REPO / "data_templates").glob("*.yaml"))
-    assert templates == ["chat_transcripts_csv", "dialogue_json", "dialogues_by_id_json", "helpdesk_json", "qa_csv",
-                         "qa_json", "qa_jsonl", "reply_threads_csv", "ticket_files_json", "ticket_threads_csv"]
+    assert templates == ["chat_transcripts_csv", "dialogue_json", "dialogues_by_id_json", "helpdesk_json", "loose_chat_csv",
+                         "qa_csv", "qa_json", "qa_jsonl", "reply_threads_csv", "ticket_files_json", "ticket_threads_csv"]
     listing = data.template_listing()
     for name in templates:
         line = next(line for line in listing.splitlines() if line.startswith(name + " "))
@@ -280,3 +280,20 @@ def test_a_json_file_that_is_one_record_and_records_as_errors(tmp_path):
     mapping.write_text(json.dumps({"export": {"items": {"a": {}, "b": {}}}}))
     with pytest.raises(KitError, match="no list of records at `export.items`.*records_as: mapping"):
         run("qa_json", str(mapping))
+
+
+def test_csv_rows_with_unquoted_delimiters_in_the_last_column_are_joined_and_counted(tmp_path):
+    result = run("loose_chat_csv", "brightloop_loose_chat.csv")
+    account(result)
+    assert (result.input, result.kept, result.rejected) == (7, 6, 1)
+    assert result.sources[0]["joined_rows"] == 4
+    assert result.conversations[0]["messages"][0]["content"] == "Hi, my Loop Plug, the white one, keeps going offline."
+    short = next(r for r in result.rejects if r["code"] == "bad_row")
+    assert short["line"] == 8 and short["reason"] == "expected 4 fields, got 2"  # too few fields: still rejected
+    # without the setting the same rows are rejected, as before
+    template = yaml.safe_load((REPO / "data_templates" / "loose_chat_csv.yaml").read_text())
+    del template["csv_extra_fields"]
+    (tmp_path / "strict.yaml").write_text(yaml.safe_dump(template))
+    strict = run(str(tmp_path / "strict.yaml"), "brightloop_loose_chat.csv")
+    account(strict)
+    assert strict.by_reason()["bad_row"] == 5 and "joined_rows" not in strict.sources[0]

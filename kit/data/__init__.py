@@ -360,6 +360,10 @@ def _card(recipe, stats: dict, templates: dict[str, str]) -> str:
     for source in stats["sources"]:
         lines.append(f"| `{source['file']}` | `{source['template']}` ({templates.get(source['template'], '')}) | "
                      f"{source['records']} | {source['conversations']} |")
+    for source in stats["sources"]:
+        if source.get("joined_rows"):
+            lines += ["", f"{source['joined_rows']} rows of `{source['file']}` had more fields than its header (unquoted "
+                          "delimiters in the last column) and were kept with those fields joined (`csv_extra_fields: join`)."]
     conv = stats["conversations"]
     lines += [
         "",

@@ -281,7 +281,9 @@ class _Source:
         self.template_name = template_name
         # A large CSV of messages is first read by columns (`kit.data.columnar`): into memory once, for
         # the encoding and the columns both.
-        self.by_columns = (template.reader == "csv" and template.shape == "messages"
+        # Rows whose extra fields are joined into the last one are read one by one (`csv_extra_fields: join`).
+        self.joined_lines: list[int] | None = [] if template.csv_extra_fields == "join" else None
+        self.by_columns = (template.reader == "csv" and template.shape == "messages" and self.joined_lines is None
                            and isinstance(template.fields.text, str) and self.path.stat().st_size >= COLUMNAR_MIN_BYTES)
         self.data = self.path.read_bytes() if self.by_columns else None
         self.encoding = read.detect_encoding(self.path, template.encoding, self.data)
@@ -358,7 +360,8 @@ class _Source:
         """(location, message row, problem, container row) for every input record, in file order."""
         t = self.template
         if t.reader == "csv":
-            return ((line, row, problem, row) for line, row, problem in read.csv_records(self.path, self.encoding, self.delimiter))
+            return ((line, row, problem, row) for line, row, problem
+                    in read.csv_records(self.path, self.encoding, self.delimiter, joined=self.joined_lines))
         if t.reader == "jsonl":
             outer = read.jsonl_records(self.path, self.encoding)
         elif self.document_problem:
@@ -1199,6 +1202,7 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
         source = _Source(path_text, template, template_name, item[3] if len(item) > 3 else None)
         rules = resolve_rules(template.rules, settings.rules)
         split = (template.reader == "csv" and template.shape == "messages" and worker_count(settings, 0, True) > 1
+                 and source.joined_lines is None
                  and (settings.workers is not None or source.path.stat().st_size >= PARALLEL_MIN_BYTES))
         reader = _Reader(result, source, rules, split)
         before = result.input
@@ -1235,6 +1239,8 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
             result.assembled += batch.assembled
             result.rejected_conversations += batch.rejected_conversations
         result.sources.append({"file": source.file, "template": source.template_name, "records": records})
+        if source.joined_lines:  # kept, and counted: rows whose last field held unquoted delimiters
+            result.sources[-1]["joined_rows"] = len(source.joined_lines)
         if settings.progress:
             settings.progress(f"{source.path.name}: assembled in {time.perf_counter() - started:.1f} s")
     _dedup(result, settings)

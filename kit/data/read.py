@@ -126,12 +126,14 @@ def _csv_width(path: Path, encoding: str, delimiter: str) -> int:
 
 
 def csv_records(
-    path: Path, encoding: str, delimiter: str, start: int = 0, lines_before: int = 0
+    path: Path, encoding: str, delimiter: str, start: int = 0, lines_before: int = 0, joined: list | None = None
 ) -> Iterator[tuple[int, list | None, tuple | None]]:
     """Yield (first line, row, problem) for each record after the header. Blank lines are layout, not records.
 
     `start` > 0: the records from that byte offset on (the start of a line after the header, see
-    `split_offset`), with `lines_before` the number of lines before it."""
+    `split_offset`), with `lines_before` the number of lines before it. `joined` (a list): a row with more
+    fields than the header has its extra fields joined back into the last one with the delimiter (its
+    free text held an unquoted delimiter), and its line is appended to `joined`; else it is a `bad_row`."""
     if start:
         width = _csv_width(path, encoding, delimiter)
         raw = path.open("rb")
@@ -165,6 +167,9 @@ def csv_records(
                 continue
             if not any(row):
                 yield line, None, ("empty_row", "empty row")
+            elif len(row) > width > 0 and joined is not None:
+                joined.append(line)
+                yield line, row[: width - 1] + [delimiter.join(row[width - 1 :])], None
             elif len(row) != width:
                 yield line, row, ("bad_row", f"expected {width} fields, got {len(row)}")
             else:

@@ -97,6 +97,13 @@ class Template(_Strict):
     reader: Literal["csv", "json", "jsonl"] = Field(description="How the file is read.")
     encoding: str = Field("auto", description="`auto` (UTF-8 with or without BOM, else cp1252 / latin-1) or a codec.")
     delimiter: str = Field("auto", description="CSV field separator, or `auto` to sniff `,` `;` tab or `|`.")
+    csv_extra_fields: Literal["reject", "join"] = Field(
+        "reject",
+        description="CSV rows with more fields than the header: `reject` them (`bad_row`), or `join` the extra fields "
+        "back into the last column with the delimiter, for exports whose last column is free text written without "
+        "quotes (`Hi, my order, the blue one, is late`). Joined rows are kept and counted (`joined_rows` in "
+        "stats.json's sources); such a file is read row by row.",
+    )
     records: str | None = Field(
         None, description="JSON: dotted path of the record list (unset: the document is the list). JSONL: one record a line."
     )
@@ -147,6 +154,8 @@ class Template(_Strict):
             raise ValueError(f"shape {self.shape} needs fields.{', fields.'.join(missing)}")
         if self.messages and self.shape == "qa_pairs":
             raise ValueError("`messages` (nested lists) needs shape messages or reply_threads")
+        if self.reader != "csv" and self.csv_extra_fields != "reject":
+            raise ValueError("`csv_extra_fields` is for CSV files")
         if self.reader != "json" and self.records_as != "list":
             raise ValueError("`records_as` is for JSON documents; JSONL and CSV have one record per line or row")
         if self.reader == "csv" and (self.records or self.messages):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,28 @@ def test_bad_template_is_a_clear_error(tmp_path):
         data.load_template(str(path))
 
 
+@pytest.mark.parametrize("text, message", [
+    # a misspelled key: the recipe's one-line style, with its line and the keys that exist
+    ("description: x\nreader: csv\nfields:\n  question: q\n  answr: a\n",
+     r"^\S*mine.yaml: fields.answr \(line 5\): unknown key: remove it or fix its spelling \(known: question, answer, "),
+    ("description: x\nreader: csv\nfields: {question: q, answer: a}\nexclude:\n  - field: f\n    equals: [x]\n    resaon: y\n",
+     r"^\S*mine.yaml: exclude\[0\].resaon \(line 7\): unknown key"),
+    ("description: x\nreader: csv\nreader: json\nfields: {question: q, answer: a}\n",
+     r"^\S*mine.yaml: reader \(line 3\): duplicate key: keep one of them$"),
+    ("description: x\nreader: [csv\n", r"^\S*mine.yaml: line 3: not valid YAML: fix the syntax"),
+    ("description: x\nreader: xml\nfields: {question: q, answer: a}\n",
+     r"^\S*mine.yaml: reader \(line 2\): Input should be 'csv', 'json' or 'jsonl' \(got 'xml'\)$"),
+    ("- a\n- b\n", r"^\S*mine.yaml: a template is a mapping"),
+])
+def test_template_errors_are_one_line_each_with_the_key_and_line(tmp_path, text, message):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(data.KitError) as info:
+        data.load_template(str(path))
+    first = str(info.value).splitlines()[0]
+    assert re.search(message, first), first
+
+
 def run_files(template: str, path: str, **settings):
     """`run` for a source path that may be a folder or a glob (each file a source of its own)."""
     from kit.data.read import source_files
@@ -297,3 +320,10 @@ def test_csv_rows_with_unquoted_delimiters_in_the_last_column_are_joined_and_cou
     strict = run(str(tmp_path / "strict.yaml"), "brightloop_loose_chat.csv")
     account(strict)
     assert strict.by_reason()["bad_row"] == 5 and "joined_rows" not in strict.sources[0]
+
+
+def test_the_template_reference_in_docs_is_generated_from_the_schema():
+    text = (REPO / "docs" / "templates.md").read_text(encoding="utf-8")
+    assert text == data.template_reference(), "run `python -m kit.data reference > docs/templates.md`"
+    for key in ("`records_as`", "`fields.text`", "`keep[].level`", "`csv_extra_fields`", "`ticket_files_json`"):
+        assert key in text

@@ -1,6 +1,7 @@
 """Support logs -> clean, private chat datasets, with every input record accounted for.
 
     python -m kit.data templates                      # the log formats kit reads
+    python -m kit.data reference                      # the template keys (docs/templates.md)
     python -m kit.data preview recipes/quickstart.yaml -n 5
     python -m kit.data build recipes/quickstart.yaml
 
@@ -42,13 +43,14 @@ from kit.data.template import (
     find_template,
     load_template,
     template_listing,
+    template_reference,
 )
 from kit.errors import KitError
 
 __all__ = [
     "DATASET_SPLITS", "TEMPLATES_DIR", "Conversion", "Settings", "Template", "TemplateFields", "build", "convert",
     "dataset_dir", "find_template", "fingerprint", "folds", "load_split", "load_template", "main", "parse_time",
-    "read_jsonl", "recipe_sources", "settings_from", "split", "token_lengths",
+    "read_jsonl", "recipe_sources", "settings_from", "split", "template_reference", "token_lengths",
 ]
 
 DATASET_SPLITS = ("train", "validation", "test")
@@ -617,6 +619,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kit.data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("templates", help="list the log formats")
+    sub.add_parser("reference", help="print the template reference (Markdown, docs/templates.md)")
     for name, text in (("build", "write the dataset folder"), ("preview", "print converted conversations")):
         child = sub.add_parser(name, help=text)
         add_recipe_arguments(child)
@@ -629,6 +632,9 @@ def main(argv: list[str] | None = None) -> None:
     def work() -> None:
         if args.command == "templates":
             sys.stdout.write(template_listing())
+            return
+        if args.command == "reference":
+            sys.stdout.write(template_reference())
             return
         recipe = load_recipe(args.recipe, args.overrides)
         if args.command == "build":

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Literal
 
@@ -183,20 +185,182 @@ def find_template(name: str) -> Path:
     raise KitError(f"data.sources[].template: no template {name!r}; use one of {known} or a path to a YAML file")
 
 
-def load_template(name: str) -> Template:
-    path = find_template(name)
+def _yaml_tree(path: Path):
+    """The template's YAML as Python values and as a node tree (for line numbers). Raises KitError for
+    invalid YAML and duplicate keys, with the line."""
+    text = path.read_text(encoding="utf-8")
     try:
-        return Template.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        node = yaml.compose(text)
+        tree = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise KitError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}:" if where is not None else ""
+        raise KitError(f"{path}:{line} not valid YAML: fix the syntax ({getattr(exc, 'problem', exc)})") from None
+    stack = [(node, "")]
+    while stack:
+        current, dotted = stack.pop()
+        if isinstance(current, yaml.MappingNode):
+            seen = set()
+            for key, value in current.value:
+                if key.value in seen:
+                    raise KitError(f"{path}: {dotted + '.' if dotted else ''}{key.value} (line {key.start_mark.line + 1}): "
+                                   "duplicate key: keep one of them")
+                seen.add(key.value)
+                stack.append((value, f"{dotted}.{key.value}" if dotted else str(key.value)))
+        elif isinstance(current, yaml.SequenceNode):
+            stack.extend((item, f"{dotted}[{i}]") for i, item in enumerate(current.value))
+    return tree, node
+
+
+def _locate(node, loc: tuple) -> tuple[str, int | None]:
+    """The dotted key of a validation error's location as far as the YAML has it (union member names and
+    the like dropped), and the line of the deepest node found (of the key itself for an unknown key)."""
+    parts, line = [], None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                if isinstance(part, str):
+                    parts.append(part)  # an unknown or missing key
+                break
+            parts.append(str(part))
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [f"[{part}]"]
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return ".".join(parts) or "(top level)", line
+
+
+def _describe(error: dict, model) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(model, error["loc"][:-1])
+        return "unknown key: remove it or fix its spelling" + (f" (known: {', '.join(known)})" if known else "")
+    if kind == "missing":
+        return "required: add it"
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and not isinstance(error["input"], (dict, list)):
+        message += f" (got {error['input']!r})"
+    return message
+
+
+def _known_keys(model, loc: tuple) -> list[str]:
+    """The keys a section of the template schema accepts (for a misspelled key's error)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        candidates += [a for c in list(candidates) for a in getattr(c, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def load_template(name: str) -> Template:
+    """Read and validate a template. Raises KitError with one line per problem, each with its key and line."""
+    path = find_template(name)
+    tree, node = _yaml_tree(path)
+    if not isinstance(tree, dict):
+        raise KitError(f"{path}: a template is a mapping (description, reader, fields, ...), not a {type(tree).__name__}")
+    try:
+        return Template.model_validate(tree)
     except ValidationError as exc:
         lines = []
         for e in exc.errors():
-            key = ".".join(map(str, e["loc"])) or "(top level)"
-            lines.append(f"{path}: {key}: {e['msg'].removeprefix('Value error, ')}")
+            key, line = _locate(node, e["loc"])
+            text = f"{path}: {key}{f' (line {line})' if line else ''}: {_describe(e, Template)}"
+            if text not in lines:
+                lines.append(text)
         raise KitError("\n".join(lines)) from None
     except re.error as exc:
         raise KitError(f"{path}: bad regex ({exc}); fix the pattern") from None
+
+
+def _type_text(annotation) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(f"`{value}`" for value in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(arg) for arg in typing.get_args(annotation))
+    if origin is list:
+        return f"list of {_type_text(typing.get_args(annotation)[0])}"
+    if origin is dict:
+        key, value = typing.get_args(annotation)
+        return f"mapping of {_type_text(key)} to {_type_text(value)}"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _reference_rows(model: type[BaseModel], prefix: str, rows: list[str]) -> None:
+    for name, field in model.model_fields.items():
+        key, annotation = f"{prefix}{name}", field.annotation
+        options = [annotation, *typing.get_args(annotation)]
+        nested = next((o for o in options if isinstance(o, type) and issubclass(o, BaseModel)), None)
+        item = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
+        if field.is_required():
+            default = "required"
+        else:
+            value = field.get_default(call_default_factory=True)
+            value = value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
+            default = f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
+        description = " ".join((field.description or "").split()).replace("|", "\\|")
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            rows.append(f"| `{key}` | list of {item.__name__} | {default} | {description} |")
+            _reference_rows(item, f"{key}[].", rows)
+        elif nested is not None:
+            if description:
+                rows.append(f"| `{key}` | {nested.__name__} | {default} | {description} |")
+            _reference_rows(nested, f"{key}.", rows)
+        else:
+            rows.append(f"| `{key}` | {_type_text(annotation)} | {default} | {description} |")
+
+
+def template_reference() -> str:
+    """docs/templates.md: the template keys, generated from the schema's field help (a test keeps the file
+    in sync: `python -m kit.data reference > docs/templates.md`), and the shipped templates."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    _reference_rows(Template, "", rows)
+    shipped = ["| template | reads |", "| --- | --- |"]
+    for path in sorted(TEMPLATES_DIR.glob("*.yaml")):
+        shipped.append(f"| `{path.stem}` | {load_template(str(path)).description.replace('|', chr(92) + '|')} |")
+    return "\n".join([
+        "# Log format templates",
+        "",
+        "<!-- generated by `python -m kit.data reference > docs/templates.md`; tests/test_data_templates.py checks it -->",
+        "",
+        "A template is a YAML file that maps one export format onto conversations; a recipe names it in",
+        "`data.sources[].template` (a name from `data_templates/`, or a path). `python -m kit.data preview` shows",
+        "what it makes of a file; every record left out goes to `rejects.jsonl` with its file, record, line or",
+        "JSON path and reason. Each shipped template starts with a comment that explains it and names its sample",
+        "in `data_templates/samples/`.",
+        "",
+        "`data.sources[].path` is a file, a folder (its files of the template's reader: `.csv`/`.tsv`/`.txt`,",
+        "`.json`, `.jsonl`/`.ndjson`, in subfolders too) or a glob (`exports/2026-*/*.json`, `**` for any depth);",
+        "each file is accounted for by name in `stats.json`.",
+        "",
+        "Field values are CSV column names or dotted paths into JSON records (`custom_fields.category`, `0` for",
+        "the first item of a list). `exclude` and `keep` compare values case-insensitively, JSON numbers and",
+        "booleans as written (`5`, `5.0` and `\"5\"` alike; `true`); a rule whose field occurs in no record of a file",
+        "stops the build, since a misspelled field would otherwise filter nothing.",
+        "",
+        "## Keys",
+        "",
+        *rows,
+        "",
+        "## Shipped templates",
+        "",
+        *shipped,
+        "",
+    ])
 
 
 def template_listing() -> str:

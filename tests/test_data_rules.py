@@ -214,8 +214,13 @@ def test_token_limits_use_the_model_tokenizer(tiny_recipe):
     assert stats["input"] == stats["kept"] + stats["rejected"] + stats["duplicates"]
     unlimited = json.loads((data.build(load_recipe(tiny_recipe())) / "stats.json").read_text())
     assert unlimited["rejected_by_reason"] == {} and unlimited["token_lengths"]["max"] == 85
-    with pytest.raises(data.KitError, match="no usable conversation.*too_short"):
+    with pytest.raises(data.KitError, match="no usable conversation.*too_short") as info:
         data.build(load_recipe(tiny_recipe(data={"rules": {"min_tokens": 1000}})))
+    # the error says why in words, where, and keeps the rejects where they can be read
+    message = str(info.value)
+    assert "most often: conversation has" in message and "under rules.min_tokens=1000" in message
+    rejects = Path(message.split("every record left out is in ")[1].split(";")[0])
+    assert rejects.is_file() and {r["code"] for r in data.read_jsonl(rejects)} >= {"too_short"}
 
 
 

@@ -503,9 +503,20 @@ def _finish(recipe, target: Path, stamp: str, result: Conversion, counter: Token
 
     tokenizer_problem = None
     if not result.conversations:
-        reasons = ", ".join(f"{code} {n}" for code, n in result.by_reason().items())
+        by_reason = result.by_reason()
+        reasons = ", ".join(f"{code} {n}" for code, n in by_reason.items())
+        # The most common reason in words ("missing field 'body'"), and the rejects kept where they can be read.
+        common = max(by_reason, key=by_reason.get) if by_reason else None
+        example = next((r for r in result.rejects if r.get("code") == common), None)
+        said = f"; most often: {example['reason']} ({_describe_source({**example, 'records': [0]})})" if example else ""
+        saved = ""
+        if result.rejects:
+            path = dataset_dir(recipe).parent / "rejects.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_jsonl(path, result.rejects)
+            saved = f"; every record left out is in {path}"
         raise KitError(
-            f"data.sources: no usable conversation in {result.input} records ({reasons or 'none read'}); "
+            f"data.sources: no usable conversation in {result.input} records ({reasons or 'none read'}){said}{saved}; "
             f"check the template's field names and roles, or see `python -m kit.data preview`"
         )
     data = recipe.data

@@ -472,14 +472,20 @@ def context_names(text: str) -> list[tuple[int, int]]:
 
 
 # Usernames: after a word that introduces one, or an @handle that is not part of an email.
+_USERNAME_LIKE = r"[A-Za-z][\w.\-]*[\d_][\w.\-]*[A-Za-z0-9_]|[A-Za-z][\w\-]*\d"  # a digit or _ in it
 _USERNAME = re.compile(
-    r"(?i:\buser[ \t]*name|\buser[ \t]*id|\buserid|\blogin(?:[ \t]+name|[ \t]+id)?|\blog[ \t]+in[ \t]+as|"
-    r"\blogged[ \t]+in[ \t]+as|\bsigned?[ \t]+in[ \t]+as|\bhandle|\bgamertag|\bscreen[ \t]*name|\baccount(?:[ \t]+name)?"
-    r"(?=[ \t]*[:=#]))"
-    r"(?:[ \t]*(?:is|was|[:=#]))?[ \t]*@?(?P<value>[A-Za-z0-9][\w.\-]*[A-Za-z0-9_]|[A-Za-z0-9])"
+    # "username: jdoe", "my handle is jdoe", "I log in as jdoe", "account: jdoe"
+    r"(?i:\b(?:user[ \t]*name|user[ \t]*id|userid|login[ \t]+(?:name|id)|handle|gamertag|screen[ \t]*name)(?![\w-])"
+    r"[ \t]*(?:is[ \t]*:?|was|[:=#])[ \t]*"
+    r"|\b(?:login|account(?:[ \t]+name)?)(?![\w-])[ \t]*[:=#][ \t]*"
+    r"|\b(?:log(?:ged)?[ \t]+in[ \t]+as|sign(?:ed)?[ \t]+in[ \t]+as)[ \t]+)"
+    r"@?(?P<value>[A-Za-z0-9][\w.\-]*[A-Za-z0-9_]|[A-Za-z0-9])"
+    # "my login is jdoe77", "Login jdoe77 fails": a token that looks like a username after such a word
+    rf"|(?i:\b(?:login|username|user|handle|account))(?:[ \t]+(?i:is|was))?[ \t]+(?P<value2>{_USERNAME_LIKE})"
     r"|(?<![\w.+\-@])@(?P<handle>[A-Za-z0-9_][\w.]*[A-Za-z0-9_])"
 )
-_NOT_USERNAMES = frozenset("is was and or the a an not to be can cannot can't no locked blocked disabled "
+_NOT_USERNAMES = frozenset("is was and or the a an not to be can cannot can't no locked blocked disabled myself me "
+                           "him her them us guest yourself "
                            "suspended doesn't does isn't won't will keeps still".split())
 # Words without which the context detectors cannot match (searched in the lower-cased text first).
 _USERNAME_GATE = re.compile("user|log|sign|handle|gamertag|screen|account")
@@ -823,7 +829,7 @@ class Scanner:
         lower = text.lower()
         if "USERNAME" in kinds and ("@" in text or _USERNAME_GATE.search(lower) is not None):
             for m in _USERNAME.finditer(text):
-                group = "value" if m.group("value") is not None else "handle"
+                group = next(g for g in ("value", "value2", "handle") if m.group(g) is not None)
                 if m.group(group).lower() not in _NOT_USERNAMES:
                     add(Finding("USERNAME", m.start(group), m.end(group), m.group(group)))
         digits = len(text.encode("utf-8", "replace").translate(None, _NON_DIGITS))

@@ -28,7 +28,8 @@ def by_code(result) -> dict:
 def test_every_template_is_listed_with_a_sample_and_a_description():
     templates = sorted(p.stem for p in (REPO / "data_templates").glob("*.yaml"))
     assert templates == ["chat_transcripts_csv", "dialogue_json", "dialogues_by_id_json", "helpdesk_json", "loose_chat_csv",
-                         "qa_csv", "qa_json", "qa_jsonl", "reply_threads_csv", "ticket_files_json", "ticket_threads_csv"]
+                         "qa_csv", "qa_json", "qa_jsonl", "reply_threads_csv", "ticket_files_json", "ticket_threads_csv",
+                         "turns_json"]
     listing = data.template_listing()
     for name in templates:
         line = next(line for line in listing.splitlines() if line.startswith(name + " "))
@@ -327,3 +328,18 @@ def test_the_template_reference_in_docs_is_generated_from_the_schema():
     assert text == data.template_reference(), "run `python -m kit.data reference > docs/templates.md`"
     for key in ("`records_as`", "`fields.text`", "`keep[].level`", "`csv_extra_fields`", "`ticket_files_json`"):
         assert key in text
+
+
+def test_turns_json_reads_schema_guided_dialogue_lists(tmp_path):
+    result = run("turns_json", "brightloop_turns.json")
+    account(result)
+    assert (result.input, result.kept, result.rejected, result.duplicates) == (11, 6, 1, 4)
+    assert by_code(result) == {"empty_text": 1, "duplicate": 4}  # 1_00003 repeats 1_00001
+    first = result.conversations[0]
+    assert first["metadata"] == {"services": ["Orders_1"]} and first["messages"][2]["content"] == "{{ADDRESS}} please."
+    # many files of the same layout: a folder
+    for i in range(2):
+        (tmp_path / f"dialogues_00{i}.json").write_text((SAMPLES / "brightloop_turns.json").read_text())
+    many = run_files("turns_json", str(tmp_path))
+    account(many)
+    assert len(many.sources) == 2 and many.duplicates == 4 + 11 - 1  # the second file repeats the first (its empty turn is rejected)

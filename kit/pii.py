@@ -228,7 +228,7 @@ _NOT_NAMES = frozenset(
     "urgent back here sorry unable writing calling following following-up happy glad sure fine good great "
     "department dept helpdesk desk billing sales accounts account manager management staff sender recipient user "
     "members member hr it-support concerned whom whomever mom mum dad i'm im we're we've i've i'll we'll you're "
-    "they're it's that's there's here's let's rest".split())
+    "they're it's that's there's here's let's rest bye goodbye".split())
 _GREETING = re.compile(
     r"(?m:^)[ \t]*(?i:hi|hello|hey|hiya|howdy|dear|good[ \t]+(?:morning|afternoon|evening)|morning|greetings|bonjour|"
     r"salut|hallo|hola|ciao|namaste|guten[ \t]+tag|liebe|lieber|estimado|estimada|cher|chère)[ \t]*,?[ \t]+"
@@ -251,9 +251,13 @@ _BEFORE_WORDS = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
 _TITLES = frozenset("mr mrs ms miss mx dr prof sir herr frau monsieur madame mme mlle señor señora sr sra srta shri smt "
                     "sri".split())
 # The words before a name that introduce it (the last one, two or three words, lower case).
+# ("the hotel name is Alila", "event name is Dodie": only a person's own name counts.)
 _INTRO_CUES = frozenset(
-    "name is|name's|names|this is|i am|i'm|im|it's|its|here is|call me|go by|m'appelle|ich bin|heiße|me llamo|soy|"
-    "mera naam".split("|"))
+    "my name is|my name's|my names|her name is|his name is|their name is|first name is|last name is|full name is|"
+    "surname is|this is|i am|i'm|im|here is|call me|go by|m'appelle|ich bin|heiße|me llamo|soy|mera naam".split("|"))
+# "It's Dana again", "it's Dana from accounts" (but "It's Country Music."): a name only before these words.
+_ITS_CUES = frozenset(("it's", "its"))
+_AFTER_ITS = frozenset("again here from speaking calling writing".split())
 _MENTION_CUES = frozenset(
     "spoke with|spoke to|speaking with|speaking to|talked with|talked to|talking with|talking to|chatted with|"
     "chatting with|dealt with|colleague|coworker|co-worker|agent|rep|representative|technician|engineer|"
@@ -266,6 +270,7 @@ _LABELS = frozenset("name|full name|customer name|account holder|contact person|
                     "attention".split("|"))
 # The last word of each cue, title or modal: the cheap first test of the word before a candidate.
 _CUE_ENDS = frozenset({cue.split()[-1] for cue in _INTRO_CUES | _MENTION_CUES} | _TITLES | {t + "." for t in _TITLES}
+                      | _ITS_CUES
                       | set("can could would will did does may let has had".split()))
 _SPEECH_VERBS = frozenset("said says told promised mentioned confirmed closed called phoned emailed wrote replied "
                           "answered helped offered agreed explained".split())
@@ -283,7 +288,8 @@ _NOT_NAMES_IN_TEXT = _NOT_NAMES | frozenset(
     "returns return refund refunds ref ticket case yes no ok okay thanks thank regards kind best cheers any all "
     "some each every our your my his her their its a an the this that these those it i we you hi hello hey dear "
     "still waiting how what why where when who which is are was were has have had do does did can could will "
-    "would should may might must shall not".split())
+    "would should may might must shall not bye goodbye interested looking trying having going calling writing "
+    "new unable nothing everything something anything".split())
 
 
 _CONTRACTION = re.compile(r"(?i:['’](?:ve|ll|d|re|m)|n['’]t)$")  # "You've", "Don't": never a name
@@ -300,13 +306,11 @@ def _name_span(text: str, start: int, end: int, stop: frozenset = _NOT_NAMES_IN_
         words.pop(0)
     kept = []
     for s, e, value in words:
-        lower = value.lower()
-        if lower in stop:
+        if value.lower() in stop:
             break
-        if lower in _PARTICLES:
-            kept.append((s, e, value))
-            continue
         kept.append((s, e, value))
+        if text[e - 1] == "." and len(value) > 1 and value.lower() not in _TITLES:
+            break  # "Rohini. Cut me off": a full stop after a word (not an initial or a title) ends the name
     while kept and kept[-1][2].lower() in _PARTICLES:
         kept.pop()
     if not kept:
@@ -345,6 +349,9 @@ def _judge(text: str, start: int, end: int) -> bool:
             cue = " ".join(words[-k:])
             if cue in _INTRO_CUES or cue in _MENTION_CUES:
                 return True
+        if words[-1] in _ITS_CUES:
+            following = text[end : end + 24].split(None, 1)
+            return bool(following) and following[0].lower().strip(",.!?;:") in _AFTER_ITS
     if words and ((last == ":" and (words[-1] in _LABELS or " ".join(words[-2:]) in _LABELS))
                   or (last == "," and words[-1] == "name")):
         return True
@@ -356,8 +363,8 @@ def _judge(text: str, start: int, end: int) -> bool:
     if last in ("", "\n", ".", "!", "?", ",", ";", ":"):  # the start of a sentence or clause
         if first in _SPEECH_VERBS:
             return True
-        if first in ("from", "at") and len(next_words) > 1 and next_words[1].lower().startswith(("your", "the")):
-            return True
+        if len(next_words) > 1 and first in ("from", "at") and next_words[1].lower().startswith("your"):
+            return True  # "Dana from your billing team", "Dana at your store" (not "Anthem from the album")
         for word in ("here", "speaking"):  # "Ana here.", "Ana Silva speaking,"
             if first.startswith(word) and after.lstrip(" \t")[len(word) : len(word) + 1] in ("", ",", ".", "!", ":", ";", "\n"):
                 return True

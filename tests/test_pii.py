@@ -189,6 +189,12 @@ CLEAN = [
     "Model number LP-2000X, serial SN 4471-2231-09.",
     "Order 112-4567890-1234567 is missing one item.",
     "This is URGENT, the Hub keeps rebooting.",
+    # from public dialogue data (Schema-Guided Dialogue, bitext), where earlier versions saw names or usernames
+    "It's Country Music.",
+    "The hotel name is Alila Bangsar located in kuala lumpur.",
+    "Nothing at the moment. Okay. Thanks. Bye!",
+    "I found 1 song: Dirt Road Anthem from the Jason Aldean album.",
+    "Log in with your login credentials; once your account is successfully created, we handle refunds.",
 ]
 
 

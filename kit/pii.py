@@ -415,6 +415,8 @@ def context_names(text: str) -> list[tuple[int, int]]:
             continue  # "I"; initials count only in sign-offs
         value = m.group()
         multi = " " in value or "\t" in value
+        if not multi and value.isupper():
+            continue  # acronyms and initials count only in sign-offs ("BL-2026", "DM us", but "^AB")
         first = value.split(None, 1)[0] if multi else value
         lower = first.lower()
         if lower in _NOT_NAMES_IN_TEXT or lower in _TITLES or first.endswith(_CONTRACTIONS):
@@ -534,7 +536,7 @@ _ADDRESS_ANCHOR = re.compile(
     r"|(?<![\w-])[A-Z]{1,2}\d[A-Z\d]?[ \t]+\d[A-Z]{2}(?![\w-])"  # UK postcode
     rf"|(?<![\w-])(?P<eu>\d{{5}})[ \t]+(?P<city>{_CITY})"  # 66907 Werdau, 97636 Sainte Antoinenec
     rf"|(?<=,)[ \t]*(?P<trail>\d{{5,6}})(?![\w-]|[.,]\d|[ \t]+[{_CAP}])"  # ES: Tarragona, 30188
-    rf"|(?P<pin_city>[{_CAP}][^\W\d_]+)(?:[ \t]*-[ \t]*|[ \t]+)(?P<pin>\d{{6}})(?![\w-])"  # IN: Bhopal 690743
+    rf"|(?P<pin_city>[{_CAP}][a-zà-ÿ]{{2,}})(?:[ \t]*-[ \t]*|[ \t]+)(?P<pin>\d{{6}})(?![\w-])"  # IN: Bhopal 690743
 )
 _ADDRESS_TOKEN = re.compile(
     r"(?:(?i:no\.?|h\.?[ ]?no\.?|#))?\d+[A-Za-z]?(?:[-/]\d+[A-Za-z]?)*[º°ª]?[.,]?"  # 26-83, 33/78, 3º

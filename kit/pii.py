@@ -214,7 +214,7 @@ def name_matcher(names: tuple[str, ...]) -> NameMatcher | None:
 # redacted wherever else it occurs in the same text.
 _CAP = "A-ZÀ-ÖØ-ÞĀĂĄĆĈĊČĎĐĒĔĖĘĚĜĞĠĢĤĦĨĪĬĮİĲĴĶĹĻĽĿŁŃŅŇŊŌŎŐŒŔŖŘŚŜŞŠŢŤŦŨŪŬŮŰŲŴŶŸŹŻŽ"
 # A capitalised word, with the joiners of "O'Neil" and "Jean-Luc"; or initials ("AB").
-_NAME_WORD = rf"[{_CAP}](?:[^\W\d_]|['’](?=[^\W\d_]))*(?:-[^\W\d_](?:[^\W\d_]|['’](?=[^\W\d_]))*)*\.?"
+_NAME_WORD = rf"[{_CAP}][^\W\d_]*(?:['’][^\W\d_]+)*(?:-[^\W\d_]+(?:['’][^\W\d_]+)*)*\.?"
 _PARTICLES = frozenset("van von de del della der den di da du dos das le la ter ten bin al el y e".split())
 _NAME_RUN = (rf"{_NAME_WORD}(?:[ \t]+(?:(?:van|von|de|del|della|der|den|di|da|du|dos|das|le|la|ter|ten|bin|al|el|y)"
              rf"[ \t]+)*{_NAME_WORD}){{0,4}}")
@@ -246,6 +246,13 @@ _SIGN_OFF_LINE = re.compile(rf"[ \t]*(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*[ \t]*")
 _SIGN_OFF_END = re.compile(
     rf"(?:(?<![^\W\d_])(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*|(?:^|(?<=[.!?]))[ \t]*(?:--?|[–—~^/*]))[ \t]*"
     rf"{_TITLE}(?P<name>{_NAME_RUN})[ \t]*[.!]?[ \t]*$")
+_NAME_LINE = re.compile(rf"[ \t]*{_TITLE}(?P<name>{_NAME_RUN})[ \t]*")
+# The words of the sign-offs that say so (the cheap first test of `_SIGN_OFF_END`), and the marks before
+# a name or initials ("-Karthik", "^AB").
+_SIGN_OFF_TOKENS = frozenset(
+    "thanks thank thx ty ta cheers regards best wishes sincerely yours respectfully care love rgds regds br mfg "
+    "grüße gruß grüßen cordialement merci danke gracias saludos saludo atentamente dhanyavaad shukriya".split())
+_MARKS = frozenset("-–—~^/*")
 _NAME_CANDIDATE = re.compile(_NAME_RUN)
 _BEFORE_WORDS = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
 _TITLES = frozenset("mr mrs ms miss mx dr prof sir herr frau monsieur madame mme mlle señor señora sr sra srta shri smt "
@@ -447,9 +454,10 @@ def context_names(text: str) -> list[tuple[int, int]]:
         positions = list(itertools.accumulate((len(line) + 1 for line in lines), initial=offset))
         for i in range(max(1, len(lines) - 8), len(lines)):
             line = lines[i]
-            if len(line) > 60 or len(lines[i - 1]) > 40 or _SIGN_OFF_LINE.fullmatch(lines[i - 1]) is None:
+            if (len(line) > 60 or len(lines[i - 1]) > 40 or not line.lstrip()[:1].isupper()
+                    or _SIGN_OFF_LINE.fullmatch(lines[i - 1]) is None):
                 continue
-            m = re.fullmatch(rf"[ \t]*{_TITLE}(?P<name>{_NAME_RUN})[ \t]*", line)
+            m = _NAME_LINE.fullmatch(line)
             if m is not None:
                 span = _name_span(text, positions[i] + m.start("name"), positions[i] + m.end("name"), _NOT_NAMES)
                 if span is not None and span[1] == positions[i] + m.end("name"):
@@ -458,7 +466,12 @@ def context_names(text: str) -> list[tuple[int, int]]:
     last_line = stripped[max(line_start, len(stripped) - 80) :]
     end_word = last_line.rstrip(" \t.!")
     end_word = end_word[max(end_word.rfind(" "), end_word.rfind("\t")) + 1 :].lstrip("-–—~^/*")
-    m = _SIGN_OFF_END.search(last_line) if end_word[:1].isupper() else None  # a text ends with a name
+    m = None
+    if end_word[:1].isupper():  # a text that ends with a name, after a sign-off word or a mark
+        tokens = last_line.rsplit(None, 7)
+        if (any(token.lower().strip(",.!") in _SIGN_OFF_TOKENS for token in tokens)
+                or any(token[:1] in _MARKS for token in tokens[-5:])):
+            m = _SIGN_OFF_END.search(last_line)
     if m is not None:
         at = len(stripped) - len(last_line)
         bullet = last_line.lstrip()[:1]
@@ -501,6 +514,19 @@ _USERNAME_GATE = re.compile("user|log|sign|handle|gamertag|screen|account")
 _PHONE_GATE = re.compile("phone|tel|mobile|cell|whatsapp|call|reach|ring|text|contact|number|handy|portable|móvil")
 _ID_GATE = re.compile("ssn|social security|insurance|nino|aadhaar|tax id|passport|national id|id number|id card")
 _FIVE_DIGITS = re.compile(r"\d{5}")
+
+
+def _postcode_like(text: str) -> bool:
+    """Whether a run of 5+ digits in `text` may be a postcode: not glued after a letter, digit or code
+    (`BL-719211` is an order number); after a hyphen only when a lower-case city precedes it (`Saharanpur-286012`)."""
+    for m in _FIVE_DIGITS.finditer(text):
+        i = m.start()
+        before = text[i - 1] if i else " "
+        if before == "-" and i > 1 and text[i - 2].islower():
+            return True
+        if not (before.isalnum() or before in "-_/.#"):
+            return True
+    return False
 # US Social Security numbers (area 001-899 but 666, group 01-99, serial 0001-9999), written 123-45-6789,
 # or 9 digits after "SSN" / "social security"; UK National Insurance numbers; Indian Aadhaar numbers
 # after their name.
@@ -906,7 +932,7 @@ class Scanner:
                 if gate:
                     for m in pattern.finditer(text):
                         add(Finding("ADDRESS", m.start(), m.end(), m.group()))
-            if digits >= 5 and _FIVE_DIGITS.search(text) is not None or gates[2][0]:
+            if digits >= 5 and _postcode_like(text) or gates[2][0]:
                 for start, end in postal_addresses(text):
                     add(Finding("ADDRESS", start, end, text[start:end]))
 

@@ -1,19 +1,24 @@
-"""Find and redact private data in support text: emails, phones, cards, IBANs, IPs, addresses, names.
+"""Find and redact private data in support text: emails, phones, cards, IBANs, IPs, addresses, names,
+usernames, national ids.
 
     from kit import pii
     pii.scan("mail me at dana@example.com")          # [Finding(kind='EMAIL', start=11, end=27, ...)]
     pii.redact("call +1 415 555 2671")                # ('call {{PHONE}}', {'PHONE': 1})
+    pii.redact("Thanks,\nKimberley")                  # ('Thanks,\n{{NAME}}', {'NAME': 1})
 
 `kit.data` redacts every text before anything is written (rejects included); `kit.eval` scans generated
 answers for leaks. Typed placeholders (`{{EMAIL}}`, `{{PHONE}}`, ...) are never findings, so redacted
 text scans clean. An allowlist keeps the company's own public contact details (its support address,
-its hotline) as they are.
+its hotline) as they are. docs/privacy.md lists what each kind catches and misses, with measurements.
 
-Detection is tuned to miss little: card numbers must pass the Luhn check, IBANs the mod-97 check, IPs
-must parse, and phone numbers are confirmed by `phonenumbers` (Google's libphonenumber metadata) for the
-configured regions, or start with `+` and a country code, or are written the North American way
-(`(415) 555-0134`). Names come from the export's users table and name fields (a list given by the
-caller), because free-text name detection without a model guesses too much.
+Detection is tuned to miss little and alter nothing else: card numbers must pass the Luhn check, IBANs
+the mod-97 check, IPs must parse, and phone numbers are confirmed by `phonenumbers` (Google's
+libphonenumber metadata) for the configured regions, or start with `+` and a country code, or are
+written the North American way, or follow a word that says they are a phone number. Names come from the
+export's users table and name fields (a list given by the caller), and from free text where a person's
+name stands: after a greeting, in a sign-off, in a self-introduction, after a word that introduces a
+person or before a verb of speech. Postal addresses are found from their postcode. Every finding is
+widened to whole tokens, so no placeholder is glued to a leftover piece of the value.
 """
 
 from __future__ import annotations
@@ -30,16 +35,22 @@ from dataclasses import dataclass
 
 import phonenumbers
 
-KINDS = ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "ADDRESS", "NAME", "CUSTOM")
+KINDS = ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "ADDRESS", "NAME", "USERNAME", "NATIONAL_ID", "CUSTOM")
+# The kinds a recipe could list before USERNAME and NATIONAL_ID existed: a recipe that lists them all
+# means every kind (see `section_scanner`).
+_FIRST_KINDS = frozenset(("EMAIL", "PHONE", "CARD", "IBAN", "IP", "ADDRESS", "NAME", "CUSTOM"))
 # When two findings overlap, the longer one wins; on equal length the kind listed first.
-_PRIORITY = {kind: i for i, kind in enumerate(("CUSTOM", "EMAIL", "CARD", "IBAN", "IP", "PHONE", "ADDRESS", "NAME"))}
+_PRIORITY = {kind: i for i, kind in enumerate(
+    ("CUSTOM", "EMAIL", "CARD", "IBAN", "NATIONAL_ID", "IP", "PHONE", "ADDRESS", "USERNAME", "NAME"))}
 
 PLACEHOLDER = re.compile(r"\{\{[A-Z_]+\}\}")
 EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![\w-])")
 
-_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){12,18}(?![\w-])")
+_CARD = re.compile(r"(?<![\w-])\d(?:[ -]?\d){11,18}(?![\w-])")
 _IBAN = re.compile(r"(?<![\w])[A-Za-z]{2}\d{2}(?:[ ]?[A-Za-z0-9]){11,30}(?!\w)")
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d)")
+# "firmware 4.2.0.118", "v1.2.3.4": a version number, not an address
+_VERSION_BEFORE = re.compile(r"(?i:version|firmware|fw|build|release|update|ver\.?|v)[ \t]*$")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 # A run of 7+ digits with phone punctuation: only such texts are handed to the (slower) phonenumbers matcher.
 # Patterns start with a character class so that `re` can skip ahead to candidate positions fast
@@ -98,6 +109,11 @@ _COMMON_WORDS = frozenset(
 )
 
 
+# A name in the export's name fields with one of these words is the company's, a team's or a bot's.
+_ORG_WORDS = frozenset(
+    "bot bots team support helpdesk desk service services customer care assistant system automated auto noreply "
+    "no-reply notifications notification admin administrator inc ltd llc gmbh ag sa sas srl bv plc corp corporation "
+    "company co group store shop official help billing sales accounts agent virtual".split())
 # Words are runs of letters: "O'Neil's" is o / neil / s, so a possessive never hides a name.
 _WORD = re.compile(r"[^\W\d_]+")
 # ASCII text splits into the same words with C-level bytes methods (every non-letter byte -> space).
@@ -125,6 +141,8 @@ class NameMatcher:
             words = tuple(w.lower() for w in _WORD.findall(str(name)))
             if not words or len("".join(words)) < 3:
                 continue
+            if len(words) > 1 and not _ORG_WORDS.isdisjoint(words):
+                continue  # "Acme Bot", "Brightloop Support": the company's own names are no one's private data
             if len(words) > 1:
                 self.multi.setdefault(words[0], []).append(words)
             for word in words:
@@ -187,6 +205,469 @@ def name_matcher(names: tuple[str, ...]) -> NameMatcher | None:
     return matcher if matcher else None
 
 
+# -- Free text: names, usernames, national ids, postal addresses, phones found by their context --------
+# A name in free text is recognised by where it stands, not by a list of names: after a greeting
+# ("Hi Kimberley,"), in a sign-off ("Thanks,\nStjepan", "-Karthik", "^AB"), in a self-introduction
+# ("my name is", "this is", "I'm"), and in a mention after a word that introduces a person ("spoke
+# with", "your colleague", "cc", "my wife") or before a verb of speech ("Dana said"). A capitalised
+# word elsewhere (Will, May, Grace, product names) is left alone. Each name found this way is then
+# redacted wherever else it occurs in the same text.
+_CAP = "A-ZÀ-ÖØ-ÞĀĂĄĆĈĊČĎĐĒĔĖĘĚĜĞĠĢĤĦĨĪĬĮİĲĴĶĹĻĽĿŁŃŅŇŊŌŎŐŒŔŖŘŚŜŞŠŢŤŦŨŪŬŮŰŲŴŶŸŹŻŽ"
+# A capitalised word, with the joiners of "O'Neil" and "Jean-Luc"; or initials ("AB").
+_NAME_WORD = rf"[{_CAP}][^\W\d_]*(?:['’][^\W\d_]+)*(?:-[^\W\d_]+(?:['’][^\W\d_]+)*)*\.?"
+_PARTICLES = frozenset("van von de del della der den di da du dos das le la ter ten bin al el y e".split())
+_NAME_RUN = (rf"{_NAME_WORD}(?:[ \t]+(?:(?:van|von|de|del|della|der|den|di|da|du|dos|das|le|la|ter|ten|bin|al|el|y)"
+             rf"[ \t]+)*{_NAME_WORD}){{0,4}}")
+_TITLE = (r"(?:(?i:mr|mrs|ms|miss|mx|dr|prof|sir|herr|frau|monsieur|madame|mme|mlle|señor|señora|sr|sra|srta|"
+          r"shri|smt|sri)\.?[ \t]+)?")
+# Words that follow a cue but are no one's name ("Hi team", "Dear Customer Care", "this is urgent").
+_NOT_NAMES = frozenset(
+    "team support customer customers care service services sir madam all there everyone everybody folks guys again "
+    "friend friends admin admins agent agents bot the a an this that these those i we you it its my our your their his "
+    "her please thanks thank hello hi hey dear yes no ok okay not very so really still just also regarding about re "
+    "urgent back here sorry unable writing calling following following-up happy glad sure fine good great "
+    "department dept helpdesk desk billing sales accounts account manager management staff sender recipient user "
+    "members member hr it-support concerned whom whomever mom mum dad i'm im we're we've i've i'll we'll you're "
+    "they're it's that's there's here's let's rest bye goodbye".split())
+_GREETING = re.compile(
+    r"(?m:^)[ \t]*(?i:hi|hello|hey|hiya|howdy|dear|good[ \t]+(?:morning|afternoon|evening)|morning|greetings|bonjour|"
+    r"salut|hallo|hola|ciao|namaste|guten[ \t]+tag|liebe|lieber|estimado|estimada|cher|chère)[ \t]*,?[ \t]+"
+    + _TITLE + rf"(?P<name>{_NAME_RUN})(?P<after>[ \t]*(?:[,!.:;\n\-–—]|$))"
+)
+_SIGN_OFF_WORDS = (
+    r"thanks|thank[ \t]+you|thanks[ \t]+again|many[ \t]+thanks|thx|ty|ta|cheers|regards|best|all[ \t]+the[ \t]+best|"
+    r"best[ \t]+wishes|(?:best|kind|warm|warmest|many)[ \t]+regards|sincerely|yours(?:[ \t]+(?:truly|sincerely|faithfully))?|"
+    r"respectfully|take[ \t]+care|love|rgds|regds|br|mfg|(?:viele|beste|liebe)[ \t]+grüße|grüße|gruß|"
+    r"mit[ \t]+freundlichen[ \t]+grüßen|cordialement|bien[ \t]+à[ \t]+vous|merci|danke|gracias|saludos|un[ \t]+saludo|"
+    r"atentamente|dhanyavaad|shukriya"
+)
+_SIGN_OFF_LINE = re.compile(rf"[ \t]*(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*[ \t]*")
+# On the last line, at the very end: "Cheers, Dev", "Thanks! Lucas", "... fixed. -Dana"
+_SIGN_OFF_END = re.compile(
+    rf"(?:(?<![^\W\d_])(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*|(?:^|(?<=[.!?]))[ \t]*(?:--?|[–—~^/*]))[ \t]*"
+    rf"{_TITLE}(?P<name>{_NAME_RUN})[ \t]*[.!]?[ \t]*$")
+_NAME_LINE = re.compile(rf"[ \t]*{_TITLE}(?P<name>{_NAME_RUN})[ \t]*")
+# The words of the sign-offs that say so (the cheap first test of `_SIGN_OFF_END`), and the marks before
+# a name or initials ("-Karthik", "^AB").
+_SIGN_OFF_TOKENS = frozenset(
+    "thanks thank thx ty ta cheers regards best wishes sincerely yours respectfully care love rgds regds br mfg "
+    "grüße gruß grüßen cordialement merci danke gracias saludos saludo atentamente dhanyavaad shukriya".split())
+_MARKS = frozenset("-–—~^/*")
+_NAME_CANDIDATE = re.compile(_NAME_RUN)
+_BEFORE_WORDS = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
+_TITLES = frozenset("mr mrs ms miss mx dr prof sir herr frau monsieur madame mme mlle señor señora sr sra srta shri smt "
+                    "sri".split())
+# The words before a name that introduce it (the last one, two or three words, lower case).
+# ("the hotel name is Alila", "event name is Dodie": only a person's own name counts.)
+_INTRO_CUES = frozenset(
+    "my name is|my name's|my names|her name is|his name is|their name is|first name is|last name is|full name is|"
+    "surname is|this is|i am|i'm|im|here is|call me|go by|m'appelle|ich bin|heiße|me llamo|soy|mera naam".split("|"))
+# "It's Dana again", "it's Dana from accounts" (but "It's Country Music."): a name only before these words.
+_ITS_CUES = frozenset(("it's", "its"))
+_AFTER_ITS = frozenset("again here from speaking calling writing".split())
+_MENTION_CUES = frozenset(
+    "spoke with|spoke to|speaking with|speaking to|talked with|talked to|talking with|talking to|chatted with|"
+    "chatting with|dealt with|colleague|coworker|co-worker|agent|rep|representative|technician|engineer|"
+    "manager|supervisor|advisor|adviser|consultant|pass this to|pass it to|pass me to|passed me to|transfer me to|"
+    "transferred me to|forward this to|forward it to|ask|asked|ask for|asked for|cc|wife|husband|son|daughter|partner|"
+    "friend|mother|father|mom|mum|dad|brother|sister|boss|neighbour|neighbor|thanks to|thank you|according to|"
+    "message from|note from|met with|visit from|wife's|husband's|helped by|served by|assisted by|handled by|"
+    "supported by|attended by|seen by".split("|"))
+_LABELS = frozenset("name|full name|customer name|account holder|contact person|contact|customer|from|signed|attn|"
+                    "attention".split("|"))
+# The last word of each cue, title or modal: the cheap first test of the word before a candidate.
+_CUE_ENDS = frozenset({cue.split()[-1] for cue in _INTRO_CUES | _MENTION_CUES} | _TITLES | {t + "." for t in _TITLES}
+                      | _ITS_CUES
+                      | set("can could would will did does may let has had".split()))
+_SPEECH_VERBS = frozenset("said says told promised mentioned confirmed closed called phoned emailed wrote replied "
+                          "answered helped offered agreed explained".split())
+_MODALS = frozenset("can could would will did does may let has had".split())
+_BASE_VERBS = frozenset("call email contact reply help check send look phone ring text get".split())
+# Capitalised words in running text that are not names (a candidate's first words are dropped while they
+# are one of these, so that "Can Dana call" finds "Dana"). After a greeting or a sign-off, "Will" and "May"
+# are names: there only `_NOT_NAMES` applies.
+_NOT_NAMES_IN_TEXT = _NOT_NAMES | frozenset(
+    "to for if when then also yesterday today tomorrow simply choose just once after before while since because "
+    "but so or and as at in on by with from of into unfortunately fortunately however finally first next last "
+    "note certainly sure absolutely definitely of-course maybe perhaps would could should can will may might "
+    "do does did is are was were be been have has had what which who whom whose where why how there here they he she "
+    "someone somebody nobody no-one follow let don't didn't can't won't please kindly sorry order orders done "
+    "returns return refund refunds ref ticket case yes no ok okay thanks thank regards kind best cheers any all "
+    "some each every our your my his her their its a an the this that these those it i we you hi hello hey dear "
+    "still waiting how what why where when who which is are was were has have had do does did can could will "
+    "would should may might must shall not bye goodbye interested looking trying having going calling writing "
+    "new unable nothing everything something anything".split())
+
+
+_CONTRACTION = re.compile(r"(?i:['’](?:ve|ll|d|re|m)|n['’]t)$")  # "You've", "Don't": never a name
+_CONTRACTIONS = tuple(q + end for q in "'’" for end in ("ve", "ll", "d", "re", "m", "VE", "LL", "D", "RE", "M")) + (
+    "n't", "n’t", "N'T", "N’T")
+
+
+def _name_span(text: str, start: int, end: int, stop: frozenset = _NOT_NAMES_IN_TEXT) -> tuple[int, int] | None:
+    """The name in a capitalised run text[start:end]: leading words that are no one's name dropped, cut at
+    the first lower-case word that is not a particle; None when nothing is left."""
+    words = [(m.start() + start, m.end() + start, m.group().rstrip(".")) for m in re.finditer(_NAME_WORD, text[start:end])]
+    while words and (words[0][2].lower() in stop or words[0][2].lower() in _TITLES
+                     or _CONTRACTION.search(words[0][2]) is not None):
+        words.pop(0)
+    kept = []
+    for s, e, value in words:
+        if value.lower() in stop:
+            break
+        kept.append((s, e, value))
+        if text[e - 1] == "." and len(value) > 1 and value.lower() not in _TITLES:
+            break  # "Rohini. Cut me off": a full stop after a word (not an initial or a title) ends the name
+    while kept and kept[-1][2].lower() in _PARTICLES:
+        kept.pop()
+    if not kept:
+        return None
+    return kept[0][0], kept[0][0] + len(text[kept[0][0]:kept[-1][1]].rstrip("."))
+
+
+def _judge(text: str, start: int, end: int) -> bool:
+    """Whether the capitalised name text[start:end] stands where a person's name stands: after words that
+    introduce a person, after a label, or before a verb of speech."""
+    if end - start > 3 and text[start:end].isupper():
+        return False  # "this is URGENT"
+    j = start
+    while j > 0 and text[j - 1] in " \t":
+        j -= 1
+    last = text[j - 1 : j]  # the character before the name and its spaces ("" at the start)
+    words: list[str] = []
+    if last.isalpha() or last in ("'", "’"):
+        # the word right before the name: most capitalised words ("the Glow Bulb") have no cue before them
+        previous = text[text.rfind(" ", 0, j) + 1 : j].lower().replace("’", "'")
+        if previous not in _CUE_ENDS:
+            return False
+    if last.isalpha() or last in (".", ":", ","):
+        words = [w.lower().replace("’", "'") for w in _BEFORE_WORDS.findall(text, max(0, j - 40), j)]
+        if words and words[-1] in _TITLES and last.isalpha() or last == ".":
+            if words and words[-1] in _TITLES:  # "Dr. Jones": the cue is before the title
+                words.pop()
+                j = text.rfind(" ", 0, j) if " " in text[max(0, j - 8) : j] else j
+                while j > 0 and text[j - 1] in " \t":
+                    j -= 1
+                last = text[j - 1 : j]
+            else:
+                words = []
+    if words and last.isalpha():
+        for k in (1, 2, 3):
+            cue = " ".join(words[-k:])
+            if cue in _INTRO_CUES or cue in _MENTION_CUES:
+                return True
+        if words[-1] in _ITS_CUES:
+            following = text[end : end + 24].split(None, 1)
+            return bool(following) and following[0].lower().strip(",.!?;:") in _AFTER_ITS
+    if words and ((last == ":" and (words[-1] in _LABELS or " ".join(words[-2:]) in _LABELS))
+                  or (last == "," and words[-1] == "name")):
+        return True
+    after = text[end : end + 30]
+    next_words = after.split(None, 2)
+    if not next_words:
+        return False
+    first = next_words[0].lower().strip(",.!?;:")
+    if last in ("", "\n", ".", "!", "?", ",", ";", ":"):  # the start of a sentence or clause
+        if first in _SPEECH_VERBS:
+            return True
+        if len(next_words) > 1 and first in ("from", "at") and next_words[1].lower().startswith("your"):
+            return True  # "Dana from your billing team", "Dana at your store" (not "Anthem from the album")
+        for word in ("here", "speaking"):  # "Ana here.", "Ana Silva speaking,"
+            if first.startswith(word) and after.lstrip(" \t")[len(word) : len(word) + 1] in ("", ",", ".", "!", ":", ";", "\n"):
+                return True
+    elif words and words[-1] in _MODALS and first in _BASE_VERBS:
+        return True
+    return False
+
+
+_GREETING_STARTS = ("hi", "hello", "hey", "dear", "good", "morning", "greetings", "bonjour", "salut", "hallo", "hola",
+                    "ciao", "namaste", "guten", "liebe", "estimad", "cher")
+# The words after a capitalised word at the start of a sentence that make it a person's name.
+_AFTER_NAME = _SPEECH_VERBS | {"from", "at", "here", "speaking"}
+
+
+_TITLE_DOTS = frozenset(t + "." for t in _TITLES)
+_LABEL_ENDS = frozenset(label.split()[-1] + ":" for label in _LABELS)
+
+
+def _may_be_named(text: str, start: int, end: int) -> bool:
+    """The cheap first test of `_judge`: most capitalised words have no cue word right before them, and
+    start no sentence whose next word makes them a person ("Dana said", "Dana from your team")."""
+    j = start
+    while j > 0 and text[j - 1] in " \t":
+        j -= 1
+    last = text[j - 1 : j]
+    if last and last not in "\n.!?;":
+        previous = text[max(text.rfind(" ", 0, j), text.rfind("\n", 0, j)) + 1 : j].lower().replace("’", "'")
+        if last.isalpha() or last == "'":
+            return previous in _CUE_ENDS
+        if previous in _TITLE_DOTS or previous == "name," or previous in _LABEL_ENDS:
+            return True
+    following = text[end : end + 24].split(None, 1)
+    return bool(following) and following[0].lower().strip(",.!?;:") in _AFTER_NAME
+
+
+def context_names(text: str) -> list[tuple[int, int]]:
+    """Spans of people's names recognised by their context (greetings, sign-offs, introductions, mentions),
+    and of the other occurrences of the same names in the text."""
+    spans = []
+    if "\n" in text or text.lstrip()[:12].lower().startswith(_GREETING_STARTS):
+        for m in _GREETING.finditer(text):
+            span = _name_span(text, m.start("name"), m.end("name"), _NOT_NAMES)
+            if span is not None and span[1] == m.end("name"):
+                spans.append(span)
+    for m in _NAME_CANDIDATE.finditer(text):
+        start, end = m.span()
+        if end - start < 2:
+            continue  # "I"; initials count only in sign-offs
+        value = m.group()
+        multi = " " in value or "\t" in value
+        if not multi and value.isupper():
+            continue  # acronyms and initials count only in sign-offs ("BL-2026", "DM us", but "^AB")
+        first = value.split(None, 1)[0] if multi else value
+        lower = first.lower()
+        if lower in _NOT_NAMES_IN_TEXT or lower in _TITLES or first.endswith(_CONTRACTIONS):
+            if not multi:
+                continue
+            span = _name_span(text, start, end)  # "Can Dana", "I'm Dana Lee": the name starts later
+            if span is None:
+                continue
+            start, end = span
+            multi = False
+        if not _may_be_named(text, start, end):
+            continue
+        if multi:
+            span = _name_span(text, start, end)
+            if span is None:
+                continue
+            start, end = span
+        elif value[-1] == ".":
+            end -= 1
+        if _judge(text, start, end):
+            spans.append((start, end))
+    # Sign-offs: a name alone on the line after a sign-off line ("Best regards,\nName", maybe before a
+    # title, a company or a `--` block), or ending the last line ("Cheers, Dev", "-Karthik", "^AB").
+    stripped = text.rstrip()
+    if "\n" in stripped:
+        offset = max(0, len(stripped) - 400)
+        lines = stripped[offset:].split("\n")
+        positions = list(itertools.accumulate((len(line) + 1 for line in lines), initial=offset))
+        for i in range(max(1, len(lines) - 8), len(lines)):
+            line = lines[i]
+            if (len(line) > 60 or len(lines[i - 1]) > 40 or not line.lstrip()[:1].isupper()
+                    or _SIGN_OFF_LINE.fullmatch(lines[i - 1]) is None):
+                continue
+            m = _NAME_LINE.fullmatch(line)
+            if m is not None:
+                span = _name_span(text, positions[i] + m.start("name"), positions[i] + m.end("name"), _NOT_NAMES)
+                if span is not None and span[1] == positions[i] + m.end("name"):
+                    spans.append(span)
+    line_start = stripped.rfind("\n") + 1
+    last_line = stripped[max(line_start, len(stripped) - 80) :]
+    end_word = last_line.rstrip(" \t.!")
+    end_word = end_word[max(end_word.rfind(" "), end_word.rfind("\t")) + 1 :].lstrip("-–—~^/*")
+    m = None
+    if end_word[:1].isupper():  # a text that ends with a name, after a sign-off word or a mark
+        tokens = last_line.rsplit(None, 7)
+        if (any(token.lower().strip(",.!") in _SIGN_OFF_TOKENS for token in tokens)
+                or any(token[:1] in _MARKS for token in tokens[-5:])):
+            m = _SIGN_OFF_END.search(last_line)
+    if m is not None:
+        at = len(stripped) - len(last_line)
+        bullet = last_line.lstrip()[:1]
+        previous = stripped[: line_start].rstrip("\n")
+        previous = previous[previous.rfind("\n") + 1 :].lstrip()
+        # a list item ("- PayPal") is no sign-off: the line before it starts with the same mark
+        if not (bullet in "-–—~^/*" and previous[:1] == bullet and m.start() == 0):
+            span = _name_span(text, at + m.start("name"), at + m.end("name"), _NOT_NAMES)
+            if span is not None and span[1] == at + m.end("name"):
+                spans.append(span)
+    if not spans:
+        return spans
+    words = {w for s, e in spans for w in _WORD.findall(text[s:e]) if len(w) >= 3 and w.lower() not in _PARTICLES}
+    if words:
+        for m in _WORD.finditer(text):
+            if m.group() in words:
+                spans.append((m.start(), m.end()))
+    return spans
+
+
+
+# Usernames: after a word that introduces one, or an @handle that is not part of an email.
+_USERNAME_LIKE = r"[A-Za-z][\w.\-]*[\d_][\w.\-]*[A-Za-z0-9_]|[A-Za-z][\w\-]*\d"  # a digit or _ in it
+_USERNAME = re.compile(
+    # "username: jdoe", "my handle is jdoe", "I log in as jdoe", "account: jdoe"
+    r"(?i:\b(?:user[ \t]*name|user[ \t]*id|userid|login[ \t]+(?:name|id)|handle|gamertag|screen[ \t]*name)(?![\w-])"
+    r"[ \t]*(?:is[ \t]*:?|was|[:=#])[ \t]*"
+    r"|\b(?:login|account(?:[ \t]+name)?)(?![\w-])[ \t]*[:=#][ \t]*"
+    r"|\b(?:log(?:ged)?[ \t]+in[ \t]+as|sign(?:ed)?[ \t]+in[ \t]+as)[ \t]+)"
+    r"@?(?P<value>[A-Za-z0-9][\w.\-]*[A-Za-z0-9_]|[A-Za-z0-9])"
+    # "my login is jdoe77", "Login jdoe77 fails": a token that looks like a username after such a word
+    rf"|(?i:\b(?:login|username|user|handle|account))(?:[ \t]+(?i:is|was))?[ \t]+(?P<value2>{_USERNAME_LIKE})"
+    r"|(?<![\w.+\-@])@(?P<handle>[A-Za-z0-9_][\w.]*[A-Za-z0-9_])"
+)
+_NOT_USERNAMES = frozenset("is was and or the a an not to be can cannot can't no locked blocked disabled myself me "
+                           "him her them us guest yourself "
+                           "suspended doesn't does isn't won't will keeps still".split())
+# Words without which the context detectors cannot match (searched in the lower-cased text first).
+_USERNAME_GATE = re.compile("user|log|sign|handle|gamertag|screen|account")
+_PHONE_GATE = re.compile("phone|tel|mobile|cell|whatsapp|call|reach|ring|text|contact|number|handy|portable|móvil")
+_ID_GATE = re.compile("ssn|social security|insurance|nino|aadhaar|tax id|passport|national id|id number|id card")
+_FIVE_DIGITS = re.compile(r"\d{5}")
+
+
+def _postcode_like(text: str) -> bool:
+    """Whether a run of 5+ digits in `text` may be a postcode: not glued after a letter, digit or code
+    (`BL-719211` is an order number); after a hyphen only when a lower-case city precedes it (`Saharanpur-286012`)."""
+    for m in _FIVE_DIGITS.finditer(text):
+        i = m.start()
+        before = text[i - 1] if i else " "
+        if before == "-" and i > 1 and text[i - 2].islower():
+            return True
+        if not (before.isalnum() or before in "-_/.#"):
+            return True
+    return False
+# US Social Security numbers (area 001-899 but 666, group 01-99, serial 0001-9999), written 123-45-6789,
+# or 9 digits after "SSN" / "social security"; UK National Insurance numbers; Indian Aadhaar numbers
+# after their name.
+_SSN = re.compile(r"(?<![\w-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\w-])")
+_ID_CUE = re.compile(
+    r"(?i:\bssn|\bsocial[ \t]+security(?:[ \t]+(?:number|no\.?|#))?|\bnational[ \t]+insurance(?:[ \t]+(?:number|no\.?))?|"
+    r"\bnino|\baadhaar(?:[ \t]+(?:number|no\.?))?|\btax[ \t]+id|\bpassport(?:[ \t]+(?:number|no\.?))?|"
+    r"\bnational[ \t]+id(?:[ \t]+(?:number|no\.?))?|\bid[ \t]+(?:number|card[ \t]+number))"
+    r"(?:[ \t]*(?:is|was|[:#=]))?[ \t]*(?P<value>[A-Z0-9][A-Z0-9 \-]{4,18}[A-Z0-9])"
+)
+_NINO = re.compile(r"(?<!\w)(?![DFIQUV])[A-Z](?![DFIOQUV])[A-Z] ?\d{2} ?\d{2} ?\d{2} ?[A-D](?!\w)")
+# A number after a word that says it is a phone number ("call me on 0413461092", "Phone: 04 44 84 75 64"):
+# national formats of any country, which `phonenumbers` cannot confirm without knowing the region.
+_PHONE_CUE = re.compile(
+    r"(?i:\bphone|\btel|\btelephone|\bmobile|\bcell|\bwhatsapp|\bcall[ \t]+me|\breach[ \t]+me|\bring[ \t]+me|"
+    r"\btext[ \t]+me|\bcontact[ \t]+number|\bnumber[ \t]+is|\bhandy|\btéléphone|\bportable|\bmóvil|\bteléfono)"
+    r"[^\d+(\n]{0,20}?(?P<value>[+(]?\d[\d \t().\-/]{5,20}\d(?:[ \t]*(?:x|ext\.?|#)[ \t]*\d{1,6})?)"
+)
+
+# Postal addresses, found from their postcode: a US state and ZIP after a comma ("Adamsbury, OR 13900"),
+# a UK postcode, a five-digit postcode before a capitalised city (DE, FR, ES, IT, ...), a postcode
+# ending the address after a comma (ES: "Tarragona, 30188"), an Indian PIN after its city ("Bhopal
+# 690743", "Saharanpur-286012"); then extended back over the comma- or line-separated parts before it
+# that read like an address (numbers, capitalised words, street words such as "rue", "calle", "Apt.").
+_US_STATES = frozenset(
+    "AL AK AZ AR CA CO CT DE DC FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY NC ND OH OK "
+    "OR PA RI SC SD TN TX UT VT VA WA WV WI WY PR VI GU AS MP MH FM PW AA AE AP".split())
+_CITY = (rf"[{_CAP}][^\W\d_]*(?:['’][^\W\d_]+)?(?:(?:[ \t]+|-)(?:(?:an|am|der|die|den|im|in|sur|sous|les|lès|la|le|de|"
+         rf"del|en|bei|ob|d'|l')(?:[ \t]+|-))*[{_CAP}][^\W\d_]*(?:['’][^\W\d_]+)?){{0,3}}(?:[ \t]+CEDEX(?:[ \t]+\d+)?)?")
+_ADDRESS_ANCHOR = re.compile(
+    r",[ \t]*(?P<state>[A-Z]{2})[ \t]+\d{5}(?:-\d{4})?(?![\w-])"  # US: ", OR 13900"
+    r"|(?<![\w-])(?:APO|FPO|DPO)[ \t]+A[AEP][ \t]+\d{5}(?![\w-])"  # US military
+    r"|(?<![\w-])[A-Z]{1,2}\d[A-Z\d]?[ \t]+\d[A-Z]{2}(?![\w-])"  # UK postcode
+    rf"|(?<![\w-])(?P<eu>\d{{5}})[ \t]+(?P<city>{_CITY})"  # 66907 Werdau, 97636 Sainte Antoinenec
+    rf"|(?<=,)[ \t]*(?P<trail>\d{{5,6}})(?![\w-]|[.,]\d|[ \t]+[{_CAP}])"  # ES: Tarragona, 30188
+    rf"|(?P<pin_city>[{_CAP}][a-zà-ÿ]{{2,}})(?:[ \t]*-[ \t]*|[ \t]+)(?P<pin>\d{{6}})(?![\w-])"  # IN: Bhopal 690743
+)
+_ADDRESS_TOKEN = re.compile(
+    r"(?:(?i:no\.?|h\.?[ ]?no\.?|#))?\d+[A-Za-z]?(?:[-/]\d+[A-Za-z]?)*[º°ª]?[.,]?"  # 26-83, 33/78, 3º
+    rf"|[{_CAP}][\w'’.\-]*"
+    r"|(?i:de|del|de la|della|der|den|des|du|da|di|do|dos|das|van|von|la|le|les|el|y|e|rue|avenue|av\.?|bd\.?|"
+    r"boulevard|allée|chemin|impasse|place|quai|route|calle|c/|avenida|avda\.?|plaza|paseo|camino|carrera|"
+    r"callejón|ronda|travesía|glorieta|cuesta|pasaje|vía|via|strada|piazza|street|st\.?|road|rd\.?|lane|ln\.?|"
+    r"apt\.?|flat|floor|fl\.?|piso|puerta|bis|ter|nagar|marg|colony|sector|block|phase|near|opp\.?|[a-z])"
+)
+_NOT_ADDRESS_WORDS = frozenset(
+    "i my our your please ship deliver send address the to thanks thank hi hello dear it we you moved sent mail post "
+    "delivery shipping billing invoice order ticket case ref reference rma tracking error code version build model serial "
+    "sn id total from at in on is was and or for of".split())
+_ADDRESS_DIGIT = re.compile(r"\d")
+# A street named without a house number still makes the part before a postcode an address ("rue de Lemaire").
+_STREET_TYPE = re.compile(
+    r"(?i)^(?:rue|avenue|av\.?|bd\.?|boulevard|allée|chemin|impasse|place|quai|route|calle|avenida|avda\.?|plaza|paseo|"
+    r"camino|carrera|callejón|ronda|travesía|glorieta|cuesta|pasaje|rambla|vía|via|strada|piazza|marg|nagar)$"
+    r"|(?i:straße|strasse|str\.|weg|gasse|platz|allee|ring|damm|ufer)$")
+
+
+def _address_start(text: str, anchor_start: int, limit: int = 6) -> tuple[int, bool]:
+    """Where the address ending in the anchor at `anchor_start` begins (walking back over its parts), and
+    whether a part before the anchor holds a number (a house number, a flat)."""
+    left = anchor_start
+    cursor = anchor_start
+    numbered = False
+    for _ in range(limit):
+        separator = max(text.rfind(",", 0, cursor), text.rfind("\n", 0, cursor), text.rfind(":", 0, cursor),
+                        text.rfind(";", 0, cursor), text.rfind("(", 0, cursor))
+        segment = text[separator + 1 : cursor]
+        tokens = list(re.finditer(r"\S+", segment))
+        whole = True
+        kept = len(tokens)
+        for token in reversed(tokens):
+            value = token.group()
+            if (len(tokens) - kept >= 9 or value.lower().strip(".,") in _NOT_ADDRESS_WORDS
+                    or _ADDRESS_TOKEN.fullmatch(value) is None):
+                whole = False
+                break
+            kept -= 1
+        if kept < len(tokens):
+            left = separator + 1 + tokens[kept].start()
+            numbered = numbered or any(_ADDRESS_DIGIT.search(t.group()) is not None or _STREET_TYPE.search(t.group()) is not None
+                                       for t in tokens[kept:])
+        if not tokens and cursor == anchor_start and separator >= 0 and text[separator] in ",\n":
+            cursor = separator  # the anchor starts its part ("Werdau, OR 13900", "12 Main St\n10115 Berlin")
+            continue
+        if not whole or separator < 0 or text[separator] in ":;(" or not tokens:
+            break
+        if text[separator] == "\n" and text[max(0, separator - 1)] == "\n":
+            break  # a blank line ends the address
+        cursor = separator
+        if text[separator] == "\n" and separator > 0 and text[separator - 1] == ",":
+            cursor = separator - 1  # ",\n" is one separator
+    return left, numbered
+
+
+def postal_addresses(text: str) -> list[tuple[int, int]]:
+    """Spans of postal addresses found from their postcode (see above)."""
+    spans = []
+    for m in _ADDRESS_ANCHOR.finditer(text):
+        if m.group("state") is not None and m.group("state") not in _US_STATES:
+            continue
+        start = m.start()
+        if m.group("state") is not None or m.group("trail") is not None:
+            start = m.start() + (m.group().index(m.group("state") or m.group("trail")))
+        left, numbered = _address_start(text, start)
+        if m.group("eu") is not None or m.group("trail") is not None or m.group("pin") is not None:
+            if not numbered:  # a bare number before a word: only an address with a house number before it
+                continue
+        spans.append((left, m.end()))
+    return spans
+
+
+_NUMBER_KINDS = frozenset(("PHONE", "CARD", "IBAN", "NATIONAL_ID", "IP"))
+
+
+def _word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _whole_token(text: str, f: "Finding") -> "Finding | None":
+    """`f` widened to the whole token it sits in, so that no placeholder is glued to a leftover piece of
+    the value (`dana77` -> `{{USERNAME}}`, not `{{NAME}}77`; `+1-555-0134x523` whole). A number glued
+    after letters and a dash (`BL-2026-004512`) is part of a code, not private data: None."""
+    start, end, n = f.start, f.end, len(text)
+    if f.kind in _NUMBER_KINDS:
+        if start > 0 and _word_char(text[start - 1]):
+            return None if f.kind != "PHONE" or not text[start - 1].isdigit() else _whole_token(
+                text, Finding(f.kind, start - 1, end, text[start - 1 : end]))
+        if start > 1 and text[start - 1] in "-_/" and text[start - 2].isalpha():
+            return None
+    else:
+        while start > 0 and (_word_char(text[start - 1]) or (
+                text[start - 1] in ".-" and start > 1 and _word_char(text[start - 2]) and _word_char(text[start]))):
+            start -= 1
+    while end < n and (_word_char(text[end]) or (
+            text[end] in ".-" and end + 1 < n and _word_char(text[end + 1]) and _word_char(text[end - 1]))):
+        end += 1
+    if (start, end) == (f.start, f.end):
+        return f
+    return Finding(f.kind, start, end, text[start:end])
+
+
 @dataclass(frozen=True)
 class Finding:
     """One piece of private data: its kind, where it is in the text (`text[start:end] == value`)."""
@@ -207,7 +688,7 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-_CARD_GROUPS = re.compile(r"\d{4}(?:[ -]\d{4}){2}[ -]\d{1,7}|\d{4}[ -]\d{6}[ -]\d{4,5}|\d{13,19}")
+_CARD_GROUPS = re.compile(r"\d{4}(?:[ -]\d{4}){2}[ -]\d{1,7}|\d{4}[ -]\d{6}[ -]\d{4,5}|\d{12,19}")
 
 
 def card_ok(text: str) -> bool:
@@ -228,6 +709,8 @@ def card_ok(text: str) -> bool:
         return n == 15  # American Express
     if digits.startswith(("6011", "65")) or 644 <= int(digits[:3]) <= 649 or two == 62:
         return 16 <= n <= 19  # Discover, UnionPay
+    if digits.startswith(("1800", "2131")):
+        return n == 15  # JCB's older 15-digit numbers
     if two == 35:
         return 16 <= n <= 19  # JCB
     if two in (36, 38, 39) or 300 <= int(digits[:3]) <= 305:
@@ -304,10 +787,13 @@ _IPV6_GATE = re.compile(r":[0-9A-Fa-f]{0,4}:")
 _EU_ENDINGS = (b"str", b"strasse", b"weg", b"gasse", b"platz", b"allee", b"laan", b"straat", b"gracht")
 _ONLY_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57 and b != 0)  # keeps digits and the separator
 # The gates' marks, one bit per family of detectors; a text is scanned only by the detectors its marks allow.
-_GATE_EMAIL, _GATE_IP, _GATE_DIGIT_RUN, _GATE_IBAN, _GATE_ADDRESS, _GATE_NAME = 1, 2, 4, 8, 16, 32
-_GATE_ALL = 63
-_GATE_KINDS = {_GATE_EMAIL: ("EMAIL",), _GATE_IP: ("IP",), _GATE_DIGIT_RUN: ("PHONE", "CARD"), _GATE_IBAN: ("IBAN",),
-               _GATE_ADDRESS: ("ADDRESS",), _GATE_NAME: ("NAME",)}
+_GATE_EMAIL, _GATE_IP, _GATE_DIGIT_RUN, _GATE_IBAN, _GATE_ADDRESS, _GATE_NAME, _GATE_CONTEXT = 1, 2, 4, 8, 16, 32, 64
+_GATE_ALL = 127
+# The context detectors (names after a greeting, usernames after "login", numbers after "phone"...) look for
+# words too common to gate on ("hi", "this is", "I'm"): every text gets their mark.
+_GATE_KINDS = {_GATE_EMAIL: ("EMAIL", "USERNAME"), _GATE_IP: ("IP",), _GATE_DIGIT_RUN: ("PHONE", "CARD", "NATIONAL_ID"),
+               _GATE_IBAN: ("IBAN",), _GATE_ADDRESS: ("ADDRESS",), _GATE_NAME: ("NAME",),
+               _GATE_CONTEXT: ("NAME", "USERNAME", "NATIONAL_ID", "PHONE")}
 # The kinds a text with these marks may hold (all of them, CUSTOM included, for _GATE_ALL).
 _KINDS_OF_MARKS = [frozenset(kind for bit, kinds in _GATE_KINDS.items() if marks & bit for kind in kinds)
                    for marks in range(_GATE_ALL)] + [frozenset(KINDS)]
@@ -356,6 +842,8 @@ class Scanner:
         words = _ascii_words(text) if "NAME" in kinds or "ADDRESS" in kinds else None
         self._detect(text, add, words, kinds)
         if "NAME" in kinds:
+            for start, end in context_names(text):
+                add(Finding("NAME", start, end, text[start:end]))
             for matcher in (self.names, names):
                 if matcher is not None:
                     for start, end in matcher.spans(text, words):
@@ -373,21 +861,42 @@ class Scanner:
         if "@" in text and "EMAIL" in kinds:
             for m in EMAIL.finditer(text):
                 add(Finding("EMAIL", m.start(), m.end(), m.group()))
+        lower = text.lower()
+        if "USERNAME" in kinds and ("@" in text or _USERNAME_GATE.search(lower) is not None):
+            for m in _USERNAME.finditer(text):
+                group = next(g for g in ("value", "value2", "handle") if m.group(g) is not None)
+                if m.group(group).lower() not in _NOT_USERNAMES:
+                    add(Finding("USERNAME", m.start(group), m.end(group), m.group(group)))
         digits = len(text.encode("utf-8", "replace").translate(None, _NON_DIGITS))
         if digits == 0:
             if "::" in text and "IP" in kinds:  # IPv6 written with letters only ("fe::ab")
                 self._ipv6(text, add)
             return
-        if digits >= 13 and "CARD" in kinds:
+        if digits >= 12 and "CARD" in kinds:
             for m in _CARD.finditer(text):
                 if card_ok(m.group()):
                     add(Finding("CARD", m.start(), m.end(), m.group()))
         if digits >= 7 and "PHONE" in kinds:
             self._phones(text, add)
+            for m in _PHONE_CUE.finditer(text) if _PHONE_GATE.search(lower) is not None else ():
+                if 7 <= len(_digits(m.group("value"))) <= 15:
+                    add(Finding("PHONE", m.start("value"), m.end("value"), m.group("value")))
+        if digits >= 6 and "NATIONAL_ID" in kinds:
+            if digits >= 9 and "-" in text:
+                for m in _SSN.finditer(text):
+                    add(Finding("NATIONAL_ID", m.start(), m.end(), m.group()))
+            cued = _ID_GATE.search(lower) is not None
+            for m in _NINO.finditer(text) if cued else ():
+                add(Finding("NATIONAL_ID", m.start(), m.end(), m.group()))
+            for m in _ID_CUE.finditer(text) if cued else ():
+                value = m.group("value").rstrip(" -")
+                if sum(c.isdigit() for c in value) >= 6:
+                    add(Finding("NATIONAL_ID", m.start("value"), m.start("value") + len(value), value))
         if "IP" in kinds:
             if digits >= 4 and text.count(".") >= 3:
                 for m in _IPV4.finditer(text):
-                    if all(int(part) <= 255 for part in m.group().split(".")):
+                    if all(int(part) <= 255 for part in m.group().split(".")) and _VERSION_BEFORE.search(
+                            text, max(0, m.start() - 12), m.start()) is None:
                         add(Finding("IP", m.start(), m.end(), m.group()))
             if "::" in text or text.count(":") >= 7:
                 self._ipv6(text, add)
@@ -401,7 +910,6 @@ class Scanner:
                         break
                     value = value[:-1].rstrip()
         if "ADDRESS" in kinds:
-            lower = text.lower()
             # Exact gates for ASCII text: an address needs a street word as a whole word; a fused street
             # name ends in one of a few words; a postcode has the shape " 9AA".
             street = words is None or not _STREET_WORDS.isdisjoint(words)
@@ -424,6 +932,9 @@ class Scanner:
                 if gate:
                     for m in pattern.finditer(text):
                         add(Finding("ADDRESS", m.start(), m.end(), m.group()))
+            if digits >= 5 and _postcode_like(text) or gates[2][0]:
+                for start, end in postal_addresses(text):
+                    add(Finding("ADDRESS", start, end, text[start:end]))
 
     def _ipv6(self, text: str, add) -> None:
         for m in _IPV6.finditer(text):
@@ -479,7 +990,7 @@ class Scanner:
                 marks[i] = marked
             return marks
         starts = batch_starts(texts)
-        marks = [0] * n
+        marks = [_GATE_CONTEXT] * n
         lower = joined.lower()
         if "@" in joined:
             mark_texts(lambda position: joined.find("@", position), starts, marks, _GATE_EMAIL)
@@ -492,6 +1003,8 @@ class Scanner:
         digits = encoded.translate(None, _ONLY_DIGITS).split(b"\x00")
         for i in itertools.compress(range(n), map((10).__le__, map(len, digits))):  # IBAN
             marks[i] |= _GATE_IBAN
+        for i in itertools.compress(range(n), map((5).__le__, map(len, digits))):  # a postcode and maybe a house number
+            marks[i] |= _GATE_ADDRESS
         # Whole words (street words, "box", names, fused street names): in `padded`, each run of letters
         # stands between spaces, at its offset in `joined`; the batch's words are looked up first, then the
         # texts that hold them found.
@@ -516,9 +1029,11 @@ class Scanner:
         return [redact(text, kinds=kinds[marks]) if marks else (text, {}) for text, marks in zip(texts, self.candidates(texts))]
 
     def _resolve(self, text: str, found: list[Finding]) -> list[Finding]:
-        """Drop allowlisted values and placeholders; keep the best of overlapping findings."""
+        """Drop allowlisted values and placeholders; widen each finding to whole tokens (and drop numbers
+        that are part of a code such as `BL-2026-004512`); keep the best of overlapping findings."""
         blocked = [(m.start(), m.end()) for m in PLACEHOLDER.finditer(text)] if "{{" in text else []
         keep: list[Finding] = []
+        found = [w for w in map(functools.partial(_whole_token, text), found) if w is not None]
         for f in sorted(found, key=lambda f: (-(f.end - f.start), _PRIORITY[f.kind], f.start)):
             if self._allowed(f.kind, f.value):
                 continue
@@ -544,8 +1059,12 @@ class Scanner:
 
 
 def section_scanner(section, names: Iterable[str] = ()) -> Scanner:
-    """A Scanner with a recipe's `data.pii` settings (allowlist, patterns, phone regions, kinds)."""
-    return Scanner(section.allowlist, names, section.patterns, section.phone_regions, section.kinds)
+    """A Scanner with a recipe's `data.pii` settings (allowlist, patterns, phone regions, kinds). A recipe
+    that lists every kind of the first release means every kind (the later USERNAME and NATIONAL_ID too)."""
+    kinds = set(section.kinds)
+    if kinds >= _FIRST_KINDS:
+        kinds = set(KINDS)
+    return Scanner(section.allowlist, names, section.patterns, section.phone_regions, kinds)
 
 
 @functools.lru_cache(maxsize=32)

@@ -48,8 +48,8 @@ class ModelSection(Section):
 
 class DataSource(Section):
     path: str = Field(
-        description="An export file. A relative path is relative to the working directory; one that is not there "
-        "but is a file kit ships (`data_templates/samples/...`) is that file."
+        description="An export file, a folder of them, or a glob (`exports/*.json`). A relative path is relative to "
+        "the working directory; one that is not there but is a file kit ships (`data_templates/samples/...`) is that file."
     )
     template: str = Field(
         "qa_csv",
@@ -111,8 +111,10 @@ class DataRules(Section):
 
 class PiiSection(Section):
     enabled: bool = Field(True, description="Redact private data before anything is written (rejects included).")
-    kinds: list[Literal["EMAIL", "PHONE", "CARD", "IBAN", "IP", "ADDRESS", "NAME", "CUSTOM"]] = Field(
-        default_factory=lambda: ["EMAIL", "PHONE", "CARD", "IBAN", "IP", "ADDRESS", "NAME", "CUSTOM"],
+    kinds: list[Literal["EMAIL", "PHONE", "CARD", "IBAN", "IP", "ADDRESS", "NAME", "USERNAME", "NATIONAL_ID",
+                        "CUSTOM"]] = Field(
+        default_factory=lambda: ["EMAIL", "PHONE", "CARD", "IBAN", "IP", "ADDRESS", "NAME", "USERNAME", "NATIONAL_ID",
+                                 "CUSTOM"],
         description="Kinds of private data to replace by typed placeholders (`{{EMAIL}}`, `{{PHONE}}`, ...).",
     )
     allowlist: list[str] = Field(

@@ -16,6 +16,11 @@ from kit.errors import KitError
 
 def read_yaml(path: Path) -> object:
     """The file's YAML value. Raises KitError (one line per problem) for bad syntax or a repeated key."""
+    return read_yaml_tree(path)[0]
+
+
+def read_yaml_tree(path: Path) -> tuple[object, yaml.Node | None]:
+    """The file's YAML value and its node tree (which knows every key's line), checked as `read_yaml`."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -27,7 +32,7 @@ def read_yaml(path: Path) -> object:
                     for key, first, second in repeated_keys(node)]
         if repeated:
             raise KitError("\n".join(repeated))
-        return loader.construct_document(node) if node is not None else None
+        return (loader.construct_document(node) if node is not None else None), node
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = f" line {mark.line + 1}:" if mark is not None else ""

@@ -4,11 +4,15 @@ import csv
 import importlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from kit import data
 from kit.data import clean
@@ -84,6 +88,21 @@ def test_quoted_replies_are_cut(text):
         ("Thanks, that worked!", "Thanks, that worked!"),  # one line: content, not a sign-off
         ("Thanks!", "Thanks!"),
         ("Step 1: unplug it.\nStep 2: wait.\nBest regards do not apply here because this line is long", None),
+        # a sign-off before a "--" block
+        ("It ships today.\n\nBest regards,\nPriya Raman\n-- \nBrightloop Support | +1 415 555 2671", "It ships today."),
+        # short marked sign-offs, on their own line or ending the last one
+        ("Please restart the hub.\n-Karthik", "Please restart the hub."),
+        ("Please restart the hub.\n\nThanks!\n- Dana", "Please restart the hub."),
+        ("Can you DM us your order number? ^AB", "Can you DM us your order number?"),
+        ("We have passed this on /AY", "We have passed this on"),
+        ("Call 800-252-7522 -Suli", "Call 800-252-7522"),
+        ("Sorry about that! *JorgeG", "Sorry about that!"),
+        # ... but not lists, bullets, prices or product names
+        ("We take:\n- PayPal\n- Apple Pay", None),
+        ("Steps:\nUnplug it\n- Wait", None),
+        ("The bundle is 5 - Free", None),
+        ("I bought the 2-Pack", None),
+        ("-Karthik", None),
     ],
 )
 def test_signatures_and_sign_offs_are_cut(text, expected):
@@ -103,6 +122,26 @@ def test_auto_replies_default_and_configured():
 def test_whitespace_normalisation():
     assert clean.normalize_whitespace("  a\u00a0\u00a0b \t c \r\n\r\n\r\n\r\nd\u200b  ") == "a b c\n\nd"
     assert clean.normalize_whitespace("plain text") == "plain text"
+    # joiners are parts of words and emoji, not whitespace
+    family, hindi, persian = "👩\u200d👩\u200d👧", "क्\u200dष", "می\u200cخواهم"
+    assert clean.normalize_whitespace(f"  {family}  {hindi}\t{persian} ") == f"{family} {hindi} {persian}"
+
+
+_INVISIBLE_SPACE = re.compile(r"[\s\u200b\ufeff]+")
+
+
+@hypothesis_settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.one_of(
+    st.text(max_size=8),  # any Unicode
+    st.sampled_from(["👩\u200d👩\u200d👧", "🏳️\u200d🌈", "क्\u200dष", "नमस्ते", "می\u200cخواهم", "\u200d", "\u200c", "\u200b",
+                     "\ufeff", " ", "  ", "\t", "\n", "\r\n", "\r", "\u00a0", "\u2009", "\u202f", "\u2028", "\x0b", "e\u0301"]),
+), max_size=12).map("".join))
+def test_whitespace_normalisation_changes_whitespace_only(text):
+    out = clean.normalize_whitespace(text)
+    assert _INVISIBLE_SPACE.sub("", out) == _INVISIBLE_SPACE.sub("", text)
+    assert out.count("\u200d") == text.count("\u200d") and out.count("\u200c") == text.count("\u200c")
+    cleaner = clean.Cleaner(clean.Rules(html_to_text=False, strip_quoted_replies=False, strip_signatures=False))
+    assert cleaner.clean(text) == out and cleaner.clean_many([text, text]) == [out, out]
 
 
 def test_rules_precedence_defaults_template_recipe():
@@ -143,7 +182,7 @@ def test_conversation_rules_switched_off(tmp_path):
     assert result.rejected == 0 and len(result.conversations) == 3
     t1 = result.conversations[0]["messages"]
     assert [m["role"] for m in t1] == ["user", "user", "assistant", "user"]
-    assert t1[2]["content"].endswith("Best regards,\nPriya")
+    assert t1[2]["content"].endswith("Best regards,\n{{NAME}}")  # kept, and the name in it redacted
     assert [m["role"] for m in result.conversations[2]["messages"]] == ["user", "user", "assistant"]
 
 
@@ -175,8 +214,13 @@ def test_token_limits_use_the_model_tokenizer(tiny_recipe):
     assert stats["input"] == stats["kept"] + stats["rejected"] + stats["duplicates"]
     unlimited = json.loads((data.build(load_recipe(tiny_recipe())) / "stats.json").read_text())
     assert unlimited["rejected_by_reason"] == {} and unlimited["token_lengths"]["max"] == 85
-    with pytest.raises(data.KitError, match="no usable conversation.*too_short"):
+    with pytest.raises(data.KitError, match="no usable conversation.*too_short") as info:
         data.build(load_recipe(tiny_recipe(data={"rules": {"min_tokens": 1000}})))
+    # the error says why in words, where, and keeps the rejects where they can be read
+    message = str(info.value)
+    assert "most often: conversation has" in message and "under rules.min_tokens=1000" in message
+    rejects = Path(message.split("every record left out is in ")[1].split(";")[0])
+    assert rejects.is_file() and {r["code"] for r in data.read_jsonl(rejects)} >= {"too_short"}
 
 
 

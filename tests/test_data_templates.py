@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 
 from kit import data
 from kit.data.convert import Settings
+from kit.errors import KitError
 from kit.recipe import DataRules
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,8 +27,9 @@ def by_code(result) -> dict:
 
 def test_every_template_is_listed_with_a_sample_and_a_description():
     templates = sorted(p.stem for p in (REPO / "data_templates").glob("*.yaml"))
-    assert templates == ["chat_transcripts_csv", "dialogue_json", "helpdesk_json", "qa_csv", "qa_json", "qa_jsonl",
-                         "reply_threads_csv", "ticket_threads_csv"]
+    assert templates == ["chat_transcripts_csv", "dialogue_json", "dialogues_by_id_json", "helpdesk_json", "loose_chat_csv",
+                         "qa_csv", "qa_json", "qa_jsonl", "reply_threads_csv", "ticket_files_json", "ticket_threads_csv",
+                         "turns_json"]
     listing = data.template_listing()
     for name in templates:
         line = next(line for line in listing.splitlines() if line.startswith(name + " "))
@@ -174,3 +177,169 @@ def test_bad_template_is_a_clear_error(tmp_path):
     path.write_text("description: x\nreader: csv\nfields: {question: q, answer: a}\nrules: {remove_patterns: ['(']}\n")
     with pytest.raises(data.KitError, match="bad regex"):
         data.load_template(str(path))
+
+
+@pytest.mark.parametrize("text, message", [
+    # a misspelled key: the recipe's one-line style, with its line and the keys that exist
+    ("description: x\nreader: csv\nfields:\n  question: q\n  answr: a\n",
+     r"^\S*mine.yaml: fields.answr \(line 5\): unknown key: remove it or fix its spelling \(known: question, answer, "),
+    ("description: x\nreader: csv\nfields: {question: q, answer: a}\nexclude:\n  - field: f\n    equals: [x]\n    resaon: y\n",
+     r"^\S*mine.yaml: exclude\[0\].resaon \(line 7\): unknown key"),
+    ("description: x\nreader: csv\nreader: json\nfields: {question: q, answer: a}\n",
+     r"^\S*mine.yaml: reader: set twice, on lines 2 and 3; keep one$"),
+    ("description: x\nreader: [csv\n", r"^\S*mine.yaml: line 3: not valid YAML: fix the syntax"),
+    ("description: x\nreader: xml\nfields: {question: q, answer: a}\n",
+     r"^\S*mine.yaml: reader \(line 2\): Input should be 'csv', 'json' or 'jsonl' \(got 'xml'\)$"),
+    ("- a\n- b\n", r"^\S*mine.yaml: a template is a mapping"),
+])
+def test_template_errors_are_one_line_each_with_the_key_and_line(tmp_path, text, message):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(data.KitError) as info:
+        data.load_template(str(path))
+    first = str(info.value).splitlines()[0]
+    assert re.search(message, first), first
+
+
+def run_files(template: str, path: str, **settings):
+    """`run` for a source path that may be a folder or a glob (each file a source of its own)."""
+    from kit.data.read import source_files
+
+    loaded = data.load_template(template)
+    return data.convert([(p, loaded, template) for p in source_files(path, loaded.reader)], None, Settings(**settings))
+
+
+def account(result) -> None:
+    assert result.input == result.kept + result.rejected + result.duplicates
+    assert result.input == sum(s["records"] for s in result.sources)
+
+
+def test_a_folder_of_one_ticket_per_file_each_file_accounted_for(tmp_path):
+    result = run_files("ticket_files_json", str(SAMPLES / "brightloop_ticket_files"))
+    account(result)
+    assert [Path(s["file"]).name for s in result.sources] == ["T-1001.json", "T-1002.json", "T-1003.json"]
+    assert [s["records"] for s in result.sources] == [4, 2, 2] and len(result.conversations) == 2
+    assert by_code(result) == {"excluded": 3, "after_last_answer": 1}
+    spam = [r for r in result.rejects if r["reason"].startswith("ticket not solved")]
+    assert [(Path(r["file"]).name, r["path"]) for r in spam] == [("T-1002.json", "$.comments[0]"), ("T-1002.json", "$.comments[1]")]
+    first = result.conversations[0]
+    # subject + body paragraphs (a list) make the text; JSON numbers stay numbers in metadata
+    assert first["messages"][0]["content"] == ("Loop Plug offline\n\nMy Loop Plug goes offline every night.\n"
+                                               "I already restarted the router twice.")
+    assert first["metadata"] == {"status": "solved", "csat": 5, "tags": ["wifi", "plug"]}
+    assert first["source"]["path"] == "$.comments[0]"
+    # a glob gives the same files
+    globbed = run_files("ticket_files_json", str(SAMPLES / "brightloop_ticket_files" / "T-*.json"))
+    assert [c["messages"] for c in globbed.conversations] == [c["messages"] for c in result.conversations]
+    with pytest.raises(KitError, match="no file matches"):
+        run_files("ticket_files_json", str(tmp_path / "*.json"))
+
+
+def test_records_in_a_mapping_keyed_by_id_with_list_valued_text():
+    result = run("dialogues_by_id_json", "brightloop_dialogues_by_id.json")
+    account(result)
+    assert (result.input, result.kept, result.rejected) == (8, 6, 2)
+    assert [c["id"].split(":")[-1] for c in result.conversations] == ["dlg-001", "dlg-003"]  # the key is the id
+    assert result.conversations[0]["messages"][1]["content"] == "It left the depot this morning.\nIt arrives tomorrow before 6 pm."
+    incomplete = next(r for r in result.rejects if r["code"] == "excluded")
+    assert incomplete["path"] == '["dlg-002"].turns[0]' and incomplete["reason"] == "incomplete dialogue"
+    assert "{{NAME}}" in result.conversations[1]["messages"][0]["content"]
+
+
+def _template(tmp_path, **changes) -> str:
+    base = yaml.safe_load((REPO / "data_templates" / "ticket_files_json.yaml").read_text())
+    base.update(changes)
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(base))
+    return str(path)
+
+
+def test_a_filter_on_a_field_that_never_occurs_stops_the_build(tmp_path):
+    folder = str(SAMPLES / "brightloop_ticket_files")
+    misspelled = _template(tmp_path, keep=[{"field": "state", "equals": ["solved"], "level": "conversation"}])
+    with pytest.raises(KitError, match=r"keep\[0\]\.field 'state' occurs in none of the 4 conversation records"):
+        run_files(misspelled, folder)
+    # the right field at the wrong level: comments have no status
+    wrong_level = _template(tmp_path, keep=[{"field": "status", "equals": ["solved"]}])
+    with pytest.raises(KitError, match="keep\\[0\\].field 'status'.*or its level"):
+        run_files(wrong_level, folder)
+    # CSV: a rule on a column the file lacks
+    with pytest.raises(KitError, match=r"exclude\[0\]\.field 'visiblity': .* has no such column"):
+        template = yaml.safe_load((REPO / "data_templates" / "ticket_threads_csv.yaml").read_text())
+        template["exclude"] = [{"field": "visiblity", "equals": ["internal"]}]
+        (tmp_path / "csv.yaml").write_text(yaml.safe_dump(template))
+        run(str(tmp_path / "csv.yaml"), "brightloop_ticket_threads.csv")
+
+
+def test_keep_and_exclude_compare_typed_values(tmp_path):
+    folder = str(SAMPLES / "brightloop_ticket_files")
+    # csat is a JSON number: `equals: [5]` and `equals: ["5"]` alike
+    for csat in ([5], ["5"], [5.0]):
+        result = run_files(_template(tmp_path, keep=[{"field": "csat", "equals": csat, "level": "conversation"}]), folder)
+        account(result)
+        assert [c["id"].split(":")[-1] for c in result.conversations] == ["1001"]
+    # roles given as JSON booleans / numbers in the export and as YAML keys
+    path = tmp_path / "typed.json"
+    path.write_text(json.dumps({"d1": {"turns": [{"agent": False, "text": "Where is my order?"},
+                                                 {"agent": True, "text": "It arrives tomorrow."}]}}))
+    template = _template(tmp_path, records_as="mapping", key_field="cid", messages="turns", keep=[], exclude=[],
+                         fields={"conversation": "cid", "role": "agent", "text": "text"}, roles={False: "user", True: "assistant"})
+    result = run_files(template, str(path))
+    assert [m["role"] for m in result.conversations[0]["messages"]] == ["user", "assistant"]
+
+
+def test_a_json_file_that_is_one_record_and_records_as_errors(tmp_path):
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps({"id": 7, "status": "solved", "comments": [
+        {"author_type": "end_user", "public": True, "created_at": "2026-03-02T09:00:00Z", "body": "Hi, is it shipped?"},
+        {"author_type": "agent", "public": True, "created_at": "2026-03-02T09:01:00Z", "body": "Yes, today."}]}))
+    result = run_files("ticket_files_json", str(path))
+    assert len(result.conversations) == 1 and result.conversations[0]["source"]["path"] == "$.comments[0]"
+    with pytest.raises(KitError, match="no object at the top level"):
+        (tmp_path / "list.json").write_text("[]")
+        run_files("ticket_files_json", str(tmp_path / "list.json"))
+    with pytest.raises(KitError, match="no list of records at `export.items`.*records_as: record"):
+        run("qa_json", str(path))
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps({"export": {"items": {"a": {}, "b": {}}}}))
+    with pytest.raises(KitError, match="no list of records at `export.items`.*records_as: mapping"):
+        run("qa_json", str(mapping))
+
+
+def test_csv_rows_with_unquoted_delimiters_in_the_last_column_are_joined_and_counted(tmp_path):
+    result = run("loose_chat_csv", "brightloop_loose_chat.csv")
+    account(result)
+    assert (result.input, result.kept, result.rejected) == (7, 6, 1)
+    assert result.sources[0]["joined_rows"] == 4
+    assert result.conversations[0]["messages"][0]["content"] == "Hi, my Loop Plug, the white one, keeps going offline."
+    short = next(r for r in result.rejects if r["code"] == "bad_row")
+    assert short["line"] == 8 and short["reason"] == "expected 4 fields, got 2"  # too few fields: still rejected
+    # without the setting the same rows are rejected, as before
+    template = yaml.safe_load((REPO / "data_templates" / "loose_chat_csv.yaml").read_text())
+    del template["csv_extra_fields"]
+    (tmp_path / "strict.yaml").write_text(yaml.safe_dump(template))
+    strict = run(str(tmp_path / "strict.yaml"), "brightloop_loose_chat.csv")
+    account(strict)
+    assert strict.by_reason()["bad_row"] == 5 and "joined_rows" not in strict.sources[0]
+
+
+def test_the_template_reference_in_docs_is_generated_from_the_schema():
+    text = (REPO / "docs" / "templates.md").read_text(encoding="utf-8")
+    assert text == data.template_reference(), "run `python -m kit.data reference > docs/templates.md`"
+    for key in ("`records_as`", "`fields.text`", "`keep[].level`", "`csv_extra_fields`", "`ticket_files_json`"):
+        assert key in text
+
+
+def test_turns_json_reads_schema_guided_dialogue_lists(tmp_path):
+    result = run("turns_json", "brightloop_turns.json")
+    account(result)
+    assert (result.input, result.kept, result.rejected, result.duplicates) == (11, 6, 1, 4)
+    assert by_code(result) == {"empty_text": 1, "duplicate": 4}  # 1_00003 repeats 1_00001
+    first = result.conversations[0]
+    assert first["metadata"] == {"services": ["Orders_1"]} and first["messages"][2]["content"] == "{{ADDRESS}} please."
+    # many files of the same layout: a folder
+    for i in range(2):
+        (tmp_path / f"dialogues_00{i}.json").write_text((SAMPLES / "brightloop_turns.json").read_text())
+    many = run_files("turns_json", str(tmp_path))
+    account(many)
+    assert len(many.sources) == 2 and many.duplicates == 4 + 11 - 1  # the second file repeats the first (its empty turn is rejected)

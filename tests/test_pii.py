@@ -21,7 +21,7 @@ from kit import pii
         ("send it to 6821 1st ave", "ADDRESS", "6821 1st ave"),
         ("Hauptstraße 12a, 10115 Berlin", "ADDRESS", "Hauptstraße 12a, 10115 Berlin"),
         ("PO Box 1234", "ADDRESS", "PO Box 1234"),
-        ("London SW1A 1AA", "ADDRESS", "SW1A 1AA"),
+        ("London SW1A 1AA", "ADDRESS", "London SW1A 1AA"),  # the city before the postcode too
     ],
 )
 def test_each_kind_is_found_with_its_exact_span(text, kind, value):
@@ -136,3 +136,121 @@ def test_batch_gate_marks_every_text_with_a_finding_and_redacts_the_same(setup):
         assert scanner.redact_many(batch) == [scanner.redact(text) for text in batch]
 
     check()
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("Hi Kimberley,\nmy plug is offline.", ["Kimberley"]),
+        ("Dear Christine Curtis, thanks for writing.", ["Christine Curtis"]),
+        ("Dear Mr. Müller,\nyour refund is on its way.", ["Müller"]),
+        ("hola Lucía, gracias.", ["Lucía"]),
+        ("The hub is back.\nThanks,\nStjepan", ["Stjepan"]),
+        ("It is fixed.\nBest regards,\nPriya Raman\n-- \nBrightloop Support", ["Priya Raman"]),
+        ("Restart it please.\n-Karthik", ["Karthik"]),
+        ("Can you DM us? ^AB", ["AB"]),
+        ("Fixed now. Cheers, Dev", ["Dev"]),
+        ("Hi, my name is Jean-Luc Picard and my order is late.", ["Jean-Luc Picard"]),
+        ("This is Aadhya from accounts payable.", ["Aadhya"]),
+        ("I'm Karsten Wieloch-Bolnbach, the app crashes.", ["Karsten Wieloch-Bolnbach"]),
+        ("Hi, Ana Souza here.", ["Ana Souza"]),
+        ("Name: Héctor Lasa\nOrder late", ["Héctor Lasa"]),
+        ("I spoke with Kimberley on the phone yesterday.", ["Kimberley"]),
+        ("Your colleague Roy Walker promised a refund.", ["Roy Walker"]),
+        ("The account is in my wife's name, Jane Atkinson.", ["Jane Atkinson"]),
+        ("Rosalinda from your billing team said it would be fixed.", ["Rosalinda"]),
+        ("Can Grace call me back?", ["Grace"]),
+        ("Hi Will,\nthe order shipped.", ["Will"]),
+        ("Hi Dana, as I said, Dana's order shipped.", ["Dana", "Dana"]),  # every occurrence once one is found
+    ],
+)
+def test_names_in_free_text_are_found_by_their_context(text, names):
+    findings = pii.scan(text)
+    assert [f.value for f in findings if f.kind == "NAME"] == names
+
+
+# Support messages with nothing private in them: they must come out byte-identical.
+CLEAN = [
+    "Order BL-2026-004512 shipped on 2026-03-14 and costs $1,299.00.",
+    "Will the Grace period apply to my Plus plan?",
+    "May I ask when firmware 4.2.0.118 will be released?",
+    "Hi team, the Loop Thermostat Pro 2 shows error E-4031 after the update to v2.13.1.",
+    "Hi there, my order #A-1029384 arrived damaged.",
+    "Tracking number 1Z999AA10123456784 has not moved since 14/03/2026.",
+    "Dear Support, I returned 3 items on March 3rd, RMA 55123-B.",
+    "Ticket 88123 was closed on 12.04.2026 without an answer.",
+    "Thanks for the quick reply! Will try tonight.",
+    "Sorry, May is a busy month for us, can we reschedule to June?",
+    "Mark it as resolved please, Will's fix worked on all 12 units.",
+    "I'm here to help you with your order. To check the status, open the Contact Us page.",
+    "We accept:\n- PayPal\n- Apple Pay",
+    "Rest assured, we are here to help! You've got this.",
+    "Invoice INV-2025-0042 for 3 Loop Plugs, total 89.97 EUR incl. 19% VAT.",
+    "Model number LP-2000X, serial SN 4471-2231-09.",
+    "Order 112-4567890-1234567 is missing one item.",
+    "This is URGENT, the Hub keeps rebooting.",
+    # from public dialogue data (Schema-Guided Dialogue, bitext), where earlier versions saw names or usernames
+    "It's Country Music.",
+    "The hotel name is Alila Bangsar located in kuala lumpur.",
+    "Nothing at the moment. Okay. Thanks. Bye!",
+    "I found 1 song: Dirt Road Anthem from the Jason Aldean album.",
+    "Log in with your login credentials; once your account is successfully created, we handle refunds.",
+]
+
+
+@pytest.mark.parametrize("text", CLEAN)
+def test_messages_without_private_data_stay_byte_identical(text):
+    assert pii.redact(text) == (text, {})
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # a username given as a known name: the whole token goes, no "{{NAME}}77"
+        ("write to dana77 today", "write to {{NAME}} today"),
+        # a phone number with its extension and international prefix
+        ("call +1-524-966-1093x523 now", "call {{PHONE}} now"),
+        ("call 001-340-722-4555 now", "call {{PHONE}} now"),
+        # a UK postcode with the street and town before it, not "{{ADDRESS}}1 6XE"
+        ("send it to Flat 7, 12 Jones Road, Northampton NN1 6XE please", "send it to {{ADDRESS}} please"),
+        # a number inside an order code is not a phone: no "BL-{{PHONE}}"
+        ("Order BL-2026-004512, call 0732021527 after 5pm", "Order BL-2026-004512, call 0732021527 after 5pm"),
+        ("Order BL-2026-004512, call me on 0732021527 after 5pm", "Order BL-2026-004512, call me on {{PHONE}} after 5pm"),
+    ],
+)
+def test_redaction_removes_whole_tokens(text, expected):
+    assert pii.redact(text, names=["dana77"])[0] == expected
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "7631 Johnson Village Suite 690, Adamsbury, OR 13900",  # US
+        "USNS Rodriguez\nFPO AA 12345",  # US military
+        "Flat 7, Jones Light, North Holly, S6 7LJ",  # UK
+        "Wesackstraße 26-83, 66907 Werdau",  # DE
+        "Dietzgasse 573\n46869 Pfaffenhofen an der Ilm",
+        "8, avenue Manon Gillet, 97636 Sainte-Antoine",  # FR
+        "rue de Lemaire, 12370 Da Silva",
+        "Callejón Ainara Ponce 86 Apt. 51, Barcelona, 33432",  # ES
+        "76, Chandra Ganj, Bhopal 690743",  # IN
+        "33/78, Soni Circle, Saharanpur-286012",
+    ],
+)
+def test_postal_addresses_by_locale_are_removed_whole(address):
+    redacted, counts = pii.redact(f"Please ship it to {address}.\nThanks")
+    assert redacted == "Please ship it to {{ADDRESS}}.\nThanks" and counts == {"ADDRESS": 1}
+
+
+def test_usernames_and_national_ids():
+    assert pii.redact("My username is lorena39, I can't log in")[0] == "My username is {{USERNAME}}, I can't log in"
+    assert pii.redact("ping @hutchinson_r about it")[0] == "ping @{{USERNAME}} about it"
+    assert pii.redact("mail dana@example.com")[0] == "mail {{EMAIL}}"  # an email is not a handle
+    assert pii.redact("My SSN is 318-01-1262.")[0] == "My SSN is {{NATIONAL_ID}}."
+    assert pii.redact("National Insurance number QQ 12 34 56 C")[0] == "National Insurance number {{NATIONAL_ID}}"
+    assert pii.redact("order 000-12-3456 and 666-12-3456")[1] == {}  # not valid SSNs
+
+
+def test_a_company_or_bot_in_the_names_field_is_not_a_name():
+    redacted, counts = pii.redact("Acme Bot: Acme ships today, Dana.", names=["Acme Bot", "Dana Reyes"])
+    assert redacted == "Acme Bot: Acme ships today, {{NAME}}." and counts == {"NAME": 1}

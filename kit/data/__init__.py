@@ -1,6 +1,7 @@
 """Support logs -> clean, private chat datasets, with every input record accounted for.
 
     python -m kit.data templates                      # the log formats kit reads
+    python -m kit.data reference                      # the template keys (docs/templates.md)
     python -m kit.data preview recipes/quickstart.yaml -n 5
     python -m kit.data build recipes/quickstart.yaml
 
@@ -33,6 +34,7 @@ from kit.data.augment import augment
 from kit.data.clean import resolve_rules
 from kit.data.convert import PARALLEL_MIN_BYTES, Conversion, Settings, convert, messages_of, no_gc, parse_time
 from kit.data.convert import dumps_line
+from kit.data.read import source_files
 from kit.data.splits import folds, split
 from kit.data.template import (
     TEMPLATES_DIR,
@@ -41,13 +43,14 @@ from kit.data.template import (
     find_template,
     load_template,
     template_listing,
+    template_reference,
 )
 from kit.errors import KitError
 
 __all__ = [
     "DATASET_SPLITS", "TEMPLATES_DIR", "Conversion", "Settings", "Template", "TemplateFields", "build", "convert",
     "dataset_dir", "find_template", "fingerprint", "folds", "load_split", "load_template", "main", "parse_time",
-    "read_jsonl", "recipe_sources", "settings_from", "split", "token_lengths",
+    "read_jsonl", "recipe_sources", "settings_from", "split", "template_reference", "token_lengths",
 ]
 
 DATASET_SPLITS = ("train", "validation", "test")
@@ -60,8 +63,13 @@ HELPER_NICENESS = 10  # the tokenizer helper's priority below the conversion's
 
 
 def recipe_sources(recipe) -> list[tuple]:
-    """(path, template, template name, users file) for each `data.sources` entry."""
-    return [(s.path, load_template(s.template), Path(s.template).stem, s.users) for s in recipe.data.sources]
+    """(path, template, template name, users file) for each file of each `data.sources` entry (a folder or
+    a glob gives one per file, so that each file is accounted for by name)."""
+    sources = []
+    for s in recipe.data.sources:
+        template = load_template(s.template)
+        sources += [(path, template, Path(s.template).stem, s.users) for path in source_files(s.path, template.reader)]
+    return sources
 
 
 def settings_from(recipe) -> Settings:
@@ -83,7 +91,12 @@ def fingerprint(recipe) -> str:
                     recipe.model.revision]).encode()
     )
     for source in recipe.data.sources:
-        for path in (Path(source.path), find_template(source.template), Path(source.users) if source.users else None):
+        try:
+            files = source_files(source.path, load_template(source.template).reader)
+        except KitError:
+            files = [source.path]  # missing: reported by the build itself
+        digest.update(json.dumps(files).encode())
+        for path in [Path(f) for f in files] + [find_template(source.template), Path(source.users) if source.users else None]:
             if path is None:
                 continue
             if not path.is_file():
@@ -176,8 +189,10 @@ def _lengths(tokenizer, conversations: list[list[str]], batch_size: int = 2048) 
 def _token_limits(recipe) -> dict[str, tuple[int, int]]:
     limits = {}
     for source in recipe.data.sources:
-        rules = resolve_rules(load_template(source.template).rules, recipe.data.rules)
-        limits[source.path] = (rules.min_tokens, rules.max_tokens)
+        template = load_template(source.template)
+        rules = resolve_rules(template.rules, recipe.data.rules)
+        for path in source_files(source.path, template.reader):
+            limits[path] = (rules.min_tokens, rules.max_tokens)
     return limits
 
 
@@ -347,6 +362,10 @@ def _card(recipe, stats: dict, templates: dict[str, str]) -> str:
     for source in stats["sources"]:
         lines.append(f"| `{source['file']}` | `{source['template']}` ({templates.get(source['template'], '')}) | "
                      f"{source['records']} | {source['conversations']} |")
+    for source in stats["sources"]:
+        if source.get("joined_rows"):
+            lines += ["", f"{source['joined_rows']} rows of `{source['file']}` had more fields than its header (unquoted "
+                          "delimiters in the last column) and were kept with those fields joined (`csv_extra_fields: join`)."]
     conv = stats["conversations"]
     lines += [
         "",
@@ -484,9 +503,20 @@ def _finish(recipe, target: Path, stamp: str, result: Conversion, counter: Token
 
     tokenizer_problem = None
     if not result.conversations:
-        reasons = ", ".join(f"{code} {n}" for code, n in result.by_reason().items())
+        by_reason = result.by_reason()
+        reasons = ", ".join(f"{code} {n}" for code, n in by_reason.items())
+        # The most common reason in words ("missing field 'body'"), and the rejects kept where they can be read.
+        common = max(by_reason, key=by_reason.get) if by_reason else None
+        example = next((r for r in result.rejects if r.get("code") == common), None)
+        said = f"; most often: {example['reason']} ({_describe_source({**example, 'records': [0]})})" if example else ""
+        saved = ""
+        if result.rejects:
+            path = dataset_dir(recipe).parent / "rejects.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_jsonl(path, result.rejects)
+            saved = f"; every record left out is in {path}"
         raise KitError(
-            f"data.sources: no usable conversation in {result.input} records ({reasons or 'none read'}); "
+            f"data.sources: no usable conversation in {result.input} records ({reasons or 'none read'}){said}{saved}; "
             f"check the template's field names and roles, or see `python -m kit.data preview`"
         )
     data = recipe.data
@@ -598,6 +628,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m kit.data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("templates", help="list the log formats")
+    sub.add_parser("reference", help="print the template reference (Markdown, docs/templates.md)")
     for name, text in (("build", "write the dataset folder"), ("preview", "print converted conversations")):
         child = sub.add_parser(name, help=text)
         add_recipe_arguments(child)
@@ -610,6 +641,9 @@ def main(argv: list[str] | None = None) -> None:
     def work() -> None:
         if args.command == "templates":
             sys.stdout.write(template_listing())
+            return
+        if args.command == "reference":
+            sys.stdout.write(template_reference())
             return
         recipe = load_recipe(args.recipe, args.overrides)
         if args.command == "build":

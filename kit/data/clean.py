@@ -115,21 +115,61 @@ _SIGN_OFF = re.compile(
     r"|(?:thanks|thank you|cheers|best)[ \t]*[,!.]?[ \t]*[-–—]?[ \t]*[A-Z][\w.'-]*(?:[ \t]+[A-Z][\w.'-]*)?[ \t]*",
     re.IGNORECASE,
 )
+# The batch gate of a marked sign-off (`_MARKED_SIGN_OFF` at the end of a text of a NUL-joined batch).
+_MARKED_END = re.compile(r"[-–—~^/*][ \t]?[A-Z][\w'’.]*(?:[ \t][A-Z][\w'’.]*)?(?=\s*(?:\x00|\Z))")
 _SENT_FROM = re.compile(r"^[ \t]*(?:Sent from my [^\n]{1,40}|Get Outlook for [^\n]{1,20})[ \t]*$", re.MULTILINE)
+
+
+# A short sign-off at the end of the last line: "... for you. ^MO", "Thanks! -Karthik", "Fixed now /AY",
+# or alone on it (support teams sign tweets and chats with a name or initials after a mark).
+_MARKED_SIGN_OFF = re.compile(r"(?P<mark>--?|[–—~^/*])(?P<space>[ \t]?)[A-Z][\w'’.]*(?:[ \t][A-Z][\w'’.]*)?[ \t]*$")
+
+
+def _marked_sign_off(line: str, previous: str | None) -> int | None:
+    """Where a marked sign-off at the end of `line` starts (None if there is none). `previous`: the line
+    before (None for a one-line text)."""
+    match = _MARKED_SIGN_OFF.search(line, max(0, len(line) - 40))
+    if match is None:
+        return None
+    head = line[: match.start()]
+    mark, spaced = match.group("mark"), bool(match.group("space"))
+    if not head.strip():  # alone on its line
+        if previous is None or not previous.strip():
+            return None
+        if previous.lstrip()[:1] == line.lstrip()[:1]:
+            return None  # the last item of a list ("- PayPal\n- Apple Pay")
+        if mark in ("-", "*") and spaced and previous.rstrip()[-1:] not in (".", "!", "?", ",", ")"):
+            return None  # "Step 1\n- Unplug it": a bullet, unless a sentence ends before it
+        return match.start()
+    if head.rstrip()[-1:] in (".", "!", "?", ")"):
+        return match.start()
+    if head[-1:] in (" ", "\t") and (mark in ("^", "/", "*", "~") or not spaced):
+        return match.start()  # " ^AB", " -Suli"; not " - Free"
+    return None
 
 
 def strip_signatures(text: str) -> str:
     if "Sent from my" in text or "Get Outlook for" in text:
         text = _SENT_FROM.sub("", text).rstrip()
-    stripped = text.rstrip() if "\n" in text else ""
-    if "\n" not in stripped:  # (a single line, maybe with line ends after it: no signature block)
+    if "\n" not in text.rstrip():  # a single line: only a marked sign-off at its end
+        if "^" in text or "-" in text or "/" in text or "~" in text or "*" in text or "–" in text or "—" in text:
+            at = _marked_sign_off(text.rstrip(), None)
+            if at is not None and text[:at].strip():
+                return text[:at].rstrip()
         return text
+    stripped = text.rstrip()
     lines = stripped.split("\n")
     n = len(lines)
-    # "-- " alone on a line starts a signature (RFC 3676); only trusted near the end.
+    # "-- " alone on a line starts a signature (RFC 3676); only trusted near the end. A sign-off may
+    # stand before it ("Best regards,\nName\n-- \nCompany"): the text before it is looked at again.
     for i in range(max(1, n - 8), n):
         if lines[i].rstrip() in ("--", "-- ", "—"):
-            return "\n".join(lines[:i]).rstrip()
+            return strip_signatures("\n".join(lines[:i]).rstrip())
+    at = _marked_sign_off(lines[-1], lines[-2])
+    if at is not None:
+        head = ("\n".join(lines[:-1]) + "\n" + lines[-1][:at]).rstrip()
+        if head:
+            return strip_signatures(head)  # "Thanks!\n- Dana": the sign-off line before it too
     # A sign-off line near the end, followed only by a few short lines (name, title, company, phone).
     for i in range(max(1, n - 6), n):
         line = lines[i].strip()
@@ -142,17 +182,20 @@ def strip_signatures(text: str) -> str:
     return text
 
 
-_WS_NEEDED = re.compile(r"[ \t\u00a0\u2009\u202f]{2}|[\t\u00a0\u2009\u202f\u200b\u200c\u200d\ufeff]| \n|\n |\n\n\n")
+_WS_NEEDED = re.compile(r"[ \t\u00a0\u2009\u202f]{2}|[\t\u00a0\u2009\u202f\u200b\ufeff]| \n|\n |\n\n\n")
 _WS_RUN = re.compile(r"[ \t\u00a0\u2009\u202f]+")
 _BLANKS = re.compile(r"\n{3,}")
 
 
 def normalize_whitespace(text: str) -> str:
+    """Line ends to \\n, runs of spaces (tabs, no-break and thin spaces) to one space, at most one blank
+    line, no zero-width spaces or byte-order marks, no spaces around lines. Whitespace only: the zero-width
+    joiner and non-joiner (U+200D, U+200C) are parts of emoji sequences and of Indic and Persian words."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if _WS_NEEDED.search(text) is None:
         return text.strip()
-    for char in "\u200b\u200c\u200d\ufeff":
+    for char in "\u200b\ufeff":
         text = text.replace(char, "")
     text = "\n".join(_WS_RUN.sub(" ", line).strip() for line in text.split("\n"))
     return _BLANKS.sub("\n\n", text).strip()
@@ -160,7 +203,7 @@ def normalize_whitespace(text: str) -> str:
 
 # A text with none of these characters and strings is left as it is by every rule but the final strip():
 # the gates of `Cleaner.clean` (html < &, quotes > : ----- ____, signatures, whitespace) in one search.
-_RULE_CHARS = re.compile("[<&>:\n\r\t\u00a0\u2009\u202f\u200b\u200c\u200d\ufeff]")
+_RULE_CHARS = re.compile("[<&>:\n\r\t\u00a0\u2009\u202f\u200b\ufeff]")
 _RULE_STRINGS = ("-----", "____", "Sent from my", "Get Outlook for", "  ")
 _AUTO_REPLY_WORDS = ("office", "auto", "do not reply", "received your", "i am ")  # see _maybe_default_auto_reply
 
@@ -189,7 +232,8 @@ class Cleaner:
             text = pattern.sub("", text)
         if rules.strip_quoted_replies and (">" in text or ":" in text or "-----" in text or "____" in text):
             text = strip_quoted_replies(text)
-        if rules.strip_signatures and ("\n" in text or "Sent from my" in text or "Get Outlook for" in text):
+        if rules.strip_signatures and ("\n" in text or "Sent from my" in text or "Get Outlook for" in text
+                                       or _MARKED_END.search(text, max(0, len(text) - 48)) is not None):
             text = strip_signatures(text)
         if rules.normalize_whitespace:
             return normalize_whitespace(text)
@@ -204,6 +248,8 @@ class Cleaner:
         starts = batch_starts(texts)
         marks = [False] * len(texts)
         mark_texts(searcher(_RULE_CHARS, joined), starts, marks)
+        if self.rules.strip_signatures:
+            mark_texts(searcher(_MARKED_END, joined), starts, marks)
         for string in _RULE_STRINGS:
             if string in joined:
                 mark_texts(lambda position, string=string: joined.find(string, position), starts, marks)

@@ -153,14 +153,12 @@ def _group(reader, columns: list, lines, n: int):
             problems.append((code, reason))
             status[rows] = len(problems)
 
-    for (_, values, pattern, reason), rule in zip(reader.exclude, source.template.exclude):
-        column = _column(reader, rule.field, columns)
-        if column is None:
-            continue  # a column this export lacks never matches
+    for (_, values, pattern, reason, keep, _), (rule, _) in zip(reader.exclude, reader.filter_rules):
+        column = _column(reader, rule.field, columns)  # (the source checked that the column exists)
         distinct, codes = _codes(column)
         hits = np.array([bool((values is not None and value.strip().lower() in values)
                               or (pattern is not None and pattern.search(value.strip()))) for value in distinct], dtype=bool)
-        mark(hits[codes], "excluded", reason)
+        mark(~hits[codes] if keep else hits[codes], "excluded", reason)
 
     distinct, codes = _codes(_column(reader, fields.role, columns))
     role_names: list[str] = []

@@ -138,6 +138,42 @@ def _text(value) -> str | None:
     return str(value)
 
 
+def _filter_value(value) -> str:
+    """A value as `exclude` / `keep` compare it: JSON true / false / null as written in JSON, numbers without
+    a trailing `.0` (`3` and `3.0` alike), strings stripped."""
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value).strip()
+
+
+def _describe_test(rule) -> str:
+    return f"one of {[_filter_value(v) for v in rule.equals]}" if rule.equals is not None else f"like /{rule.matches}/"
+
+
+def _message_text(value) -> str | None:
+    """A message text: a string; a number or boolean as written; a list of parts (sentences, paragraphs)
+    joined with line ends; None when missing."""
+    if value.__class__ is str:
+        return value
+    if isinstance(value, list):
+        parts = [part for part in map(_message_text, value) if part and part.strip()]
+        return "\n".join(parts) if parts else None
+    return _text(value)
+
+
+def _joined(getters: list):
+    """A getter for a text built from several fields (`text: [subject, body]`): the parts present,
+    separated by a blank line; MISSING when none is."""
+    def get(row):
+        parts = [part for part in (_message_text(g(row)) for g in getters) if part and part.strip()]
+        return "\n\n".join(parts) if parts else read.MISSING
+    return get
+
+
 _FLOAT_ID = re.compile(r"^(\d+)\.0+$")
 
 
@@ -185,11 +221,15 @@ def parse_time(value, fmt: str | None) -> float | None:
 
 
 def _metadata_value(value):
+    """A metadata value as kept: strings stripped, JSON numbers and booleans as they are (typed), lists of
+    strings; None (left out) for objects and missing values."""
     if isinstance(value, list):
         return [str(v) for v in value if v is not None]
     if isinstance(value, dict) or value is None or value is read.MISSING:
         return None
-    return value.strip() if value.__class__ is str else str(value)
+    if value.__class__ is str:
+        return value.strip()
+    return value if isinstance(value, (bool, int, float)) else str(value)
 
 
 def _raw_text(raw) -> str:
@@ -241,8 +281,10 @@ class _Source:
         self.template_name = template_name
         # A large CSV of messages is first read by columns (`kit.data.columnar`): into memory once, for
         # the encoding and the columns both.
-        self.by_columns = (template.reader == "csv" and template.shape == "messages"
-                           and self.path.stat().st_size >= COLUMNAR_MIN_BYTES)
+        # Rows whose extra fields are joined into the last one are read one by one (`csv_extra_fields: join`).
+        self.joined_lines: list[int] | None = [] if template.csv_extra_fields == "join" else None
+        self.by_columns = (template.reader == "csv" and template.shape == "messages" and self.joined_lines is None
+                           and isinstance(template.fields.text, str) and self.path.stat().st_size >= COLUMNAR_MIN_BYTES)
         self.data = self.path.read_bytes() if self.by_columns else None
         self.encoding = read.detect_encoding(self.path, template.encoding, self.data)
         self.header: list[str] | None = None
@@ -258,7 +300,14 @@ class _Source:
 
     def _check_columns(self) -> None:
         f = self.template.fields
-        required = [f.question, f.answer, f.conversation, f.message_id, f.reply_to, f.text, f.role, f.author, f.timestamp]
+        required = [f.conversation, f.message_id, f.reply_to, f.role, f.author, f.timestamp]
+        for name in (f.question, f.answer, f.text):  # a text of several fields needs each of them
+            required += name if isinstance(name, list) else [name]
+        for kind in ("exclude", "keep"):  # a rule on a column the file lacks would filter nothing
+            for index, rule in enumerate(getattr(self.template, kind)):
+                if rule.field not in self.header:
+                    raise KitError(f"template {self.template_name}: {kind}[{index}].field {rule.field!r}: {self.file} has "
+                                   f"no such column (columns: {', '.join(self.header)}); fix the field name")
         missing = [name for name in dict.fromkeys(required) if name and name not in self.header]
         if missing:
             raise KitError(
@@ -266,10 +315,13 @@ class _Source:
                 f"fix the template's fields or the file"
             )
 
-    def get(self, name: str | None):
-        """A getter for a template field (a CSV column or a dotted JSON path); None when unset."""
+    def get(self, name: str | list[str] | None):
+        """A getter for a template field (a CSV column or a dotted JSON path; a list of them for a text built
+        from several fields); None when unset."""
         if name is None:
             return None
+        if isinstance(name, list):
+            return _joined([self.get(part) for part in name])
         if self.header is not None and name not in self.header:
             return lambda row: read.MISSING  # an optional column this export lacks
         return read.getter(name, self.header)
@@ -308,13 +360,14 @@ class _Source:
         """(location, message row, problem, container row) for every input record, in file order."""
         t = self.template
         if t.reader == "csv":
-            return ((line, row, problem, row) for line, row, problem in read.csv_records(self.path, self.encoding, self.delimiter))
+            return ((line, row, problem, row) for line, row, problem
+                    in read.csv_records(self.path, self.encoding, self.delimiter, joined=self.joined_lines))
         if t.reader == "jsonl":
             outer = read.jsonl_records(self.path, self.encoding)
         elif self.document_problem:
             outer = iter([(self.document_line, None, self.document_problem)])
         else:
-            outer = read.json_records(self.document, t.records, self.path)
+            outer = read.json_records(self.document, t.records, self.path, t.records_as, t.key_field)
         if not t.messages:
             return ((loc, row, problem, row) for loc, row, problem in outer)
         return self._nested(outer, read.split_path(t.messages))
@@ -364,16 +417,21 @@ class _Reader:
         # tuple); values are stripped when the scanner is built.
         self.flat_names = (operator.itemgetter(*[source.header.index(n) for n in f.names] * 2)
                            if source.header is not None and f.names and all(n in source.header for n in f.names) else None)
-        self.roles = {str(k).strip().lower(): v for k, v in t.roles.items()}
+        self.roles = {_filter_value(k).lower(): v for k, v in t.roles.items()}
         # Raw role values seen so far -> their chat role (user / assistant), filled by `role_of`.
         self.fast_roles: dict[str, str] = {}
         self.iso_times = t.timestamp_format is None
+        # exclude / keep rules: (getter, values, pattern, reason, keep, on the conversation's record)
         self.exclude = []
-        for rule in t.exclude:
-            values = None if rule.equals is None else {v.strip().lower() for v in rule.equals}
+        self.filter_rules = [(rule, False) for rule in t.exclude] + [(rule, True) for rule in t.keep]
+        for rule, keep in self.filter_rules:
+            values = None if rule.equals is None else {_filter_value(v).lower() for v in rule.equals}
             pattern = re.compile(rule.matches, re.IGNORECASE) if rule.matches else None
-            self.exclude.append((get(rule.field), values, pattern, rule.reason))
-        self.exclude_seen: list[dict[str, bool]] = [{} for _ in self.exclude]  # raw value -> excluded
+            reason = rule.reason or (f"{rule.field} is not {_describe_test(rule)} (keep)" if keep
+                                     else f"{rule.field} is {_describe_test(rule)} (exclude)")
+            self.exclude.append((get(rule.field), values, pattern, reason, keep, rule.level == "conversation"))
+        self.exclude_seen: list[dict[str, bool]] = [{} for _ in self.exclude]  # raw value -> matches
+        self.filter_present = [False] * len(self.exclude)  # the rule's field occurred in some record
 
     def reject(self, number: int, loc, code: str, reason: str, raw=None) -> None:
         entry = {**_where(self.source.file, number, loc), "reason": reason, "code": code, "kind": "rejected"}
@@ -383,21 +441,36 @@ class _Reader:
                 entry["text"] = text
         self.rejects.append(entry)
 
-    def excluded(self, row) -> str | None:
-        for (get, values, pattern, reason), seen in zip(self.exclude, self.exclude_seen):
-            value = get(row)
+    def excluded(self, row, container=None) -> str | None:
+        """Why the template's `exclude` / `keep` rules leave this record out, or None."""
+        for i, ((get, values, pattern, reason, keep, conversation), seen) in enumerate(zip(self.exclude, self.exclude_seen)):
+            value = get(container if conversation and container is not None else row)
             hit = seen.get(value) if value.__class__ is str else None  # values repeat (public / internal)
             if hit is None:
-                text = _text(value)
-                if text is None:
-                    continue
-                text = text.strip()
-                hit = bool((values is not None and text.lower() in values) or (pattern is not None and pattern.search(text)))
+                text = None if value is read.MISSING or value is None else _filter_value(value)
+                if value is not read.MISSING:
+                    self.filter_present[i] = True
+                hit = text is not None and bool(
+                    (values is not None and text.lower() in values) or (pattern is not None and pattern.search(text)))
                 if value.__class__ is str and len(seen) < 10_000:
                     seen[value] = hit
-            if hit:
+            else:
+                self.filter_present[i] = True
+            if hit != keep:
                 return reason
         return None
+
+    def check_filters(self, records: int) -> None:
+        """Stop when an `exclude` / `keep` rule's field occurred in no record: it filtered nothing (or, for
+        `keep`, everything), which is almost always a misspelled field."""
+        t = self.source.template
+        for (rule, keep), present in zip(self.filter_rules, self.filter_present):
+            if not present and records:
+                index = (t.keep if keep else t.exclude).index(rule)
+                where = "conversation records" if rule.level == "conversation" and t.messages else "records"
+                raise KitError(f"template {self.source.template_name}: {'keep' if keep else 'exclude'}[{index}].field "
+                               f"{rule.field!r} occurs in none of the {records} {where} of {self.source.file}; fix the "
+                               f"field name{' or its level' if t.messages else ''}")
 
     def role_of(self, row) -> tuple[str | None, tuple | None]:
         """(user / assistant / drop, None) or (None, (code, reason))."""
@@ -416,7 +489,9 @@ class _Reader:
 
     def role_of_value(self, raw) -> tuple[str | None, tuple | None]:
         """`role_of` for a raw role value (a role column's cell, or the users table's role)."""
-        raw = raw.strip() if raw.__class__ is str else (_text(raw) or "").strip()
+        if raw.__class__ is not str:  # a JSON number or boolean: 1 and 1.0 alike, true as written in JSON
+            raw = "" if raw is None or raw is read.MISSING or isinstance(raw, (list, dict)) else _filter_value(raw)
+        raw = raw.strip()
         role = self.roles.get(raw.lower(), self.source.template.unknown_role)
         if role is None:
             return None, ("unknown_role", f"unknown role {raw!r}: add it to the template's roles")
@@ -430,7 +505,7 @@ class _Reader:
         metadata = {}
         for key, get in self.metadata:
             value = self.metadata_value(key, get(row))
-            if value:
+            if value or value.__class__ in (bool, int, float):  # (a JSON 0 or false is a value; "" or [] is not)
                 metadata[key] = value
         return metadata
 
@@ -477,10 +552,10 @@ class _Reader:
             if problem is not None:
                 self.reject(number, loc, *problem, raw=row)
                 continue
-            if self.exclude and (reason := self.excluded(row)) is not None:
+            if self.exclude and (reason := self.excluded(row, row)) is not None:
                 self.reject(number, loc, "excluded", reason, raw=row)
                 continue
-            question, answer = _text(get_q(row)), _text(get_a(row))
+            question, answer = _message_text(get_q(row)), _message_text(get_a(row))
             if question is None or answer is None:
                 missing = f.question if question is None else f.answer
                 self.reject(number, loc, "missing_field", f"missing field {missing!r}", raw=row)
@@ -490,6 +565,7 @@ class _Reader:
                 metadata["id"] = value.strip()
             items.append((number, loc, question, answer, metadata))
         self.result.input += number
+        self.check_filters(number)
         return items
 
     def _message(self, number, loc, row, problem, container) -> list | None:
@@ -504,7 +580,7 @@ class _Reader:
         if problem is not None:
             self.reject(number, loc, *problem, raw=row)
             return None
-        if self.exclude and (reason := self.excluded(row)) is not None:
+        if self.exclude and (reason := self.excluded(row, container)) is not None:
             self.reject(number, loc, "excluded", reason, raw=self.get_text(row))
             return None
         raw_role = self.get_role(row) if self.get_role is not None else None
@@ -516,7 +592,7 @@ class _Reader:
                 return None
         text = self.get_text(row)
         if text.__class__ is not str:
-            text = _text(text)
+            text = _message_text(text)
             if text is None:
                 self.reject(number, loc, "missing_field", f"missing field {self.source.template.fields.text!r}", raw=row)
                 return None
@@ -566,6 +642,8 @@ class _Reader:
         else:
             number = self._group_split(split, groups, metadata)
         self.result.input += number
+        if source.header is None:  # (a CSV's rule fields were checked against its header)
+            self.check_filters(number)
         return Groups.of([(key, group, metadata[key]) for key, group in groups.items()])
 
     def _group_split(self, split: tuple[int, int], groups: dict, metadata: dict) -> int:
@@ -694,6 +772,8 @@ class _Reader:
                     if child := _id(child):
                         listed.setdefault(child, key)
         self.result.input += number
+        if self.source.header is None:
+            self.check_filters(number)
         for child, parent in listed.items():  # a reply known only from its parent's list of replies
             if child in nodes and child not in parents:
                 parents[child] = parent
@@ -864,7 +944,8 @@ class _Assembler:
         if self.scanner is None:
             return metadata
         redact = self._redact_value
-        return {key: redact(value, batch) if value.__class__ is str else [redact(v, batch) for v in value]
+        return {key: redact(value, batch) if value.__class__ is str
+                else [redact(v, batch) for v in value] if value.__class__ is list else value  # numbers, booleans
                 for key, value in metadata.items()}
 
     def _conversation(self, cid: str, messages: list[dict], metadata: dict, located: list, batch: _Batch) -> dict:
@@ -1121,6 +1202,7 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
         source = _Source(path_text, template, template_name, item[3] if len(item) > 3 else None)
         rules = resolve_rules(template.rules, settings.rules)
         split = (template.reader == "csv" and template.shape == "messages" and worker_count(settings, 0, True) > 1
+                 and source.joined_lines is None
                  and (settings.workers is not None or source.path.stat().st_size >= PARALLEL_MIN_BYTES))
         reader = _Reader(result, source, rules, split)
         before = result.input
@@ -1157,6 +1239,8 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
             result.assembled += batch.assembled
             result.rejected_conversations += batch.rejected_conversations
         result.sources.append({"file": source.file, "template": source.template_name, "records": records})
+        if source.joined_lines:  # kept, and counted: rows whose last field held unquoted delimiters
+            result.sources[-1]["joined_rows"] = len(source.joined_lines)
         if settings.progress:
             settings.progress(f"{source.path.name}: assembled in {time.perf_counter() - started:.1f} s")
     _dedup(result, settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import glob
 import io
 import json
 import operator
@@ -22,6 +23,29 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # support bodies can be long;
 
 MISSING = object()
 _CHUNK = 1 << 20
+
+
+# The files a folder source holds, by the template's reader.
+_SUFFIXES = {"csv": (".csv", ".tsv", ".txt"), "json": (".json",), "jsonl": (".jsonl", ".ndjson", ".json")}
+
+
+def source_files(path_text: str, reader: str) -> list[str]:
+    """The files of a `data.sources[].path`: the file itself; a folder's files of the reader's kind (in
+    its subfolders too), or a glob's matches (`exports/2026-*/*.json`, `**` for any depth), in name order."""
+    path = Path(path_text)
+    if path.is_file():
+        return [path_text]
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _SUFFIXES[reader])
+        what = f"no {', '.join(_SUFFIXES[reader])} file in the folder"
+    elif any(char in path_text for char in "*?["):
+        files = sorted(p for p in glob.glob(path_text, recursive=True) if Path(p).is_file())
+        what = "no file matches the pattern"
+    else:
+        raise KitError(f"data.sources[].path: {path_text} not found; point it at an export file, a folder or a glob")
+    if not files:
+        raise KitError(f"data.sources[].path: {path_text}: {what}; fix the path")
+    return files
 
 
 def detect_encoding(path: Path, declared: str = "auto", data: bytes | None = None) -> str:
@@ -102,12 +126,14 @@ def _csv_width(path: Path, encoding: str, delimiter: str) -> int:
 
 
 def csv_records(
-    path: Path, encoding: str, delimiter: str, start: int = 0, lines_before: int = 0
+    path: Path, encoding: str, delimiter: str, start: int = 0, lines_before: int = 0, joined: list | None = None
 ) -> Iterator[tuple[int, list | None, tuple | None]]:
     """Yield (first line, row, problem) for each record after the header. Blank lines are layout, not records.
 
     `start` > 0: the records from that byte offset on (the start of a line after the header, see
-    `split_offset`), with `lines_before` the number of lines before it."""
+    `split_offset`), with `lines_before` the number of lines before it. `joined` (a list): a row with more
+    fields than the header has its extra fields joined back into the last one with the delimiter (its
+    free text held an unquoted delimiter), and its line is appended to `joined`; else it is a `bad_row`."""
     if start:
         width = _csv_width(path, encoding, delimiter)
         raw = path.open("rb")
@@ -141,6 +167,9 @@ def csv_records(
                 continue
             if not any(row):
                 yield line, None, ("empty_row", "empty row")
+            elif len(row) > width > 0 and joined is not None:
+                joined.append(line)
+                yield line, row[: width - 1] + [delimiter.join(row[width - 1 :])], None
             elif len(row) != width:
                 yield line, row, ("bad_row", f"expected {width} fields, got {len(row)}")
             else:
@@ -232,14 +261,33 @@ def get_path(value, parts: list):
     return value
 
 
-def json_records(document, dotted: str | None, path: Path) -> Iterator[tuple[str, object, tuple | None]]:
-    """Yield (JSON path, record, None) for each item of the list at `dotted` (the document itself when unset)."""
+def json_records(document, dotted: str | None, path: Path, records_as: str = "list",
+                 key_field: str = "key") -> Iterator[tuple[str, object, tuple | None]]:
+    """Yield (JSON path, record, None) for each record at `dotted` (the document itself when unset):
+    each item of a list (`records_as: list`), each value of a mapping with its key added as `key_field`
+    (`mapping`: `{"dlg-1": {...}, "dlg-2": {...}}`), or the one object there (`record`: a file per ticket)."""
     items = document if not dotted else get_path(document, split_path(dotted))
-    if not isinstance(items, list):
-        where = f"`{dotted}`" if dotted else "the top level"
-        keys = f" (top-level keys: {', '.join(map(str, list(document)[:12]))})" if isinstance(document, dict) else ""
-        raise KitError(f"{path}: no list of records at {where}{keys}; fix the template's `records` path")
+    where = f"`{dotted}`" if dotted else "the top level"
+    keys = f" (top-level keys: {', '.join(map(str, list(document)[:12]))})" if isinstance(document, dict) else ""
     prefix = dotted or ""
+    if records_as == "record":
+        if not isinstance(items, dict):
+            raise KitError(f"{path}: no object at {where}; fix the template's `records` path or `records_as`")
+        yield prefix or "$", items, None
+        return
+    if records_as == "mapping":
+        if not isinstance(items, dict):
+            raise KitError(f"{path}: no mapping of records at {where}{keys}; fix the template's `records` path or "
+                           "`records_as`")
+        for key, item in items.items():
+            # the key is available as a field (a record that is not an object is kept as `value`)
+            record = {**item, key_field: key} if isinstance(item, dict) else {"value": item, key_field: key}
+            yield f"{prefix}[{json.dumps(key, ensure_ascii=False)}]", record, None
+        return
+    if not isinstance(items, list):
+        hint = (" or set `records_as: mapping` (records keyed by id) or `record` (one record)" if isinstance(items, dict)
+                else " or set `records_as: record` (the file is one record)" if isinstance(document, dict) else "")
+        raise KitError(f"{path}: no list of records at {where}{keys}; fix the template's `records` path{hint}")
     for index, item in enumerate(items):
         yield f"{prefix}[{index}]", item, None
 

@@ -6,8 +6,11 @@ Writes under `<run>/export/` (each folder appears whole or not at all):
 - `adapter/`: the PEFT adapter plus a model card (README.md: base model, data stats, metrics, recipe);
 - `merged/`: base + adapter as safetensors + tokenizer + chat template + generation config, which
   `AutoModelForCausalLM.from_pretrained` loads with no PEFT installed;
-- `gguf/`: `<name>-f16.gguf` and `<name>-q8_0.gguf` for llama.cpp, Ollama and LM Studio, written with the
-  `gguf` package's writer, tokenizer and chat template embedded (llama-architecture models only);
+- `gguf/`: `<name>-<type>.gguf` for each of `export.gguf_types` (f16, q8_0, Q6_K, Q5_K_M, Q4_K_M) for
+  llama.cpp, Ollama and LM Studio, tokenizer and chat template embedded. With llama.cpp installed
+  (`llama-cpp-python`) they come from llama.cpp's own converter and quantizer (`kit.gguf`), for every
+  architecture it converts (llama, Mistral, Qwen2/2.5/3, Gemma 2/3, Phi-3, ...); without it, kit's own
+  writer still writes f16 and q8_0 for llama-architecture models;
 - `gguf/Modelfile` (format `ollama`): TEMPLATE and stop parameters generated from the chat template used
   in training, so `ollama create NAME -f Modelfile` prompts the model exactly as kit trained it.
 A complete distilled student (`<run>/student/`) gets the same formats under `export/student/`.
@@ -18,9 +21,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit import gguf as llama_cpp_gguf
 from kit import models
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
@@ -29,7 +34,8 @@ from kit.recipe import ModelSection, Recipe, load_recipe
 from kit.runs import atomic_dir, package_versions, student_dir, tuned_adapter, umask
 
 FORMATS = ("adapter", "merged", "gguf", "ollama")
-GGUF_TYPES = ("f16", "q8_0")  # largest first: the Modelfile points at the last one written
+GGUF_TYPES = llama_cpp_gguf.TYPES  # largest first: the Modelfile points at the last one written
+KIT_WRITER_TYPES = ("f16", "q8_0")  # what kit's own writer (write_gguf) writes
 
 
 # ---------------------------------------------------------------------------------------------- GGUF
@@ -79,26 +85,49 @@ def gguf_problems(config, tokenizer) -> list[str]:
     problems = []
     if config.model_type != "llama":
         problems.append(
-            f"architecture `{config.model_type}`: kit's GGUF writer supports llama-architecture models only "
-            f"(LlamaForCausalLM, e.g. SmolLM2, Llama 3); export `merged` and convert it with llama.cpp's convert_hf_to_gguf.py"
+            f"architecture `{config.model_type}`: kit's own GGUF writer supports llama-architecture models only; "
+            f"other architectures go through llama.cpp's converter: {llama_cpp_gguf.INSTALL}"
         )
         return problems
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") != "default":
-        problems.append(f"rope scaling `{rope['rope_type']}` is not written by kit's GGUF writer; export `merged` instead")
+        problems.append(f"rope scaling `{rope['rope_type']}` is not written by kit's GGUF writer; llama.cpp's converter writes it: {llama_cpp_gguf.INSTALL}")
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        problems.append("attention or MLP biases are not written by kit's GGUF writer; export `merged` instead")
+        problems.append(f"attention or MLP biases are not written by kit's GGUF writer; llama.cpp's converter writes them: {llama_cpp_gguf.INSTALL}")
     if getattr(config, "hidden_act", "silu") != "silu":
-        problems.append(f"activation `{config.hidden_act}` is not llama's silu; export `merged` instead")
+        problems.append(f"activation `{config.hidden_act}` is not llama's silu; llama.cpp's converter handles it: {llama_cpp_gguf.INSTALL}")
     spec = json.loads(tokenizer.backend_tokenizer.to_str()) if getattr(tokenizer, "is_fast", False) else {}
     if spec.get("model", {}).get("type") != "BPE" or gguf_pre_tokenizer(tokenizer) is None:
         problems.append(
             "tokenizer: kit's GGUF writer handles byte-level BPE tokenizers that split text like GPT-2, SmolLM "
-            "or Llama 3; export `merged` instead"
+            f"or Llama 3; llama.cpp's converter knows more: {llama_cpp_gguf.INSTALL}"
         )
     elif len(tokenizer) > config.vocab_size:
         problems.append(f"tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size} embeddings")
     return problems
+
+
+def gguf_writer(config, tokenizer, types, writer: str | None = None) -> tuple[str, list[str]]:
+    """Who writes the f16 (and q8_0) file, "kit" or "llama.cpp", and why the GGUF cannot be written (empty if it can).
+
+    kit's own writer for llama-architecture models with a byte-level BPE tokenizer it reproduces, where it is
+    measurably better: its q8_0 keeps the value and down projections in f16 (see Q8_0_KEEP_F16), it needs no
+    compiler, and it takes tokenizers llama.cpp's converter refuses for an unlisted hash although they split
+    text as a listed one does. llama.cpp's converter for everything else (Mistral, Qwen2/2.5/3, Gemma 2/3,
+    Phi-3, ...); llama.cpp's quantizer writes the k-quants from the f16 file either way.
+    """
+    kit_problems = gguf_problems(config, tokenizer)
+    if writer is None:
+        writer = "llama.cpp" if kit_problems else "kit"
+    needs_quantizer = [kind for kind in types if writer == "llama.cpp" or kind not in KIT_WRITER_TYPES]
+    if writer == "kit" and kit_problems:
+        return writer, kit_problems
+    if llama_cpp_gguf.llama_cpp_version() is not None:
+        return writer, []
+    problems = kit_problems if writer == "llama.cpp" else []
+    if writer == "kit" and needs_quantizer:
+        problems.append(f"GGUF types {', '.join(needs_quantizer)} are written by llama.cpp's quantizer: {llama_cpp_gguf.INSTALL}")
+    return writer, problems
 
 
 def _permute_qk(weights, n_head: int):
@@ -396,17 +425,57 @@ def save_merged(model, tokenizer, target: Path, info: dict) -> Path:
     return target
 
 
-def save_gguf(model, tokenizer, target: Path, recipe: Recipe, stem: str, info: dict, with_modelfile: bool) -> list[Path]:
+def write_gguf_files(
+    model, tokenizer, folder: Path, stem: str, types, base_folder: str | Path | None = None, writer: str | None = None
+) -> list[Path]:
+    """`<stem>-<type>.gguf` in `folder` for each of `types` (see `gguf_writer` for who writes what).
+
+    f16 comes from kit's writer or from llama.cpp's convert_hf_to_gguf.py (run on the model saved as a Hugging
+    Face folder, with the base model's tokenizer.model when it has one); q8_0 from kit's writer, or like the
+    k-quants from llama.cpp's quantizer run on the f16 file.
+    """
+    types = [kind for kind in GGUF_TYPES if kind in types]
+    writer, problems = gguf_writer(model.config, tokenizer, types, writer)
+    if problems:
+        raise KitError("\n".join(f"export.formats: gguf: {problem}" for problem in problems))
+    paths = {kind: folder / f"{stem}-{kind}.gguf" for kind in types}
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".gguf-") as temporary:
+        f16 = paths.get("f16", Path(temporary) / f"{stem}-f16.gguf")
+        if writer == "kit":
+            print(f"kit.export: writing {f16.name} (kit's GGUF writer)", flush=True)
+            write_gguf(model, tokenizer, f16, "f16", name=stem)
+        else:
+            source = Path(temporary) / "model"
+            model.save_pretrained(source)
+            tokenizer.save_pretrained(source)
+            llama_cpp_gguf.copy_sentencepiece(base_folder, source)
+            print(f"kit.export: converting with llama.cpp's convert_hf_to_gguf.py -> {f16.name}", flush=True)
+            llama_cpp_gguf.convert(source, f16, name=stem)
+            shutil.rmtree(source)
+        for kind in types:
+            if kind == "q8_0" and writer == "kit":
+                print(f"kit.export: writing {paths[kind].name} (kit's GGUF writer)", flush=True)
+                write_gguf(model, tokenizer, paths[kind], kind, name=stem)
+            elif kind != "f16":
+                print(f"kit.export: quantizing with llama.cpp -> {paths[kind].name}", flush=True)
+                llama_cpp_gguf.quantize(f16, paths[kind], kind)
+    return list(paths.values())
+
+
+def save_gguf(
+    model, tokenizer, target: Path, recipe: Recipe, stem: str, info: dict, with_modelfile: bool,
+    base_folder: str | Path | None = None,
+) -> list[Path]:
     """`<stem>-<type>.gguf` for each of `export.gguf_types`, plus the Modelfile for the smallest."""
     types = [kind for kind in GGUF_TYPES if kind in recipe.export.gguf_types]
+    writer, _ = gguf_writer(model.config, tokenizer, types)
     with atomic_dir(target) as scratch:
-        for kind in types:
-            print(f"kit.export: writing {target / f'{stem}-{kind}.gguf'}", flush=True)
-            write_gguf(model, tokenizer, scratch / f"{stem}-{kind}.gguf", kind, name=stem)
+        write_gguf_files(model, tokenizer, scratch, stem, types, base_folder)
         if with_modelfile:
             text = modelfile(tokenizer, f"{stem}-{types[-1]}.gguf", recipe.data.system_prompt, recipe.chat.temperature, stem)
             (scratch / "Modelfile").write_text(text)
-        _write_info(scratch, {**info, "gguf_types": types})
+        extra = {"gguf_writer": writer, "llama_cpp_python": llama_cpp_gguf.llama_cpp_version()}
+        _write_info(scratch, {**info, "gguf_types": types, **extra})
     return [target / f"{stem}-{kind}.gguf" for kind in types]
 
 
@@ -543,12 +612,13 @@ def _tokenizer_source(adapter: Path, model_path: str) -> str:
     return str(adapter) if (adapter / "tokenizer_config.json").is_file() else model_path
 
 
-def _gguf_check(label: str, section: ModelSection, path: str, tokenizer_path: str) -> list[str]:
+def _gguf_check(label: str, section: ModelSection, path: str, tokenizer_path: str, types) -> list[str]:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path, revision=section.revision, trust_remote_code=section.trust_remote_code)
     tokenizer = models.load_tokenizer(section, tokenizer_path)
-    return [f"export.formats: gguf{label}: {problem}" for problem in gguf_problems(config, tokenizer)]
+    _, problems = gguf_writer(config, tokenizer, types)
+    return [f"export.formats: gguf{label}: {problem}" for problem in problems]
 
 
 def run(recipe: Recipe) -> Path:
@@ -559,6 +629,7 @@ def run(recipe: Recipe) -> Path:
     """
     formats = [name for name in FORMATS if name in recipe.export.formats]
     wants_gguf = "gguf" in formats or "ollama" in formats
+    types = recipe.export.gguf_types
     root = recipe.run_dir / "export"
     tuned = tuned_weights(recipe)
     student = student_dir(recipe) if recipe.export.student else None
@@ -566,12 +637,12 @@ def run(recipe: Recipe) -> Path:
     if tuned is None:
         problems.append(f"{recipe.run_dir}: no complete tuned model; run `python -m kit.sft` with this recipe first")
     if wants_gguf and tuned is not None and tuned[0] == "model":
-        problems += _gguf_check("", ModelSection(name=str(tuned[1])), str(tuned[1]), str(tuned[1]))
+        problems += _gguf_check("", ModelSection(name=str(tuned[1])), str(tuned[1]), str(tuned[1]), types)
     elif wants_gguf:  # an adapter, or nothing trained yet: the base model decides
         base = models.resolve(recipe.model.name)
-        problems += _gguf_check("", recipe.model, base, _tokenizer_source(tuned[1], base) if tuned else base)
+        problems += _gguf_check("", recipe.model, base, _tokenizer_source(tuned[1], base) if tuned else base, types)
     if student is not None and wants_gguf:
-        problems += _gguf_check(" (student)", ModelSection(name=str(student)), str(student), str(student))
+        problems += _gguf_check(" (student)", ModelSection(name=str(student)), str(student), str(student), types)
     if problems:
         raise KitError("\n".join(problems))
 
@@ -594,7 +665,14 @@ def run(recipe: Recipe) -> Path:
             path = save_merged(model, tokenizer, folder / "merged", info)
             print(f"kit.export: {label} merged model {path} (load with AutoModelForCausalLM.from_pretrained)", flush=True)
         if wants_gguf:
-            files = save_gguf(model, tokenizer, folder / "gguf", recipe, stem, info, with_modelfile="ollama" in formats)
+            if label == "student":
+                base_folder = student
+            else:
+                base_folder = weights if kind == "model" else models.resolve(recipe.model.name)
+            files = save_gguf(
+                model, tokenizer, folder / "gguf", recipe, stem, info, with_modelfile="ollama" in formats,
+                base_folder=base_folder,
+            )
             print(f"kit.export: {label} GGUF {', '.join(str(f) for f in files)}", flush=True)
             if "ollama" in formats:
                 print(f"kit.export: {label} for Ollama: cd {folder / 'gguf'} && ollama create {stem} -f Modelfile", flush=True)

@@ -346,14 +346,16 @@ class ExportSection(Section):
     formats: list[Literal["adapter", "merged", "gguf", "ollama"]] = Field(
         default_factory=lambda: ["merged"],
         description="What `kit.export` writes (`--format` overrides it): `adapter` (PEFT folder + model card), "
-        "`merged` (base + adapter as plain safetensors), `gguf` (llama.cpp files, llama-architecture models), "
+        "`merged` (base + adapter as plain safetensors), `gguf` (llama.cpp files; architectures other than llama "
+        "need llama-cpp-python), "
         "`ollama` (the GGUF + a Modelfile).",
     )
-    gguf_types: list[Literal["f16", "q8_0"]] = Field(
+    gguf_types: list[Literal["f16", "q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"]] = Field(
         default_factory=lambda: ["f16", "q8_0"],
         min_length=1,
-        description="GGUF weight types: `f16` (16-bit) and/or `q8_0` (8-bit matrices with the attention value and "
-        "MLP down projections kept in 16-bit, about 64% of the f16 size); the Modelfile uses the smallest.",
+        description="GGUF weight types: `f16` (16-bit), `q8_0` (8-bit, about 53% of f16), and llama.cpp's k-quants "
+        "`Q6_K`, `Q5_K_M`, `Q4_K_M` (about 6.6, 5.7 and 4.9 bits a weight; need llama-cpp-python). "
+        "The Modelfile uses the smallest.",
     )
     student: bool = Field(
         True, description="Also export the distilled student (`<run>/student/`) when it is complete."

@@ -380,10 +380,14 @@ def test_export_without_training_is_a_clear_error(tiny_recipe):
         export.run(load_recipe(tiny_recipe()))
 
 
-def test_cli_rejects_an_architecture_the_gguf_writer_lacks(tiny_recipe, tmp_path, tiny_model_dir, capsys):
-    """Exit 2 with one line per problem, before anything is written: here no training and a Qwen2 model."""
+def test_cli_rejects_an_architecture_the_gguf_writer_lacks(tiny_recipe, tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Without llama.cpp: exit 2 with one line per problem, before anything is written: here no training and a
+    Qwen2 model, which only llama.cpp's converter writes."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from kit import gguf
+
+    monkeypatch.setattr(gguf, "llama_cpp_version", lambda: None)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
@@ -396,7 +400,23 @@ def test_cli_rejects_an_architecture_the_gguf_writer_lacks(tiny_recipe, tmp_path
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 2
     assert "no complete tuned model" in lines[0]
-    assert "architecture `qwen2`" in lines[1] and "llama" in lines[1]
+    assert "architecture `qwen2`" in lines[1] and "pip install 'llama-cpp-python[server]==" in lines[1]
+    assert not (load_recipe(path).run_dir / "export").exists()
+
+
+def test_k_quants_without_llama_cpp_exit_2_saying_what_to_install(tiny_recipe, capsys, monkeypatch):
+    from kit import gguf
+
+    monkeypatch.setattr(gguf, "llama_cpp_version", lambda: None)
+    path = tiny_recipe(export={"formats": ["gguf"], "gguf_types": ["q8_0", "Q4_K_M"]})
+    sft.run(load_recipe(path))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        export.main([str(path)])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("error: export.formats: gguf: GGUF types Q4_K_M are written by llama.cpp's quantizer: pip install")
     assert not (load_recipe(path).run_dir / "export").exists()
 
 

@@ -362,6 +362,29 @@ class ExportSection(Section):
     )
 
 
+class ServeSection(Section):
+    model: Literal["tuned", "student", "preferred"] = Field(
+        "tuned",
+        description="What `kit.serve` serves: the tuned model, the distilled student, or `preferred` (the one "
+        "testers picked more often in the chat arena; tuned on a tie).",
+    )
+    gguf_type: Literal["f16", "q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"] | None = Field(
+        None, description="Which exported GGUF to serve; unset: the smallest in `export.gguf_types`."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="Listen address. Anything but loopback needs an API key (`api_key_env`).",
+    )
+    port: int = Field(8000, ge=1, le=65535, description="Listen port.")
+    api_key_env: str = Field(
+        "KIT_API_KEY",
+        description="Environment variable holding the API key clients must send as `Authorization: Bearer`; "
+        "unset variable: no key (loopback only). The key itself never goes in a recipe.",
+    )
+    context_length: int = Field(4096, ge=64, description="Tokens of prompt + answer per request.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp; unset: half the cores.")
+
+
 class StudentSection(Section):
     name: str | None = Field(
         None,
@@ -466,6 +489,7 @@ class Recipe(Section):
     eval: EvalSection = Field(default_factory=EvalSection, description="Evaluation on the test split.")
     chat: ChatSection = Field(default_factory=ChatSection, description="The Gradio comparison chat.")
     export: ExportSection = Field(default_factory=ExportSection, description="Deployment artifacts.")
+    serve: ServeSection = Field(default_factory=ServeSection, description="The OpenAI-compatible API (`kit.serve`).")
     distill: DistillSection = Field(
         default_factory=DistillSection,
         description="A smaller, faster student distilled from the tuned teacher (batch size, max_length, "

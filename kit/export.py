@@ -276,75 +276,98 @@ _PROBE = {
 
 @dataclass(frozen=True)
 class ChatLayout:
-    """A chat template reduced to text around each message: what Ollama's Go TEMPLATE can express."""
+    """A chat template reduced to the fixed text between message contents, for prompts that end with a user
+    turn and ask for an answer (what Ollama renders): what a Go TEMPLATE can express.
 
-    first_without_system: str  # written before the first message when it is not a system one
-    before: dict  # role -> text before its content
-    after: dict  # role -> text after its content
-    generation_prompt: str
+    The system message either opens the prompt (`system: "first"`: ChatML, Llama 3, Phi-3, and Gemma 3, whose
+    template folds it into the first user turn: then `system_user` is the separator inside that turn), goes
+    just before the last user message (`"last"`: Mistral v0.3), or is rejected by the template (`None`:
+    Gemma 2, which has no system role).
+    """
+
+    head: str  # before the first user content when there is no system message (a default system turn, BOS, ...)
+    user_assistant: str  # between a user content and the assistant content after it
+    assistant_user: str  # between an assistant content and the user content after it
+    tail: str  # after the last user content: its end of turn and the generation prompt
+    system: str | None  # "first", "last" or None
+    system_head: str = ""  # "first": before the system content
+    system_user: str = ""  # between the system content and the user content that follows it
 
     def render(self, messages: list[dict]) -> str:
+        """The prompt, exactly as the Go template from `ollama_template` writes it."""
         pieces = []
         for i, message in enumerate(messages):
-            if i == 0 and message["role"] != "system":
-                pieces.append(self.first_without_system)
-            pieces += [self.before[message["role"]], message["content"], self.after[message["role"]]]
-        return "".join(pieces) + self.generation_prompt
+            last = i == len(messages) - 1
+            if message["role"] == "system":
+                if self.system == "first":
+                    pieces += [self.system_head, message["content"], self.system_user]
+                else:
+                    pieces.append(self.head)
+                continue
+            if i == 0:
+                pieces.append(self.head)
+            if self.system == "last" and last and message["role"] == "user" and messages[0]["role"] == "system":
+                pieces += [messages[0]["content"], self.system_user]
+            pieces.append(message["content"])
+            if last:
+                pieces.append(self.tail if message["role"] == "user" else "")
+            else:
+                pieces.append(self.user_assistant if message["role"] == "user" else self.assistant_user)
+        return "".join(pieces)
 
 
-def _render(tokenizer, messages, add_generation_prompt=False) -> str:
+def _render(tokenizer, messages, add_generation_prompt=True) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def chat_layout(tokenizer) -> ChatLayout:
-    """Split the training chat template into per-role text; raises KitError when it is not that simple."""
-    refuse = KitError(
-        "export.formats: ollama: the chat template does more than wrap each message in fixed text, so kit cannot "
-        "write it as an Ollama TEMPLATE; export `gguf` and write the Modelfile's TEMPLATE by hand"
-    )
-    users, assistants = _PROBE["user"], _PROBE["assistant"]
-    with_system = [{"role": "system", "content": _PROBE["system"]}]
-    for user, assistant in zip(users, assistants):
-        with_system += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    with_system.append({"role": "user", "content": users[2]})
-    try:
-        chunks = []
-        for k in range(1, len(with_system) + 1):
-            previous, current = _render(tokenizer, with_system[: k - 1]) if k > 1 else "", _render(tokenizer, with_system[:k])
-            if not current.startswith(previous):
-                raise refuse
-            chunks.append(current[len(previous):])
-        prompt_only, prompted = _render(tokenizer, with_system), _render(tokenizer, with_system, add_generation_prompt=True)
-        without_system = _render(tokenizer, with_system[1:2])
-    except KitError:
-        raise
-    except Exception:  # a template that rejects a probe conversation (e.g. one demanding a system message)
-        raise refuse from None
-    if not prompted.startswith(prompt_only):
-        raise refuse
-
-    def around(chunk: str, content: str) -> tuple[str, str]:
-        if chunk.count(content) != 1:
+def _split(text: str, contents: list[str], refuse: KitError) -> list[str]:
+    """The text between `contents`, which must each appear exactly once and in order: len(contents) + 1 pieces."""
+    pieces, position = [], 0
+    for content in contents:
+        if text.count(content) != 1 or text.index(content) < position:
             raise refuse
-        start = chunk.index(content)
-        return chunk[:start], chunk[start + len(content):]
+        start = text.index(content)
+        pieces.append(text[position:start])
+        position = start + len(content)
+    return pieces + [text[position:]]
 
-    before, after = {}, {}
-    before["system"], after["system"] = around(chunks[0], _PROBE["system"])
-    before["user"], after["user"] = around(chunks[3], users[1])  # a middle turn: no start-of-text extras
-    before["assistant"], after["assistant"] = around(chunks[4], assistants[1])
-    head, tail = around(without_system, users[0])
-    if tail != after["user"] or not head.endswith(before["user"]):
-        raise refuse
-    layout = ChatLayout(
-        first_without_system=head[: len(head) - len(before["user"])],
-        before=before,
-        after=after,
-        generation_prompt=prompted[len(prompt_only):],
+
+def chat_layout(tokenizer) -> ChatLayout:
+    """Reduce the training chat template to a ChatLayout; raises KitError when it does more than place fixed text."""
+    refuse = KitError(
+        "export.formats: ollama: the chat template does more than place fixed text around each message, so kit "
+        "cannot write it as an Ollama TEMPLATE; export `gguf` and write the Modelfile's TEMPLATE by hand"
     )
-    checks = [with_system, with_system[1:], with_system[:4], with_system[1:2], with_system[1:3]]
+    system, (u1, u2, u3), (a1, a2) = _PROBE["system"], _PROBE["user"], _PROBE["assistant"]
+    turns = [{"role": "user", "content": u1}, {"role": "assistant", "content": a1}, {"role": "user", "content": u2},
+             {"role": "assistant", "content": a2}, {"role": "user", "content": u3}]
+    with_system = [{"role": "system", "content": system}, *turns]
+    try:
+        plain = _render(tokenizer, turns)
+    except Exception:  # a template that rejects a probe conversation
+        raise refuse from None
+    head, user_assistant, assistant_user, user_assistant_2, assistant_user_2, tail = _split(plain, [u1, a1, u2, a2, u3], refuse)
+    if (user_assistant, assistant_user) != (user_assistant_2, assistant_user_2):
+        raise refuse
+    fields = dict(head=head, user_assistant=user_assistant, assistant_user=assistant_user, tail=tail)
+    try:
+        prompted = _render(tokenizer, with_system)
+    except Exception:  # no system role (Gemma 2)
+        layout = ChatLayout(**fields, system=None)
+    else:
+        if prompted.count(system) != 1 or prompted.count(u1) != 1 or prompted.count(u3) != 1:
+            raise refuse
+        if prompted.index(system) < prompted.index(u1):
+            before, after = _split(prompted, [system, u1], refuse)[:2]
+            layout = ChatLayout(**fields, system="first", system_head=before, system_user=after)
+        else:
+            after = _split(prompted, [system, u3], refuse)[1]
+            layout = ChatLayout(**fields, system="last", system_user=after)
+    checks = [turns[:1], turns[:3], turns]
+    if layout.system is not None:
+        checks += [with_system[:2], with_system[:4], with_system]
     for messages in checks:
-        if layout.render(messages) != _render(tokenizer, messages, add_generation_prompt=True):
+        if layout.render(messages) != _render(tokenizer, messages):
             raise refuse
     return layout
 
@@ -357,25 +380,35 @@ def _go_text(text: str) -> str:
 
 
 def ollama_template(layout: ChatLayout) -> str:
-    """The layout as a Go template over Ollama's `.Messages` (no trim markers: every character is literal)."""
-    branches = []
-    for keyword, role in zip(("if", "else if", "else if"), ("system", "user", "assistant")):
-        branches.append(
-            f'{{{{ {keyword} eq $m.Role "{role}" }}}}{_go_text(layout.before[role])}{{{{ $m.Content }}}}'
-            f"{_go_text(layout.after[role])}"
-        )
+    """The layout as a Go template over Ollama's `.Messages` (no trim markers: every character is literal).
+
+    Separators are written after each content, so no message needs to know the one before it; `$last` is
+    Ollama's own idiom (`len (slice $.Messages $i)`), and `$.System` the system text Ollama collects.
+    """
+    last = "(eq (len (slice $.Messages $i)) 1)"
+    if layout.system == "first":
+        system = f"{_go_text(layout.system_head)}{{{{ $m.Content }}}}{_go_text(layout.system_user)}"
+    else:  # written where it goes (`last`), or nowhere; either way the prompt's head comes first
+        system = _go_text(layout.head)
+    insert = ""
+    if layout.system == "last":
+        insert = (f'{{{{ if and (eq $m.Role "user") {last} (eq (index $.Messages 0).Role "system") }}}}'
+                  f"{{{{ $.System }}}}{_go_text(layout.system_user)}{{{{ end }}}}")
     return (
         "{{ range $i, $m := .Messages }}"
-        f'{{{{ if and (eq $i 0) (ne $m.Role "system") }}}}{_go_text(layout.first_without_system)}{{{{ end }}}}'
-        + "".join(branches)
-        + "{{ end }}{{ end }}"
-        + _go_text(layout.generation_prompt)
+        f'{{{{ if eq $m.Role "system" }}}}{system}'
+        f"{{{{ else }}}}{{{{ if eq $i 0 }}}}{_go_text(layout.head)}{{{{ end }}}}{insert}{{{{ $m.Content }}}}"
+        f'{{{{ if {last} }}}}{{{{ if eq $m.Role "user" }}}}{_go_text(layout.tail)}{{{{ end }}}}'
+        f'{{{{ else if eq $m.Role "user" }}}}{_go_text(layout.user_assistant)}'
+        f"{{{{ else }}}}{_go_text(layout.assistant_user)}{{{{ end }}}}"
+        "{{ end }}{{ end }}"
     )
 
 
 def stop_sequences(layout: ChatLayout, tokenizer) -> list[str]:
-    """Where an answer ends: the text that closes an assistant turn (or opens the next user one), and EOS."""
-    stops = [layout.after["assistant"].strip() or layout.before["user"].strip(), tokenizer.eos_token or ""]
+    """Where an answer ends: the first piece of the text between an answer and the next user turn, and EOS."""
+    closing = layout.assistant_user.split()
+    stops = [closing[0] if closing else "", tokenizer.eos_token or ""]
     return list(dict.fromkeys(stop for stop in stops if stop))
 
 
@@ -394,7 +427,7 @@ def modelfile(tokenizer, gguf_name: str, system_prompt: str | None, temperature:
         f"FROM ./{gguf_name}",
         f"TEMPLATE {_modelfile_string(ollama_template(layout))}",
     ]
-    if system_prompt:
+    if system_prompt and layout.system is not None:
         # Ollama puts SYSTEM first whenever a chat does not start with its own system message,
         # as kit's training data always did (data.system_prompt).
         lines.append(f"SYSTEM {_modelfile_string(system_prompt)}")
@@ -416,11 +449,15 @@ def _write_info(folder: Path, info: dict) -> None:
         os.chmod(item, mode)
 
 
-def save_merged(model, tokenizer, target: Path, info: dict) -> Path:
-    """safetensors + tokenizer + chat template + generation config, loadable by plain transformers."""
+def save_merged(model, tokenizer, target: Path, info: dict, card: str | None = None,
+                base_folder: str | Path | None = None) -> Path:
+    """safetensors + tokenizer + chat template + generation config (+ model card), loadable by plain transformers."""
     with atomic_dir(target) as scratch:
         model.save_pretrained(scratch)  # safetensors, config.json and generation_config.json
         tokenizer.save_pretrained(scratch)
+        llama_cpp_gguf.copy_sentencepiece(base_folder, scratch)
+        if card:
+            (scratch / "README.md").write_text(card)
         _write_info(scratch, info)
     return target
 
@@ -491,17 +528,72 @@ def _read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def model_card(recipe: Recipe) -> str:
-    """README.md for the adapter: base model, data stats, metrics and the recipe that made it."""
+# Licenses of the bundled models' upstreams, for the model card when the recipe names none.
+_KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
+
+
+def base_license(recipe: Recipe) -> str:
+    """`export.license`, else the base model's own card's `license`, else "other"."""
+    if recipe.export.license:
+        return recipe.export.license
+    upstream = _upstream(recipe.model.name)
+    if upstream in _KNOWN_LICENSES:
+        return _KNOWN_LICENSES[upstream]
+    folder = Path(recipe.model.name).expanduser()
+    card = folder / "README.md" if folder.is_dir() else None
+    if card is not None and card.is_file():
+        import yaml
+
+        text = card.read_text(errors="replace")
+        if text.startswith("---"):
+            try:
+                front = yaml.safe_load(text.split("---", 2)[1]) or {}
+            except yaml.YAMLError:
+                front = {}
+            if isinstance(front, dict) and isinstance(front.get("license"), str):
+                return front["license"]
+    return "other"
+
+
+def card_front_matter(recipe: Recipe, library: str, metrics: dict | None) -> str:
+    """The YAML front matter the hub and vLLM read: library, base model, license, datasets, tags and the
+    tuned model's held-out metrics as `model-index`."""
+    import yaml
+
+    front = {"library_name": library, "pipeline_tag": "text-generation", "license": base_license(recipe)}
+    upstream = _upstream(recipe.model.name)
+    if upstream:
+        front["base_model"] = upstream
+    if recipe.export.datasets:
+        front["datasets"] = list(recipe.export.datasets)
+    front["tags"] = ["kit", "sft", "trl", "customer-support"] + (["lora"] if library == "peft" else [])
+    tuned = ((metrics or {}).get("models") or {}).get("tuned") or {}
+    values = [{"type": key, "name": key, "value": round(float(value), 4)} for key, value in tuned.items()
+              if key != "samples" and isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if values:
+        split = (metrics or {}).get("split", "test")
+        front["model-index"] = [{
+            "name": recipe.name,
+            "results": [{
+                "task": {"type": "text-generation", "name": "Text Generation"},
+                "dataset": {"name": f"{recipe.name} support conversations ({split} split)", "type": recipe.name, "split": split},
+                "metrics": values,
+            }],
+        }]
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=120) + "---"
+
+
+def model_card(recipe: Recipe, kind: str = "adapter") -> str:
+    """README.md for the adapter (`kind` "adapter") or the merged model ("merged"): front matter for the hub and
+    vLLM, base model, data stats, metrics and the recipe that made it."""
     run = recipe.run_dir
     upstream = _upstream(recipe.model.name)
     stats = _read_json(run / "dataset" / "stats.json")
     metrics = _read_json(run / "eval" / "metrics.json")
     manifest = _read_json(run / "manifest.json") or {}
-    front = ["---", "library_name: peft", "pipeline_tag: text-generation", "tags: [kit, lora, sft, trl, customer-support]"]
-    if upstream:
-        front.append(f"base_model: {upstream}")
-    lines = front + ["---", "", f"# {recipe.name}: a LoRA adapter trained by kit", ""]
+    title = "a LoRA adapter trained by kit" if kind == "adapter" else "fine-tuned by kit (base + adapter merged)"
+    lines = [card_front_matter(recipe, "peft" if kind == "adapter" else "transformers", metrics), "",
+             f"# {recipe.name}: {title}", ""]
     lines += [
         "## Base model",
         "",
@@ -537,21 +629,34 @@ def model_card(recipe: Recipe) -> str:
     if train:
         lines += ["", "Training: " + ", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
                                                 for key, value in train.items() if key in ("train_loss", "eval_loss", "global_step", "epoch", "train_runtime")) + "."]
-    lines += [
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from peft import AutoPeftModelForCausalLM",
-        "from transformers import AutoTokenizer",
-        'model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")',
-        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
-        "```",
-        "",
-        "`base_model_name_or_path` in adapter_config.json names the base model folder used in training; point it at",
-        "your copy of the base model if that path does not exist on your machine.",
-        "",
-        "## Recipe",
+    if kind == "adapter":
+        use = [
+            "```python",
+            "from peft import AutoPeftModelForCausalLM",
+            "from transformers import AutoTokenizer",
+            'model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")',
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+            "```",
+            "",
+            "`base_model_name_or_path` in adapter_config.json names the base model folder used in training; point it at",
+            "your copy of the base model if that path does not exist on your machine. With vLLM, serve the base model",
+            "with this folder as a LoRA module (see kit's docs/export.md):",
+            "",
+            "```bash",
+            f"vllm serve BASE_MODEL --enable-lora --lora-modules {recipe.name}=path/to/this/folder --max-lora-rank {recipe.sft.lora.r}",
+            "```",
+        ]
+    else:
+        use = [
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+            "```",
+            "",
+            "Or `vllm serve path/to/this/folder`.",
+        ]
+    lines += ["", "## Use", "", *use, "", "## Recipe",
         "",
         "```yaml",
         recipe.to_yaml().rstrip(),
@@ -661,14 +766,15 @@ def run(recipe: Recipe) -> Path:
         if "merged" not in formats and not wants_gguf:
             continue
         model, tokenizer = _load_tuned(recipe, kind, weights) if label == "tuned" else _load_folder(student)
+        if label == "student":
+            base_folder = student
+        else:
+            base_folder = weights if kind == "model" else models.resolve(recipe.model.name)
         if "merged" in formats:
-            path = save_merged(model, tokenizer, folder / "merged", info)
+            card = model_card(recipe, "merged") if label == "tuned" else None
+            path = save_merged(model, tokenizer, folder / "merged", info, card, base_folder)
             print(f"kit.export: {label} merged model {path} (load with AutoModelForCausalLM.from_pretrained)", flush=True)
         if wants_gguf:
-            if label == "student":
-                base_folder = student
-            else:
-                base_folder = weights if kind == "model" else models.resolve(recipe.model.name)
             files = save_gguf(
                 model, tokenizer, folder / "gguf", recipe, stem, info, with_modelfile="ollama" in formats,
                 base_folder=base_folder,

@@ -360,6 +360,16 @@ class ExportSection(Section):
     student: bool = Field(
         True, description="Also export the distilled student (`<run>/student/`) when it is complete."
     )
+    license: str | None = Field(
+        None,
+        description="The model cards' `license` (a hub license id such as `apache-2.0`); unset: the base model's, read "
+        "from its own card (README.md) or known for the bundled model, else `other`.",
+    )
+    datasets: list[str] = Field(
+        default_factory=list,
+        description="The model cards' `datasets`: hub ids of public data sets the training data came from (none for "
+        "private support logs).",
+    )
 
 
 class ServeSection(Section):

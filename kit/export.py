@@ -499,6 +499,39 @@ def write_gguf_files(
     return list(paths.values())
 
 
+_ROUND_TRIP = "## Round trip"
+
+
+def gguf_card(recipe: Recipe, stem: str, types, writer: str) -> str:
+    """README.md for the GGUF folder: front matter, the files and who wrote them, how to run them, and a place
+    for bench/export_roundtrip.py's agreement and perplexity per type."""
+    metrics = _read_json(recipe.run_dir / "eval" / "metrics.json")
+    by = {"kit": "kit's own GGUF writer (f16, q8_0) and llama.cpp's quantizer (k-quants)",
+          "llama.cpp": "llama.cpp's convert_hf_to_gguf.py (f16) and quantizer (the other types)"}[writer]
+    lines = [card_front_matter(recipe, None, metrics), "", f"# {recipe.name}: GGUF files for llama.cpp, Ollama and LM Studio", "",
+             f"Written by {by}, tokenizer and training chat template embedded.", "", "| file | type |", "| --- | --- |"]
+    lines += [f"| {stem}-{kind}.gguf | {kind} |" for kind in types]
+    lines += ["", "## Run", "", "```bash", f"llama-server -m {stem}-{types[-1]}.gguf --jinja",
+              f"ollama create {stem} -f Modelfile   # when exported with the `ollama` format",
+              "python -m kit.serve RECIPE          # OpenAI-compatible API on 127.0.0.1", "```", "",
+              _ROUND_TRIP, "", "Not measured yet: `python bench/export_roundtrip.py RECIPE --reuse` measures each type in llama.cpp.", ""]
+    return "\n".join(lines)
+
+
+def gguf_card_with_results(card: str, results: dict) -> str:
+    """The GGUF card with its round-trip section replaced by bench/export_roundtrip.py's results."""
+    head = card.split(_ROUND_TRIP)[0].rstrip()
+    lines = [head, "", _ROUND_TRIP, "",
+             f"Loaded in llama.cpp and compared with the tuned model in transformers (fp32): greedy next token on "
+             f"{results['prompts']} held-out prompts, and perplexity on the test split ({results['test_tokens']} tokens; "
+             f"the tuned model's own: {results['reference_perplexity']:.3f}).", "",
+             "| file | MiB | next-token agreement | every position | test perplexity |", "| --- | --- | --- | --- | --- |"]
+    for label, row in results["files"].items():
+        lines.append(f"| {label} | {row['mib']:.1f} | {100 * row['agreement']:.0f}% | {100 * row['every_position']:.1f}% | "
+                     f"{row['perplexity']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def save_gguf(
     model, tokenizer, target: Path, recipe: Recipe, stem: str, info: dict, with_modelfile: bool,
     base_folder: str | Path | None = None,
@@ -511,6 +544,7 @@ def save_gguf(
         if with_modelfile:
             text = modelfile(tokenizer, f"{stem}-{types[-1]}.gguf", recipe.data.system_prompt, recipe.chat.temperature, stem)
             (scratch / "Modelfile").write_text(text)
+        (scratch / "README.md").write_text(gguf_card(recipe, stem, types, writer))
         extra = {"gguf_writer": writer, "llama_cpp_python": llama_cpp_gguf.llama_cpp_version()}
         _write_info(scratch, {**info, "gguf_types": types, **extra})
     return [target / f"{stem}-{kind}.gguf" for kind in types]
@@ -555,18 +589,20 @@ def base_license(recipe: Recipe) -> str:
     return "other"
 
 
-def card_front_matter(recipe: Recipe, library: str, metrics: dict | None) -> str:
+def card_front_matter(recipe: Recipe, library: str | None, metrics: dict | None) -> str:
     """The YAML front matter the hub and vLLM read: library, base model, license, datasets, tags and the
     tuned model's held-out metrics as `model-index`."""
     import yaml
 
-    front = {"library_name": library, "pipeline_tag": "text-generation", "license": base_license(recipe)}
+    front = {"library_name": library} if library else {}
+    front.update({"pipeline_tag": "text-generation", "license": base_license(recipe)})
     upstream = _upstream(recipe.model.name)
     if upstream:
         front["base_model"] = upstream
     if recipe.export.datasets:
         front["datasets"] = list(recipe.export.datasets)
-    front["tags"] = ["kit", "sft", "trl", "customer-support"] + (["lora"] if library == "peft" else [])
+    front["tags"] = ["kit", "sft", "trl", "customer-support"] + (["lora"] if library == "peft" else []) + (
+        ["gguf"] if library is None else [])
     tuned = ((metrics or {}).get("models") or {}).get("tuned") or {}
     values = [{"type": key, "name": key, "value": round(float(value), 4)} for key, value in tuned.items()
               if key != "samples" and isinstance(value, (int, float)) and not isinstance(value, bool)]

@@ -113,3 +113,19 @@ def test_cli_error_is_one_line(tiny_recipe, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: serve.model: tuned: no GGUF export") and "\n" not in error
+
+
+def test_preferred_is_the_model_testers_picked_more_often(tiny_recipe):
+    from kit.chat import record_vote
+
+    recipe = load_recipe(tiny_recipe(), ["serve.model=preferred"])
+    assert serve.chosen_model(recipe) == "tuned"  # no votes: tuned
+    prompt = [{"role": "user", "content": "where is my order"}]
+    for best, answers in (("student", ("Soon.", "In 3-5 days.")), ("student", ("Tomorrow.", "Today.")),
+                          ("tuned", ("Next week.", "Monday."))):
+        turn = {"conversations": {"tuned": prompt, "student": prompt},
+                "answers": {"tuned": answers[0], "student": answers[1]}}
+        record_vote(recipe, turn, best, blind=True, source="test")
+    assert serve.chosen_model(recipe) == "student"
+    recipe.serve.model = "tuned"
+    assert serve.chosen_model(recipe) == "tuned"

@@ -111,12 +111,12 @@ def _replay(messages, then=None):
 
 def create_app(recipe: Recipe, api_key: str | None = None):
     """The ASGI app: llama-cpp-python's OpenAI-compatible server on the run's GGUF."""
+    served = served_model(recipe)
     try:
         from llama_cpp.server.app import create_app as llama_cpp_app
         from llama_cpp.server.settings import ModelSettings, ServerSettings
     except ImportError:
         raise KitError(f"kit.serve needs llama.cpp's server: {INSTALL}") from None
-    served = served_model(recipe)
     section = recipe.serve
     model = ModelSettings(
         model=str(served.gguf),

@@ -129,3 +129,13 @@ def test_preferred_is_the_model_testers_picked_more_often(tiny_recipe):
     assert serve.chosen_model(recipe) == "student"
     recipe.serve.model = "tuned"
     assert serve.chosen_model(recipe) == "tuned"
+
+
+def test_without_llama_cpps_server_the_error_names_the_install(tiny_recipe, tiny_model_dir, monkeypatch):
+    import sys
+
+    recipe = load_recipe(tiny_recipe())
+    exported(recipe, tiny_model_dir)
+    monkeypatch.setitem(sys.modules, "llama_cpp.server.app", None)  # as if not installed: importing it fails
+    with pytest.raises(KitError, match=r"kit.serve needs llama.cpp's server: pip install 'llama-cpp-python\[server\]"):
+        serve.create_app(recipe)

@@ -22,7 +22,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit import gguf as llama_cpp_gguf
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.recipe import Recipe, load_recipe
@@ -57,7 +56,7 @@ def served_model(recipe: Recipe) -> Served:
     name = recipe.name + ("-student" if model == "student" else "")
     info = folder / "kit_export.json"
     written = json.loads(info.read_text()).get("gguf_types", []) if info.is_file() else []
-    command = f"python -m kit.export RECIPE --format gguf" + (" (with distill finished)" if model == "student" else "")
+    command = "python -m kit.export RECIPE --format gguf" + (" (with distill finished)" if model == "student" else "")
     if not written:
         raise KitError(f"serve.model: {model}: no GGUF export in {folder}; run `{command}` first")
     kind = recipe.serve.gguf_type or written[-1]  # the smallest written

@@ -147,7 +147,8 @@ def quantize(source: Path, target: Path, kind: str, threads: int | None = None) 
     params.nthread = threads or min(4, os.cpu_count() or 1)
     log = logging.getLogger("llama-cpp-python")  # llama-cpp-python's bridge for llama.cpp's own log
     level = log.level
-    log.setLevel(logging.WARNING)  # not a line per tensor
+    # not a line per tensor: llama-cpp-python maps ggml's INFO to WARNING (its enum predates ggml's DEBUG level)
+    log.setLevel(logging.ERROR)
     try:
         status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     finally:

@@ -573,7 +573,7 @@ def test_cli_format_all_writes_every_format_for_tuned_and_student(tiny_recipe, t
     root = recipe.run_dir / "export"
     assert (root / "adapter" / "adapter_model.safetensors").is_file()
     assert (root / "merged" / "model.safetensors").is_file()
-    assert sorted(p.name for p in (root / "gguf").iterdir()) == ["Modelfile", "kit_export.json", "tiny-f16.gguf", "tiny-q8_0.gguf"]
+    assert sorted(p.name for p in (root / "gguf").iterdir()) == ["Modelfile", "README.md", "kit_export.json", "tiny-f16.gguf", "tiny-q8_0.gguf"]
     assert "FROM ./tiny-q8_0.gguf" in (root / "gguf" / "Modelfile").read_text()
     assert not (root / "student" / "adapter").exists()
     assert (root / "student" / "merged" / "model.safetensors").is_file()

@@ -80,6 +80,7 @@ def main() -> None:
               f"max_tokens {args.max_tokens}", flush=True)
 
         latencies, first_tokens, errors, lock = [], [], [], threading.Lock()
+        streamed = []  # per streamed request: characters received
         stop_at = time.time() + args.seconds
 
         def client(index: int) -> None:
@@ -92,20 +93,26 @@ def main() -> None:
                 started = time.perf_counter()
                 try:
                     if stream:
-                        first = None
+                        first, received = None, 0
                         for chunk in api.chat.completions.create(model=model, messages=messages, max_tokens=args.max_tokens,
                                                                  temperature=0, stream=True):
-                            if first is None and chunk.choices and chunk.choices[0].delta.content:
-                                first = time.perf_counter() - started
+                            if chunk.choices and chunk.choices[0].delta.content:
+                                received += len(chunk.choices[0].delta.content)
+                                if first is None:
+                                    first = time.perf_counter() - started
                     else:
                         reply = api.chat.completions.create(model=model, messages=messages, max_tokens=args.max_tokens,
                                                             temperature=0)
                         assert reply.choices[0].message.content is not None
                     elapsed = time.perf_counter() - started
+                    if stream and not received:  # a stream cut short before any text is a failure too
+                        raise RuntimeError("streamed answer ended without text")
                     with lock:
                         latencies.append(elapsed)
-                        if stream and first is not None:
-                            first_tokens.append(first)
+                        if stream:
+                            streamed.append(received)
+                            if first is not None:
+                                first_tokens.append(first)
                 except Exception as exc:  # every failure counts, whatever its kind
                     with lock:
                         errors.append(f"{type(exc).__name__}: {exc}")
@@ -127,6 +134,7 @@ def main() -> None:
     if latencies:
         print(f"latency p50 {statistics.median(latencies):.2f} s, p95 {percentile(latencies, 0.95):.2f} s, "
               f"max {max(latencies):.2f} s")
+    print(f"streamed requests {len(streamed)}, with content {sum(1 for n in streamed if n)}")
     if first_tokens:
         print(f"streamed, time to first token p50 {statistics.median(first_tokens):.2f} s, p95 {percentile(first_tokens, 0.95):.2f} s")
     for error in errors[:5]:

@@ -127,7 +127,9 @@ def create_app(recipe: Recipe, api_key: str | None = None):
         n_threads_batch=section.threads or max(1, (os.cpu_count() or 2) // 2),
         verbose=False,
     )
-    server = ServerSettings(host=section.host, port=section.port, api_key=api_key)
+    # interrupt_requests off: llama-cpp-python otherwise ends a stream (with [DONE]) as soon as another request
+    # waits, so concurrent clients got empty streamed answers (bench/serve_load.py found it); they now queue.
+    server = ServerSettings(host=section.host, port=section.port, api_key=api_key, interrupt_requests=False)
     app = llama_cpp_app(server_settings=server, model_settings=[model])
     if served.system_prompt:
         app.add_middleware(DefaultSystemPrompt, system_prompt=served.system_prompt)

@@ -84,6 +84,25 @@ def test_openai_client_lists_chats_and_streams(server):
     assert shorter.usage.prompt_tokens < reply.usage.prompt_tokens
 
 
+def test_concurrent_streams_are_answered_whole(server):
+    """Requests queue for the one model: a stream is not cut short when another client arrives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    openai = pytest.importorskip("openai")
+    _, base_url = server
+    client = openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": "can i return a lamp"}]
+    expected = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0).choices[0].message.content
+    assert expected
+
+    def streamed(_):
+        chunks = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0, stream=True)
+        return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(streamed, range(4))) == [expected] * 4
+
+
 def test_api_key_is_required(server):
     openai = pytest.importorskip("openai")
     _, base_url = server

@@ -25,6 +25,7 @@ STAGES = {
     "distill": "distill the tuned model into a smaller student",
     "chat": "the models side by side in the browser, with blind votes",
     "export": "adapter, merged weights, GGUF and an Ollama Modelfile",
+    "serve": "the exported model behind an OpenAI-compatible API on 127.0.0.1",
     "recipe": "check a recipe and print it resolved, or print the recipe reference",
 }
 

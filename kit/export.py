@@ -6,8 +6,11 @@ Writes under `<run>/export/` (each folder appears whole or not at all):
 - `adapter/`: the PEFT adapter plus a model card (README.md: base model, data stats, metrics, recipe);
 - `merged/`: base + adapter as safetensors + tokenizer + chat template + generation config, which
   `AutoModelForCausalLM.from_pretrained` loads with no PEFT installed;
-- `gguf/`: `<name>-f16.gguf` and `<name>-q8_0.gguf` for llama.cpp, Ollama and LM Studio, written with the
-  `gguf` package's writer, tokenizer and chat template embedded (llama-architecture models only);
+- `gguf/`: `<name>-<type>.gguf` for each of `export.gguf_types` (f16, q8_0, Q6_K, Q5_K_M, Q4_K_M) for
+  llama.cpp, Ollama and LM Studio, tokenizer and chat template embedded. With llama.cpp installed
+  (`llama-cpp-python`) they come from llama.cpp's own converter and quantizer (`kit.gguf`), for every
+  architecture it converts (llama, Mistral, Qwen2/2.5/3, Gemma 2/3, Phi-3, ...); without it, kit's own
+  writer still writes f16 and q8_0 for llama-architecture models;
 - `gguf/Modelfile` (format `ollama`): TEMPLATE and stop parameters generated from the chat template used
   in training, so `ollama create NAME -f Modelfile` prompts the model exactly as kit trained it.
 A complete distilled student (`<run>/student/`) gets the same formats under `export/student/`.
@@ -18,9 +21,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit import gguf as llama_cpp_gguf
 from kit import models
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
@@ -29,7 +34,8 @@ from kit.recipe import ModelSection, Recipe, load_recipe
 from kit.runs import atomic_dir, package_versions, student_dir, tuned_adapter, umask
 
 FORMATS = ("adapter", "merged", "gguf", "ollama")
-GGUF_TYPES = ("f16", "q8_0")  # largest first: the Modelfile points at the last one written
+GGUF_TYPES = llama_cpp_gguf.TYPES  # largest first: the Modelfile points at the last one written
+KIT_WRITER_TYPES = ("f16", "q8_0")  # what kit's own writer (write_gguf) writes
 
 
 # ---------------------------------------------------------------------------------------------- GGUF
@@ -79,26 +85,49 @@ def gguf_problems(config, tokenizer) -> list[str]:
     problems = []
     if config.model_type != "llama":
         problems.append(
-            f"architecture `{config.model_type}`: kit's GGUF writer supports llama-architecture models only "
-            f"(LlamaForCausalLM, e.g. SmolLM2, Llama 3); export `merged` and convert it with llama.cpp's convert_hf_to_gguf.py"
+            f"architecture `{config.model_type}`: kit's own GGUF writer supports llama-architecture models only; "
+            f"other architectures go through llama.cpp's converter: {llama_cpp_gguf.INSTALL}"
         )
         return problems
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") != "default":
-        problems.append(f"rope scaling `{rope['rope_type']}` is not written by kit's GGUF writer; export `merged` instead")
+        problems.append(f"rope scaling `{rope['rope_type']}` is not written by kit's GGUF writer; llama.cpp's converter writes it: {llama_cpp_gguf.INSTALL}")
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        problems.append("attention or MLP biases are not written by kit's GGUF writer; export `merged` instead")
+        problems.append(f"attention or MLP biases are not written by kit's GGUF writer; llama.cpp's converter writes them: {llama_cpp_gguf.INSTALL}")
     if getattr(config, "hidden_act", "silu") != "silu":
-        problems.append(f"activation `{config.hidden_act}` is not llama's silu; export `merged` instead")
+        problems.append(f"activation `{config.hidden_act}` is not llama's silu; llama.cpp's converter handles it: {llama_cpp_gguf.INSTALL}")
     spec = json.loads(tokenizer.backend_tokenizer.to_str()) if getattr(tokenizer, "is_fast", False) else {}
     if spec.get("model", {}).get("type") != "BPE" or gguf_pre_tokenizer(tokenizer) is None:
         problems.append(
             "tokenizer: kit's GGUF writer handles byte-level BPE tokenizers that split text like GPT-2, SmolLM "
-            "or Llama 3; export `merged` instead"
+            f"or Llama 3; llama.cpp's converter knows more: {llama_cpp_gguf.INSTALL}"
         )
     elif len(tokenizer) > config.vocab_size:
         problems.append(f"tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size} embeddings")
     return problems
+
+
+def gguf_writer(config, tokenizer, types, writer: str | None = None) -> tuple[str, list[str]]:
+    """Who writes the f16 (and q8_0) file, "kit" or "llama.cpp", and why the GGUF cannot be written (empty if it can).
+
+    kit's own writer for llama-architecture models with a byte-level BPE tokenizer it reproduces, where it is
+    measurably better: its q8_0 keeps the value and down projections in f16 (see Q8_0_KEEP_F16), it needs no
+    compiler, and it takes tokenizers llama.cpp's converter refuses for an unlisted hash although they split
+    text as a listed one does. llama.cpp's converter for everything else (Mistral, Qwen2/2.5/3, Gemma 2/3,
+    Phi-3, ...); llama.cpp's quantizer writes the k-quants from the f16 file either way.
+    """
+    kit_problems = gguf_problems(config, tokenizer)
+    if writer is None:
+        writer = "llama.cpp" if kit_problems else "kit"
+    needs_quantizer = [kind for kind in types if writer == "llama.cpp" or kind not in KIT_WRITER_TYPES]
+    if writer == "kit" and kit_problems:
+        return writer, kit_problems
+    if llama_cpp_gguf.llama_cpp_version() is not None:
+        return writer, []
+    problems = kit_problems if writer == "llama.cpp" else []
+    if writer == "kit" and needs_quantizer:
+        problems.append(f"GGUF types {', '.join(needs_quantizer)} are written by llama.cpp's quantizer: {llama_cpp_gguf.INSTALL}")
+    return writer, problems
 
 
 def _permute_qk(weights, n_head: int):
@@ -247,75 +276,98 @@ _PROBE = {
 
 @dataclass(frozen=True)
 class ChatLayout:
-    """A chat template reduced to text around each message: what Ollama's Go TEMPLATE can express."""
+    """A chat template reduced to the fixed text between message contents, for prompts that end with a user
+    turn and ask for an answer (what Ollama renders): what a Go TEMPLATE can express.
 
-    first_without_system: str  # written before the first message when it is not a system one
-    before: dict  # role -> text before its content
-    after: dict  # role -> text after its content
-    generation_prompt: str
+    The system message either opens the prompt (`system: "first"`: ChatML, Llama 3, Phi-3, and Gemma 3, whose
+    template folds it into the first user turn: then `system_user` is the separator inside that turn), goes
+    just before the last user message (`"last"`: Mistral v0.3), or is rejected by the template (`None`:
+    Gemma 2, which has no system role).
+    """
+
+    head: str  # before the first user content when there is no system message (a default system turn, BOS, ...)
+    user_assistant: str  # between a user content and the assistant content after it
+    assistant_user: str  # between an assistant content and the user content after it
+    tail: str  # after the last user content: its end of turn and the generation prompt
+    system: str | None  # "first", "last" or None
+    system_head: str = ""  # "first": before the system content
+    system_user: str = ""  # between the system content and the user content that follows it
 
     def render(self, messages: list[dict]) -> str:
+        """The prompt, exactly as the Go template from `ollama_template` writes it."""
         pieces = []
         for i, message in enumerate(messages):
-            if i == 0 and message["role"] != "system":
-                pieces.append(self.first_without_system)
-            pieces += [self.before[message["role"]], message["content"], self.after[message["role"]]]
-        return "".join(pieces) + self.generation_prompt
+            last = i == len(messages) - 1
+            if message["role"] == "system":
+                if self.system == "first":
+                    pieces += [self.system_head, message["content"], self.system_user]
+                else:
+                    pieces.append(self.head)
+                continue
+            if i == 0:
+                pieces.append(self.head)
+            if self.system == "last" and last and message["role"] == "user" and messages[0]["role"] == "system":
+                pieces += [messages[0]["content"], self.system_user]
+            pieces.append(message["content"])
+            if last:
+                pieces.append(self.tail if message["role"] == "user" else "")
+            else:
+                pieces.append(self.user_assistant if message["role"] == "user" else self.assistant_user)
+        return "".join(pieces)
 
 
-def _render(tokenizer, messages, add_generation_prompt=False) -> str:
+def _render(tokenizer, messages, add_generation_prompt=True) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
-def chat_layout(tokenizer) -> ChatLayout:
-    """Split the training chat template into per-role text; raises KitError when it is not that simple."""
-    refuse = KitError(
-        "export.formats: ollama: the chat template does more than wrap each message in fixed text, so kit cannot "
-        "write it as an Ollama TEMPLATE; export `gguf` and write the Modelfile's TEMPLATE by hand"
-    )
-    users, assistants = _PROBE["user"], _PROBE["assistant"]
-    with_system = [{"role": "system", "content": _PROBE["system"]}]
-    for user, assistant in zip(users, assistants):
-        with_system += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    with_system.append({"role": "user", "content": users[2]})
-    try:
-        chunks = []
-        for k in range(1, len(with_system) + 1):
-            previous, current = _render(tokenizer, with_system[: k - 1]) if k > 1 else "", _render(tokenizer, with_system[:k])
-            if not current.startswith(previous):
-                raise refuse
-            chunks.append(current[len(previous):])
-        prompt_only, prompted = _render(tokenizer, with_system), _render(tokenizer, with_system, add_generation_prompt=True)
-        without_system = _render(tokenizer, with_system[1:2])
-    except KitError:
-        raise
-    except Exception:  # a template that rejects a probe conversation (e.g. one demanding a system message)
-        raise refuse from None
-    if not prompted.startswith(prompt_only):
-        raise refuse
-
-    def around(chunk: str, content: str) -> tuple[str, str]:
-        if chunk.count(content) != 1:
+def _split(text: str, contents: list[str], refuse: KitError) -> list[str]:
+    """The text between `contents`, which must each appear exactly once and in order: len(contents) + 1 pieces."""
+    pieces, position = [], 0
+    for content in contents:
+        if text.count(content) != 1 or text.index(content) < position:
             raise refuse
-        start = chunk.index(content)
-        return chunk[:start], chunk[start + len(content):]
+        start = text.index(content)
+        pieces.append(text[position:start])
+        position = start + len(content)
+    return pieces + [text[position:]]
 
-    before, after = {}, {}
-    before["system"], after["system"] = around(chunks[0], _PROBE["system"])
-    before["user"], after["user"] = around(chunks[3], users[1])  # a middle turn: no start-of-text extras
-    before["assistant"], after["assistant"] = around(chunks[4], assistants[1])
-    head, tail = around(without_system, users[0])
-    if tail != after["user"] or not head.endswith(before["user"]):
-        raise refuse
-    layout = ChatLayout(
-        first_without_system=head[: len(head) - len(before["user"])],
-        before=before,
-        after=after,
-        generation_prompt=prompted[len(prompt_only):],
+
+def chat_layout(tokenizer) -> ChatLayout:
+    """Reduce the training chat template to a ChatLayout; raises KitError when it does more than place fixed text."""
+    refuse = KitError(
+        "export.formats: ollama: the chat template does more than place fixed text around each message, so kit "
+        "cannot write it as an Ollama TEMPLATE; export `gguf` and write the Modelfile's TEMPLATE by hand"
     )
-    checks = [with_system, with_system[1:], with_system[:4], with_system[1:2], with_system[1:3]]
+    system, (u1, u2, u3), (a1, a2) = _PROBE["system"], _PROBE["user"], _PROBE["assistant"]
+    turns = [{"role": "user", "content": u1}, {"role": "assistant", "content": a1}, {"role": "user", "content": u2},
+             {"role": "assistant", "content": a2}, {"role": "user", "content": u3}]
+    with_system = [{"role": "system", "content": system}, *turns]
+    try:
+        plain = _render(tokenizer, turns)
+    except Exception:  # a template that rejects a probe conversation
+        raise refuse from None
+    head, user_assistant, assistant_user, user_assistant_2, assistant_user_2, tail = _split(plain, [u1, a1, u2, a2, u3], refuse)
+    if (user_assistant, assistant_user) != (user_assistant_2, assistant_user_2):
+        raise refuse
+    fields = dict(head=head, user_assistant=user_assistant, assistant_user=assistant_user, tail=tail)
+    try:
+        prompted = _render(tokenizer, with_system)
+    except Exception:  # no system role (Gemma 2)
+        layout = ChatLayout(**fields, system=None)
+    else:
+        if prompted.count(system) != 1 or prompted.count(u1) != 1 or prompted.count(u3) != 1:
+            raise refuse
+        if prompted.index(system) < prompted.index(u1):
+            before, after = _split(prompted, [system, u1], refuse)[:2]
+            layout = ChatLayout(**fields, system="first", system_head=before, system_user=after)
+        else:
+            after = _split(prompted, [system, u3], refuse)[1]
+            layout = ChatLayout(**fields, system="last", system_user=after)
+    checks = [turns[:1], turns[:3], turns]
+    if layout.system is not None:
+        checks += [with_system[:2], with_system[:4], with_system]
     for messages in checks:
-        if layout.render(messages) != _render(tokenizer, messages, add_generation_prompt=True):
+        if layout.render(messages) != _render(tokenizer, messages):
             raise refuse
     return layout
 
@@ -328,25 +380,35 @@ def _go_text(text: str) -> str:
 
 
 def ollama_template(layout: ChatLayout) -> str:
-    """The layout as a Go template over Ollama's `.Messages` (no trim markers: every character is literal)."""
-    branches = []
-    for keyword, role in zip(("if", "else if", "else if"), ("system", "user", "assistant")):
-        branches.append(
-            f'{{{{ {keyword} eq $m.Role "{role}" }}}}{_go_text(layout.before[role])}{{{{ $m.Content }}}}'
-            f"{_go_text(layout.after[role])}"
-        )
+    """The layout as a Go template over Ollama's `.Messages` (no trim markers: every character is literal).
+
+    Separators are written after each content, so no message needs to know the one before it; `$last` is
+    Ollama's own idiom (`len (slice $.Messages $i)`), and `$.System` the system text Ollama collects.
+    """
+    last = "(eq (len (slice $.Messages $i)) 1)"
+    if layout.system == "first":
+        system = f"{_go_text(layout.system_head)}{{{{ $m.Content }}}}{_go_text(layout.system_user)}"
+    else:  # written where it goes (`last`), or nowhere; either way the prompt's head comes first
+        system = _go_text(layout.head)
+    insert = ""
+    if layout.system == "last":
+        insert = (f'{{{{ if and (eq $m.Role "user") {last} (eq (index $.Messages 0).Role "system") }}}}'
+                  f"{{{{ $.System }}}}{_go_text(layout.system_user)}{{{{ end }}}}")
     return (
         "{{ range $i, $m := .Messages }}"
-        f'{{{{ if and (eq $i 0) (ne $m.Role "system") }}}}{_go_text(layout.first_without_system)}{{{{ end }}}}'
-        + "".join(branches)
-        + "{{ end }}{{ end }}"
-        + _go_text(layout.generation_prompt)
+        f'{{{{ if eq $m.Role "system" }}}}{system}'
+        f"{{{{ else }}}}{{{{ if eq $i 0 }}}}{_go_text(layout.head)}{{{{ end }}}}{insert}{{{{ $m.Content }}}}"
+        f'{{{{ if {last} }}}}{{{{ if eq $m.Role "user" }}}}{_go_text(layout.tail)}{{{{ end }}}}'
+        f'{{{{ else if eq $m.Role "user" }}}}{_go_text(layout.user_assistant)}'
+        f"{{{{ else }}}}{_go_text(layout.assistant_user)}{{{{ end }}}}"
+        "{{ end }}{{ end }}"
     )
 
 
 def stop_sequences(layout: ChatLayout, tokenizer) -> list[str]:
-    """Where an answer ends: the text that closes an assistant turn (or opens the next user one), and EOS."""
-    stops = [layout.after["assistant"].strip() or layout.before["user"].strip(), tokenizer.eos_token or ""]
+    """Where an answer ends: the first piece of the text between an answer and the next user turn, and EOS."""
+    closing = layout.assistant_user.split()
+    stops = [closing[0] if closing else "", tokenizer.eos_token or ""]
     return list(dict.fromkeys(stop for stop in stops if stop))
 
 
@@ -365,7 +427,7 @@ def modelfile(tokenizer, gguf_name: str, system_prompt: str | None, temperature:
         f"FROM ./{gguf_name}",
         f"TEMPLATE {_modelfile_string(ollama_template(layout))}",
     ]
-    if system_prompt:
+    if system_prompt and layout.system is not None:
         # Ollama puts SYSTEM first whenever a chat does not start with its own system message,
         # as kit's training data always did (data.system_prompt).
         lines.append(f"SYSTEM {_modelfile_string(system_prompt)}")
@@ -387,26 +449,104 @@ def _write_info(folder: Path, info: dict) -> None:
         os.chmod(item, mode)
 
 
-def save_merged(model, tokenizer, target: Path, info: dict) -> Path:
-    """safetensors + tokenizer + chat template + generation config, loadable by plain transformers."""
+def save_merged(model, tokenizer, target: Path, info: dict, card: str | None = None,
+                base_folder: str | Path | None = None) -> Path:
+    """safetensors + tokenizer + chat template + generation config (+ model card), loadable by plain transformers."""
     with atomic_dir(target) as scratch:
         model.save_pretrained(scratch)  # safetensors, config.json and generation_config.json
         tokenizer.save_pretrained(scratch)
+        llama_cpp_gguf.copy_sentencepiece(base_folder, scratch)
+        if card:
+            (scratch / "README.md").write_text(card)
         _write_info(scratch, info)
     return target
 
 
-def save_gguf(model, tokenizer, target: Path, recipe: Recipe, stem: str, info: dict, with_modelfile: bool) -> list[Path]:
+def write_gguf_files(
+    model, tokenizer, folder: Path, stem: str, types, base_folder: str | Path | None = None, writer: str | None = None
+) -> list[Path]:
+    """`<stem>-<type>.gguf` in `folder` for each of `types` (see `gguf_writer` for who writes what).
+
+    f16 comes from kit's writer or from llama.cpp's convert_hf_to_gguf.py (run on the model saved as a Hugging
+    Face folder, with the base model's tokenizer.model when it has one); q8_0 from kit's writer, or like the
+    k-quants from llama.cpp's quantizer run on the f16 file.
+    """
+    types = [kind for kind in GGUF_TYPES if kind in types]
+    writer, problems = gguf_writer(model.config, tokenizer, types, writer)
+    if problems:
+        raise KitError("\n".join(f"export.formats: gguf: {problem}" for problem in problems))
+    paths = {kind: folder / f"{stem}-{kind}.gguf" for kind in types}
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".gguf-") as temporary:
+        f16 = paths.get("f16", Path(temporary) / f"{stem}-f16.gguf")
+        if writer == "kit":
+            print(f"kit.export: writing {f16.name} (kit's GGUF writer)", flush=True)
+            write_gguf(model, tokenizer, f16, "f16", name=stem)
+        else:
+            source = Path(temporary) / "model"
+            model.save_pretrained(source)
+            tokenizer.save_pretrained(source)
+            llama_cpp_gguf.copy_sentencepiece(base_folder, source)
+            print(f"kit.export: converting with llama.cpp's convert_hf_to_gguf.py -> {f16.name}", flush=True)
+            llama_cpp_gguf.convert(source, f16, name=stem)
+            shutil.rmtree(source)
+        for kind in types:
+            if kind == "q8_0" and writer == "kit":
+                print(f"kit.export: writing {paths[kind].name} (kit's GGUF writer)", flush=True)
+                write_gguf(model, tokenizer, paths[kind], kind, name=stem)
+            elif kind != "f16":
+                print(f"kit.export: quantizing with llama.cpp -> {paths[kind].name}", flush=True)
+                llama_cpp_gguf.quantize(f16, paths[kind], kind)
+    return list(paths.values())
+
+
+_ROUND_TRIP = "## Round trip"
+
+
+def gguf_card(recipe: Recipe, stem: str, types, writer: str) -> str:
+    """README.md for the GGUF folder: front matter, the files and who wrote them, how to run them, and a place
+    for bench/export_roundtrip.py's agreement and perplexity per type."""
+    metrics = _read_json(recipe.run_dir / "eval" / "metrics.json")
+    by = {"kit": "kit's own GGUF writer (f16, q8_0) and llama.cpp's quantizer (k-quants)",
+          "llama.cpp": "llama.cpp's convert_hf_to_gguf.py (f16) and quantizer (the other types)"}[writer]
+    lines = [card_front_matter(recipe, None, metrics), "", f"# {recipe.name}: GGUF files for llama.cpp, Ollama and LM Studio", "",
+             f"Written by {by}, tokenizer and training chat template embedded.", "", "| file | type |", "| --- | --- |"]
+    lines += [f"| {stem}-{kind}.gguf | {kind} |" for kind in types]
+    lines += ["", "## Run", "", "```bash", f"llama-server -m {stem}-{types[-1]}.gguf --jinja",
+              f"ollama create {stem} -f Modelfile   # when exported with the `ollama` format",
+              "python -m kit.serve RECIPE          # OpenAI-compatible API on 127.0.0.1", "```", "",
+              _ROUND_TRIP, "", "Not measured yet: `python bench/export_roundtrip.py RECIPE --reuse` measures each type in llama.cpp.", ""]
+    return "\n".join(lines)
+
+
+def gguf_card_with_results(card: str, results: dict) -> str:
+    """The GGUF card with its round-trip section replaced by bench/export_roundtrip.py's results."""
+    head = card.split(_ROUND_TRIP)[0].rstrip()
+    lines = [head, "", _ROUND_TRIP, "",
+             f"Loaded in llama.cpp and compared with the tuned model in transformers (fp32): greedy next token on "
+             f"{results['prompts']} held-out prompts, and perplexity on the test split ({results['test_tokens']} tokens; "
+             f"the tuned model's own: {results['reference_perplexity']:.3f}).", "",
+             "| file | MiB | next-token agreement | every position | test perplexity |", "| --- | --- | --- | --- | --- |"]
+    for label, row in results["files"].items():
+        lines.append(f"| {label} | {row['mib']:.1f} | {100 * row['agreement']:.0f}% | {100 * row['every_position']:.1f}% | "
+                     f"{row['perplexity']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def save_gguf(
+    model, tokenizer, target: Path, recipe: Recipe, stem: str, info: dict, with_modelfile: bool,
+    base_folder: str | Path | None = None,
+) -> list[Path]:
     """`<stem>-<type>.gguf` for each of `export.gguf_types`, plus the Modelfile for the smallest."""
     types = [kind for kind in GGUF_TYPES if kind in recipe.export.gguf_types]
+    writer, _ = gguf_writer(model.config, tokenizer, types)
     with atomic_dir(target) as scratch:
-        for kind in types:
-            print(f"kit.export: writing {target / f'{stem}-{kind}.gguf'}", flush=True)
-            write_gguf(model, tokenizer, scratch / f"{stem}-{kind}.gguf", kind, name=stem)
+        write_gguf_files(model, tokenizer, scratch, stem, types, base_folder)
         if with_modelfile:
             text = modelfile(tokenizer, f"{stem}-{types[-1]}.gguf", recipe.data.system_prompt, recipe.chat.temperature, stem)
             (scratch / "Modelfile").write_text(text)
-        _write_info(scratch, {**info, "gguf_types": types})
+        (scratch / "README.md").write_text(gguf_card(recipe, stem, types, writer))
+        extra = {"gguf_writer": writer, "llama_cpp_python": llama_cpp_gguf.llama_cpp_version()}
+        _write_info(scratch, {**info, "gguf_types": types, **extra})
     return [target / f"{stem}-{kind}.gguf" for kind in types]
 
 
@@ -422,17 +562,74 @@ def _read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def model_card(recipe: Recipe) -> str:
-    """README.md for the adapter: base model, data stats, metrics and the recipe that made it."""
+# Licenses of the bundled models' upstreams, for the model card when the recipe names none.
+_KNOWN_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0"}
+
+
+def base_license(recipe: Recipe) -> str:
+    """`export.license`, else the base model's own card's `license`, else "other"."""
+    if recipe.export.license:
+        return recipe.export.license
+    upstream = _upstream(recipe.model.name)
+    if upstream in _KNOWN_LICENSES:
+        return _KNOWN_LICENSES[upstream]
+    folder = Path(recipe.model.name).expanduser()
+    card = folder / "README.md" if folder.is_dir() else None
+    if card is not None and card.is_file():
+        import yaml
+
+        text = card.read_text(errors="replace")
+        if text.startswith("---"):
+            try:
+                front = yaml.safe_load(text.split("---", 2)[1]) or {}
+            except yaml.YAMLError:
+                front = {}
+            if isinstance(front, dict) and isinstance(front.get("license"), str):
+                return front["license"]
+    return "other"
+
+
+def card_front_matter(recipe: Recipe, library: str | None, metrics: dict | None) -> str:
+    """The YAML front matter the hub and vLLM read: library, base model, license, datasets, tags and the
+    tuned model's held-out metrics as `model-index`."""
+    import yaml
+
+    front = {"library_name": library} if library else {}
+    front.update({"pipeline_tag": "text-generation", "license": base_license(recipe)})
+    upstream = _upstream(recipe.model.name)
+    if upstream:
+        front["base_model"] = upstream
+    if recipe.export.datasets:
+        front["datasets"] = list(recipe.export.datasets)
+    front["tags"] = ["kit", "sft", "trl", "customer-support"] + (["lora"] if library == "peft" else []) + (
+        ["gguf"] if library is None else [])
+    tuned = ((metrics or {}).get("models") or {}).get("tuned") or {}
+    values = [{"type": key, "name": key, "value": round(float(value), 4)} for key, value in tuned.items()
+              if key != "samples" and isinstance(value, (int, float)) and not isinstance(value, bool)]
+    if values:
+        split = (metrics or {}).get("split", "test")
+        front["model-index"] = [{
+            "name": recipe.name,
+            "results": [{
+                "task": {"type": "text-generation", "name": "Text Generation"},
+                "dataset": {"name": f"{recipe.name} support conversations ({split} split)", "type": recipe.name, "split": split},
+                "metrics": values,
+            }],
+        }]
+    return "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=120) + "---"
+
+
+def model_card(recipe: Recipe, kind: str = "adapter") -> str:
+    """README.md for the adapter (`kind` "adapter") or the merged model ("merged"): front matter for the hub and
+    vLLM, base model, data stats, metrics and the recipe that made it."""
     run = recipe.run_dir
     upstream = _upstream(recipe.model.name)
     stats = _read_json(run / "dataset" / "stats.json")
     metrics = _read_json(run / "eval" / "metrics.json")
     manifest = _read_json(run / "manifest.json") or {}
-    front = ["---", "library_name: peft", "pipeline_tag: text-generation", "tags: [kit, lora, sft, trl, customer-support]"]
-    if upstream:
-        front.append(f"base_model: {upstream}")
-    lines = front + ["---", "", f"# {recipe.name}: a LoRA adapter trained by kit", ""]
+    title = "a LoRA adapter trained by kit" if kind == "adapter" else "fine-tuned by kit (base + adapter merged)"
+    lines = [card_front_matter(recipe, "peft" if kind == "adapter" else "transformers", metrics), "",
+             f"# {recipe.name}: {title}", ""]
     lines += [
         "## Base model",
         "",
@@ -468,21 +665,34 @@ def model_card(recipe: Recipe) -> str:
     if train:
         lines += ["", "Training: " + ", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
                                                 for key, value in train.items() if key in ("train_loss", "eval_loss", "global_step", "epoch", "train_runtime")) + "."]
-    lines += [
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from peft import AutoPeftModelForCausalLM",
-        "from transformers import AutoTokenizer",
-        'model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")',
-        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
-        "```",
-        "",
-        "`base_model_name_or_path` in adapter_config.json names the base model folder used in training; point it at",
-        "your copy of the base model if that path does not exist on your machine.",
-        "",
-        "## Recipe",
+    if kind == "adapter":
+        use = [
+            "```python",
+            "from peft import AutoPeftModelForCausalLM",
+            "from transformers import AutoTokenizer",
+            'model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")',
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+            "```",
+            "",
+            "`base_model_name_or_path` in adapter_config.json names the base model folder used in training; point it at",
+            "your copy of the base model if that path does not exist on your machine. With vLLM, serve the base model",
+            "with this folder as a LoRA module (see kit's docs/export.md):",
+            "",
+            "```bash",
+            f"vllm serve BASE_MODEL --enable-lora --lora-modules {recipe.name}=path/to/this/folder --max-lora-rank {recipe.sft.lora.r}",
+            "```",
+        ]
+    else:
+        use = [
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+            "```",
+            "",
+            "Or `vllm serve path/to/this/folder`.",
+        ]
+    lines += ["", "## Use", "", *use, "", "## Recipe",
         "",
         "```yaml",
         recipe.to_yaml().rstrip(),
@@ -543,12 +753,13 @@ def _tokenizer_source(adapter: Path, model_path: str) -> str:
     return str(adapter) if (adapter / "tokenizer_config.json").is_file() else model_path
 
 
-def _gguf_check(label: str, section: ModelSection, path: str, tokenizer_path: str) -> list[str]:
+def _gguf_check(label: str, section: ModelSection, path: str, tokenizer_path: str, types) -> list[str]:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path, revision=section.revision, trust_remote_code=section.trust_remote_code)
     tokenizer = models.load_tokenizer(section, tokenizer_path)
-    return [f"export.formats: gguf{label}: {problem}" for problem in gguf_problems(config, tokenizer)]
+    _, problems = gguf_writer(config, tokenizer, types)
+    return [f"export.formats: gguf{label}: {problem}" for problem in problems]
 
 
 def run(recipe: Recipe) -> Path:
@@ -559,6 +770,7 @@ def run(recipe: Recipe) -> Path:
     """
     formats = [name for name in FORMATS if name in recipe.export.formats]
     wants_gguf = "gguf" in formats or "ollama" in formats
+    types = recipe.export.gguf_types
     root = recipe.run_dir / "export"
     tuned = tuned_weights(recipe)
     student = student_dir(recipe) if recipe.export.student else None
@@ -566,12 +778,12 @@ def run(recipe: Recipe) -> Path:
     if tuned is None:
         problems.append(f"{recipe.run_dir}: no complete tuned model; run `python -m kit.sft` with this recipe first")
     if wants_gguf and tuned is not None and tuned[0] == "model":
-        problems += _gguf_check("", ModelSection(name=str(tuned[1])), str(tuned[1]), str(tuned[1]))
+        problems += _gguf_check("", ModelSection(name=str(tuned[1])), str(tuned[1]), str(tuned[1]), types)
     elif wants_gguf:  # an adapter, or nothing trained yet: the base model decides
         base = models.resolve(recipe.model.name)
-        problems += _gguf_check("", recipe.model, base, _tokenizer_source(tuned[1], base) if tuned else base)
+        problems += _gguf_check("", recipe.model, base, _tokenizer_source(tuned[1], base) if tuned else base, types)
     if student is not None and wants_gguf:
-        problems += _gguf_check(" (student)", ModelSection(name=str(student)), str(student), str(student))
+        problems += _gguf_check(" (student)", ModelSection(name=str(student)), str(student), str(student), types)
     if problems:
         raise KitError("\n".join(problems))
 
@@ -590,11 +802,19 @@ def run(recipe: Recipe) -> Path:
         if "merged" not in formats and not wants_gguf:
             continue
         model, tokenizer = _load_tuned(recipe, kind, weights) if label == "tuned" else _load_folder(student)
+        if label == "student":
+            base_folder = student
+        else:
+            base_folder = weights if kind == "model" else models.resolve(recipe.model.name)
         if "merged" in formats:
-            path = save_merged(model, tokenizer, folder / "merged", info)
+            card = model_card(recipe, "merged") if label == "tuned" else None
+            path = save_merged(model, tokenizer, folder / "merged", info, card, base_folder)
             print(f"kit.export: {label} merged model {path} (load with AutoModelForCausalLM.from_pretrained)", flush=True)
         if wants_gguf:
-            files = save_gguf(model, tokenizer, folder / "gguf", recipe, stem, info, with_modelfile="ollama" in formats)
+            files = save_gguf(
+                model, tokenizer, folder / "gguf", recipe, stem, info, with_modelfile="ollama" in formats,
+                base_folder=base_folder,
+            )
             print(f"kit.export: {label} GGUF {', '.join(str(f) for f in files)}", flush=True)
             if "ollama" in formats:
                 print(f"kit.export: {label} for Ollama: cd {folder / 'gguf'} && ollama create {stem} -f Modelfile", flush=True)

@@ -357,18 +357,53 @@ class ExportSection(Section):
     formats: list[Literal["adapter", "merged", "gguf", "ollama"]] = Field(
         default_factory=lambda: ["merged"],
         description="What `kit.export` writes (`--format` overrides it): `adapter` (PEFT folder + model card), "
-        "`merged` (base + adapter as plain safetensors), `gguf` (llama.cpp files, llama-architecture models), "
+        "`merged` (base + adapter as plain safetensors), `gguf` (llama.cpp files; architectures other than llama "
+        "need llama-cpp-python), "
         "`ollama` (the GGUF + a Modelfile).",
     )
-    gguf_types: list[Literal["f16", "q8_0"]] = Field(
+    gguf_types: list[Literal["f16", "q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"]] = Field(
         default_factory=lambda: ["f16", "q8_0"],
         min_length=1,
-        description="GGUF weight types: `f16` (16-bit) and/or `q8_0` (8-bit matrices with the attention value and "
-        "MLP down projections kept in 16-bit, about 64% of the f16 size); the Modelfile uses the smallest.",
+        description="GGUF weight types: `f16` (16-bit), `q8_0` (8-bit, about 53% of f16), and llama.cpp's k-quants "
+        "`Q6_K`, `Q5_K_M`, `Q4_K_M` (about 6.6, 5.7 and 4.9 bits a weight; need llama-cpp-python). "
+        "The Modelfile uses the smallest.",
     )
     student: bool = Field(
         True, description="Also export the distilled student (`<run>/student/`) when it is complete."
     )
+    license: str | None = Field(
+        None,
+        description="The model cards' `license` (a hub license id such as `apache-2.0`); unset: the base model's, read "
+        "from its own card (README.md) or known for the bundled model, else `other`.",
+    )
+    datasets: list[str] = Field(
+        default_factory=list,
+        description="The model cards' `datasets`: hub ids of public data sets the training data came from (none for "
+        "private support logs).",
+    )
+
+
+class ServeSection(Section):
+    model: Literal["tuned", "student", "preferred"] = Field(
+        "tuned",
+        description="What `kit.serve` serves: the tuned model, the distilled student, or `preferred` (the one "
+        "testers picked more often in the chat arena; tuned on a tie).",
+    )
+    gguf_type: Literal["f16", "q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"] | None = Field(
+        None, description="Which exported GGUF to serve; unset: the smallest in `export.gguf_types`."
+    )
+    host: str = Field(
+        "127.0.0.1",
+        description="Listen address. Anything but loopback needs an API key (`api_key_env`).",
+    )
+    port: int = Field(8000, ge=1, le=65535, description="Listen port.")
+    api_key_env: str = Field(
+        "KIT_API_KEY",
+        description="Environment variable holding the API key clients must send as `Authorization: Bearer`; "
+        "unset variable: no key (loopback only). The key itself never goes in a recipe.",
+    )
+    context_length: int = Field(4096, ge=64, description="Tokens of prompt + answer per request.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for llama.cpp; unset: half the cores.")
 
 
 class StudentSection(Section):
@@ -511,6 +546,7 @@ class Recipe(Section):
     eval: EvalSection = Field(default_factory=EvalSection, description="Evaluation on the test split.")
     chat: ChatSection = Field(default_factory=ChatSection, description="The Gradio comparison chat.")
     export: ExportSection = Field(default_factory=ExportSection, description="Deployment artifacts.")
+    serve: ServeSection = Field(default_factory=ServeSection, description="The OpenAI-compatible API (`kit.serve`).")
     distill: DistillSection = Field(
         default_factory=DistillSection,
         description="A smaller, faster student distilled from the tuned teacher (batch size, max_length, "

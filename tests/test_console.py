@@ -56,6 +56,8 @@ CASES = {
     "chat": ["kit.chat", RECIPE, "--port", "seven"],
     "export": ["kit.export", RECIPE, "--format", "pdf"],
     "distill": ["kit.distill", "no/such/recipe.yaml"],
+    "prefer": ["kit.prefer", RECIPE, *BAD_VALUE],
+    "serve": ["kit.serve", RECIPE, "--set", "serve.port=-3"],
 }
 
 

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kit import export, models, sft
@@ -121,6 +122,7 @@ def _go_eval(tokens, scope):
         "not": lambda value: not _go_truth(value),
         "len": len,
         "index": lambda value, *keys: functools.reduce(lambda inner, key: inner[key], keys, value),
+        "slice": lambda value, *bounds: value[slice(*bounds)] if len(bounds) > 1 else value[bounds[0]:] if bounds else value,
     }
 
     def operands(items):
@@ -132,7 +134,11 @@ def _go_eval(tokens, scope):
                 while depth:
                     depth += {"(": 1, ")": -1}.get(items[end], 0)
                     end += 1
-                values.append(_go_eval(items[k + 1 : end - 1], scope))
+                value = _go_eval(items[k + 1 : end - 1], scope)
+                if end < len(items) and items[end].startswith("."):  # (pipeline).Field
+                    value = _go_field(value, [n for n in items[end].split(".") if n])
+                    end += 1
+                values.append(value)
                 k = end
                 continue
             if token.startswith('"'):
@@ -214,6 +220,11 @@ def ollama_values(messages: list[dict]) -> dict:
     }
 
 
+def test_go_render_follows_go_semantics_of_slice_and_fields():
+    values = ollama_values([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}])
+    assert go_render('{{ len (slice .Messages 1) }}{{ (index .Messages 0).Role }}{{ (index $.Messages 1).Content }}', values) == "1systemu"
+
+
 def test_go_render_follows_go_semantics():
     template = '{{- range $i, $m := .Messages }}{{ if and (eq $i 0) (ne $m.Role "system") }}[first]{{ end }}' \
                '{{ if eq $m.Role "user" }}U:{{ $m.Content }}\n{{ else if eq .Role "assistant" }}A:{{ .Content }}' \
@@ -248,7 +259,7 @@ LLAMA3_STYLE_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_end|>\n\n' }}{% endif %}"
 )
 
-# Llama-2 style: the system prompt goes inside the first user turn, which no per-message layout expresses.
+# Llama-2 style: the system prompt goes inside the first user turn.
 LLAMA2_STYLE_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set messages = messages[1:] %}"
     "{% else %}{% set system = '' %}{% endif %}{% for message in messages %}{% if message['role'] == 'user' %}"
@@ -256,6 +267,85 @@ LLAMA2_STYLE_TEMPLATE = (
     "{% else %}[INST] {{ message['content'] }} [/INST]{% endif %}{% else %} {{ message['content'] }}</s>{% endif %}"
     "{% endfor %}"
 )
+
+# Numbers each turn: no fixed text between messages expresses it.
+NUMBERED_TEMPLATE = "{% for m in messages %}Turn {{ loop.index }} {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}Answer:"
+
+# The families of issue 20's architectures, as their instruct models' tokenizer_config.json publish them (tool-call
+# branches left out: kit trains on plain conversations). bos/eos are the tiny tokenizer's.
+FAMILY_TEMPLATES = {
+    "llama3": (
+        "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+        "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+        "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+        "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+    ),
+    "mistral-v0.3": (
+        "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+        "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+        "{{- bos_token }}{%- for message in loop_messages %}{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}"
+        "{%- endif %}{%- if message['role'] == 'user' %}{%- if loop.last and system_message is defined %}"
+        "{{- '[INST] ' + system_message + '\n\n' + message['content'] + '[/INST]' }}{%- else %}"
+        "{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}{%- elif message['role'] == 'assistant' %}"
+        "{{- ' ' + message['content']|trim + eos_token}}{%- else %}"
+        "{{- raise_exception('Only user and assistant roles are supported, with the exception of an initial optional system message!') }}"
+        "{%- endif %}{%- endfor %}"
+    ),
+    "qwen2.5": (
+        "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+        "{%- else %}{{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}"
+        "{%- endif %}{%- for message in messages %}{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) "
+        "or (message.role == 'assistant') %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}"
+        "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+    ),
+    "qwen3": (
+        "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}{%- endif %}"
+        "{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}"
+        "{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}"
+        "{%- if ns.multi_step_tool and message.role == 'user' %}{%- set ns.multi_step_tool = false %}"
+        "{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}"
+        "{%- for message in messages %}{%- if message.content is string %}{%- set content = message.content %}"
+        "{%- else %}{%- set content = '' %}{%- endif %}"
+        "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) %}"
+        "{{- '<|im_start|>' + message.role + '\n' + content + '<|im_end|>' + '\n' }}"
+        "{%- elif message.role == 'assistant' %}{%- set reasoning_content = '' %}"
+        "{%- if '</think>' in content %}{%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}"
+        "{%- set content = content.split('</think>')[-1].lstrip('\n') %}{%- endif %}"
+        "{%- if loop.index0 > ns.last_query_index %}{%- if loop.last or (not loop.last and reasoning_content) %}"
+        "{{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}"
+        "{%- else %}{{- '<|im_start|>' + message.role + '\n' + content }}{%- endif %}"
+        "{%- else %}{{- '<|im_start|>' + message.role + '\n' + content }}{%- endif %}{{- '<|im_end|>\n' }}{%- endif %}"
+        "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+        "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}{%- endif %}"
+    ),
+    "gemma3": (
+        "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- if messages[0]['content'] is string -%}"
+        "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- endif -%}{%- set loop_messages = messages[1:] -%}"
+        "{%- else -%}{%- set first_user_prefix = \"\" -%}{%- set loop_messages = messages -%}{%- endif -%}"
+        "{%- for message in loop_messages -%}{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+        "{{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}{%- endif -%}"
+        "{%- if (message['role'] == 'assistant') -%}{%- set role = \"model\" -%}{%- else -%}{%- set role = message['role'] -%}"
+        "{%- endif -%}{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
+        "{%- if message['content'] is string -%}{{ message['content'] | trim }}{%- endif -%}{{ '<end_of_turn>\n' }}"
+        "{%- endfor -%}{%- if add_generation_prompt -%}{{'<start_of_turn>model\n'}}{%- endif -%}"
+    ),
+    "gemma2": (
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+        "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+    ),
+    "phi3": (
+        "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}"
+        "{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+        "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+    ),
+    "llama2-style": LLAMA2_STYLE_TEMPLATE,
+}
 
 
 @pytest.fixture
@@ -283,31 +373,63 @@ def test_modelfile_stop_and_system_come_from_training(tiny_tokenizer):
     assert "PARAMETER temperature 0\n" in text
 
 
+@pytest.mark.parametrize("family", list(FAMILY_TEMPLATES))
+def test_modelfile_template_renders_each_familys_training_prompt(tiny_tokenizer, family):
+    """Llama 3, Mistral, Qwen2.5, Qwen3, Gemma 2/3 and Phi-3 chat templates: the Modelfile's TEMPLATE, run by the
+    Go template interpreter above on what Ollama hands it, writes exactly the prompt the template wrote in training."""
+    tiny_tokenizer.chat_template = FAMILY_TEMPLATES[family]
+    tiny_tokenizer.bos_token = "<|endoftext|>"  # Llama 3, Mistral and Gemma write one; the tiny tokenizer has none
+    system = "You are a support assistant."
+    text = export.modelfile(tiny_tokenizer, "x-Q4_K_M.gguf", system, 0.0, "x")
+    go = modelfile_template(text)
+    conversations = [THREE_TURNS[1:], THREE_TURNS[1:2], THREE_TURNS[1:4]]
+    if family != "gemma2":  # Gemma 2's template refuses a system message; its Modelfile has no SYSTEM then
+        conversations += [THREE_TURNS, THREE_TURNS[:2], THREE_TURNS[:4]]
+        assert f'SYSTEM """{system}"""' in text
+    else:
+        assert "SYSTEM" not in text
+    for messages in conversations:
+        expected = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert go_render(go, ollama_values(messages)) == expected, (family, len(messages))
+    stops = re.findall(r"^PARAMETER stop (.*)$", text, flags=re.M)
+    assert stops and all(json.loads(stop) for stop in stops)
+
+
 def test_modelfile_refuses_a_template_it_cannot_express(tiny_tokenizer):
-    tiny_tokenizer.chat_template = LLAMA2_STYLE_TEMPLATE
+    tiny_tokenizer.chat_template = NUMBERED_TEMPLATE
     with pytest.raises(KitError, match="write the Modelfile's TEMPLATE by hand"):
         export.modelfile(tiny_tokenizer, "x.gguf", None, 0.0, "x")
 
 
 @pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain (apt-get install golang-go)")
 def test_modelfile_template_runs_in_go_text_template(tiny_tokenizer, tmp_path):
-    """The real engine: Go's text/template with Ollama's options and values, on the smollm2 template."""
-    tiny_tokenizer.chat_template = SMOLLM2_TEMPLATE
-    go = modelfile_template(export.modelfile(tiny_tokenizer, "x.gguf", None, 0.0, "x"))
-    (tmp_path / "template.txt").write_text(go)
-    (tmp_path / "values.json").write_text(json.dumps(ollama_values(THREE_TURNS)))
+    """The real engine: Go's text/template with Ollama's options and values, on every family's template."""
+    cases = []
+    tiny_tokenizer.bos_token = "<|endoftext|>"
+    for family, template in FAMILY_TEMPLATES.items():
+        tiny_tokenizer.chat_template = template
+        go = modelfile_template(export.modelfile(tiny_tokenizer, "x.gguf", None, 0.0, "x"))
+        for messages in (THREE_TURNS[1:], THREE_TURNS[1:2]) + (() if family == "gemma2" else (THREE_TURNS, THREE_TURNS[:2])):
+            expected = tiny_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            cases.append({"template": go, "values": ollama_values(messages), "expected": expected, "family": family})
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
     (tmp_path / "main.go").write_text(
-        'package main\nimport ("encoding/json"; "os"; "text/template")\n'
+        'package main\nimport ("encoding/json"; "fmt"; "os"; "strings"; "text/template")\n'
         "func main() {\n"
-        '  raw, _ := os.ReadFile("template.txt"); data, _ := os.ReadFile("values.json")\n'
-        "  var values map[string]any; json.Unmarshal(data, &values)\n"
-        '  t := template.Must(template.New("").Option("missingkey=zero").Parse(string(raw)))\n'
-        "  if err := t.Execute(os.Stdout, values); err != nil { panic(err) }\n}\n"
+        '  data, _ := os.ReadFile("cases.json")\n'
+        "  var cases []map[string]any; json.Unmarshal(data, &cases)\n"
+        "  for _, c := range cases {\n"
+        '    t := template.Must(template.New("").Option("missingkey=zero").Parse(c["template"].(string)))\n'
+        "    var out strings.Builder\n"
+        '    if err := t.Execute(&out, c["values"]); err != nil { panic(err) }\n'
+        '    if out.String() != c["expected"].(string) { fmt.Printf("MISMATCH %s: %q\\n", c["family"], out.String()) }\n'
+        "  }\n"
+        '  fmt.Println("done")\n}\n'
     )
     result = subprocess.run(["go", "run", "main.go"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "off"})
+                            env={**os.environ, "GOFLAGS": "-mod=mod", "GO111MODULE": "off", "GOCACHE": str(tmp_path / "cache")})
     assert result.returncode == 0, result.stderr
-    assert result.stdout == tiny_tokenizer.apply_chat_template(THREE_TURNS, tokenize=False, add_generation_prompt=True)
+    assert result.stdout == "done\n", result.stdout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -370,9 +492,30 @@ def test_adapter_export_has_a_model_card(tiny_recipe, tmp_path):
     assert f"{stats['kept']} kept" in card and f"test {stats['splits']['test']}" in card
     assert "| tuned | 0.19 |" in card
     assert "learning_rate: 0.01" in card  # the resolved recipe
+    front = yaml.safe_load(card.split("---", 2)[1])
+    assert front["library_name"] == "peft" and front["license"] == "other"  # a local base model without a card
+    assert "datasets" not in front and "lora" in front["tags"]
+    [result] = front["model-index"][0]["results"]
+    assert front["model-index"][0]["name"] == "tiny" and result["dataset"]["split"] == "test"
+    assert result["metrics"] == [{"type": "rouge_l", "name": "rouge_l", "value": 0.19}]  # the tuned row only
+    assert f"--lora-modules tiny=path/to/this/folder --max-lora-rank {recipe.sft.lora.r}" in card
     base = models.load_model(recipe.model, dtype=torch.float32)
     tuned = PeftModel.from_pretrained(base, str(folder))
     assert any("lora_A" in name for name, _ in tuned.named_parameters())
+
+
+def test_merged_card_names_license_datasets_and_results(tiny_recipe, tmp_path):
+    recipe = load_recipe(tiny_recipe(), ["sft.max_steps=1", "export.formats=[merged]", "export.license=mit",
+                                         "export.datasets=[bitext/customer-support]"])
+    sft.run(recipe)
+    (recipe.run_dir / "eval").mkdir(exist_ok=True)
+    (recipe.run_dir / "eval" / "metrics.json").write_text(json.dumps({"split": "test", "models": {"tuned": {"bleu": 7.5, "samples": 2}}}))
+    card = (export.run(recipe) / "merged" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---", 2)[1])
+    assert front["library_name"] == "transformers" and front["license"] == "mit"
+    assert front["datasets"] == ["bitext/customer-support"] and "lora" not in front["tags"]
+    assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == 7.5
+    assert "AutoModelForCausalLM.from_pretrained" in card
 
 
 def test_export_without_training_is_a_clear_error(tiny_recipe):
@@ -380,10 +523,14 @@ def test_export_without_training_is_a_clear_error(tiny_recipe):
         export.run(load_recipe(tiny_recipe()))
 
 
-def test_cli_rejects_an_architecture_the_gguf_writer_lacks(tiny_recipe, tmp_path, tiny_model_dir, capsys):
-    """Exit 2 with one line per problem, before anything is written: here no training and a Qwen2 model."""
+def test_cli_rejects_an_architecture_the_gguf_writer_lacks(tiny_recipe, tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Without llama.cpp: exit 2 with one line per problem, before anything is written: here no training and a
+    Qwen2 model, which only llama.cpp's converter writes."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from kit import gguf
+
+    monkeypatch.setattr(gguf, "llama_cpp_version", lambda: None)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
@@ -396,7 +543,23 @@ def test_cli_rejects_an_architecture_the_gguf_writer_lacks(tiny_recipe, tmp_path
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(lines) == 2
     assert "no complete tuned model" in lines[0]
-    assert "architecture `qwen2`" in lines[1] and "llama" in lines[1]
+    assert "architecture `qwen2`" in lines[1] and "pip install 'llama-cpp-python[server]==" in lines[1]
+    assert not (load_recipe(path).run_dir / "export").exists()
+
+
+def test_k_quants_without_llama_cpp_exit_2_saying_what_to_install(tiny_recipe, capsys, monkeypatch):
+    from kit import gguf
+
+    monkeypatch.setattr(gguf, "llama_cpp_version", lambda: None)
+    path = tiny_recipe(export={"formats": ["gguf"], "gguf_types": ["q8_0", "Q4_K_M"]})
+    sft.run(load_recipe(path))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        export.main([str(path)])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("error: export.formats: gguf: GGUF types Q4_K_M are written by llama.cpp's quantizer: pip install")
     assert not (load_recipe(path).run_dir / "export").exists()
 
 
@@ -410,7 +573,7 @@ def test_cli_format_all_writes_every_format_for_tuned_and_student(tiny_recipe, t
     root = recipe.run_dir / "export"
     assert (root / "adapter" / "adapter_model.safetensors").is_file()
     assert (root / "merged" / "model.safetensors").is_file()
-    assert sorted(p.name for p in (root / "gguf").iterdir()) == ["Modelfile", "kit_export.json", "tiny-f16.gguf", "tiny-q8_0.gguf"]
+    assert sorted(p.name for p in (root / "gguf").iterdir()) == ["Modelfile", "README.md", "kit_export.json", "tiny-f16.gguf", "tiny-q8_0.gguf"]
     assert "FROM ./tiny-q8_0.gguf" in (root / "gguf" / "Modelfile").read_text()
     assert not (root / "student" / "adapter").exists()
     assert (root / "student" / "merged" / "model.safetensors").is_file()

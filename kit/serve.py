@@ -1,0 +1,166 @@
+"""The tuned model behind an OpenAI-compatible HTTP API, for applications to call.
+
+    python -m kit.serve recipes/quickstart.yaml [--set serve.port=8001] [--set serve.model=student]
+
+Serves the run's exported GGUF (`python -m kit.export RECIPE --format gguf` writes it) with llama.cpp's
+OpenAI-compatible server from `llama-cpp-python[server]`: `POST /v1/chat/completions` (streamed or not),
+`POST /v1/completions`, `GET /v1/models`. The model's name in the API is the recipe's name (`-student` for
+the student). It listens on 127.0.0.1 unless `serve.host` says otherwise; when the environment variable named
+by `serve.api_key_env` (default `KIT_API_KEY`) is set, every request needs `Authorization: Bearer <key>`.
+Prompts are built with the chat template embedded in the GGUF, the one used in training, and a request without
+a system message gets the recipe's `data.system_prompt`, as every training conversation had.
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="KEY or anything")
+    client.chat.completions.create(model="quickstart", messages=[{"role": "user", "content": "Where is my order?"}])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit.cli import recipe_parser, run_cli
+from kit.errors import KitError
+from kit.recipe import Recipe, load_recipe
+
+INSTALL = "pip install 'llama-cpp-python[server]==0.3.36'"
+
+
+@dataclass(frozen=True)
+class Served:
+    """What one `kit.serve` process serves."""
+
+    name: str  # the model id clients send
+    gguf: Path
+    system_prompt: str | None
+
+
+def chosen_model(recipe: Recipe) -> str:
+    """`serve.model`, with `preferred` resolved to the model testers picked most often in the chat arena."""
+    choice = recipe.serve.model
+    if choice != "preferred":
+        return choice
+    from kit.chat import load_feedback
+
+    best = load_feedback(recipe).best
+    return "student" if best.get("student", 0) > best.get("tuned", 0) else "tuned"
+
+
+def served_model(recipe: Recipe) -> Served:
+    """The GGUF file to serve, or a KitError that says which command writes it."""
+    model = chosen_model(recipe)
+    folder = recipe.run_dir / "export" / ("student/gguf" if model == "student" else "gguf")
+    name = recipe.name + ("-student" if model == "student" else "")
+    info = folder / "kit_export.json"
+    written = json.loads(info.read_text()).get("gguf_types", []) if info.is_file() else []
+    command = "python -m kit.export RECIPE --format gguf" + (" (with distill finished)" if model == "student" else "")
+    if not written:
+        raise KitError(f"serve.model: {model}: no GGUF export in {folder}; run `{command}` first")
+    kind = recipe.serve.gguf_type or written[-1]  # the smallest written
+    if kind not in written:
+        raise KitError(
+            f"serve.gguf_type: {kind} was not exported (have {', '.join(written)}); add it to export.gguf_types "
+            f"and run `{command}`"
+        )
+    return Served(name=name, gguf=folder / f"{name}-{kind}.gguf", system_prompt=recipe.data.system_prompt)
+
+
+class DefaultSystemPrompt:
+    """ASGI middleware: a chat request without a system message gets `system_prompt` first, as in training."""
+
+    def __init__(self, app, system_prompt: str):
+        self.app, self.system_prompt = app, system_prompt
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/chat/completions"):
+            return await self.app(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        try:
+            request = json.loads(body)
+            messages = request["messages"]
+            if isinstance(messages, list) and (not messages or messages[0].get("role") != "system"):
+                request["messages"] = [{"role": "system", "content": self.system_prompt}, *messages]
+                body = json.dumps(request).encode()
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # not for us to judge: the server answers a malformed request with its own error
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+        scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
+        return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
+
+
+def _replay(messages, then=None):
+    pending = list(messages)
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        return await then() if then else {"type": "http.disconnect"}
+
+    return receive
+
+
+def create_app(recipe: Recipe, api_key: str | None = None):
+    """The ASGI app: llama-cpp-python's OpenAI-compatible server on the run's GGUF."""
+    served = served_model(recipe)
+    try:
+        from llama_cpp.server.app import create_app as llama_cpp_app
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ImportError:
+        raise KitError(f"kit.serve needs llama.cpp's server: {INSTALL}") from None
+    section = recipe.serve
+    model = ModelSettings(
+        model=str(served.gguf),
+        model_alias=served.name,
+        # the training template, as embedded by kit.export (llama-cpp-python would otherwise guess a format)
+        chat_format="chat_template.default",
+        n_ctx=section.context_length,
+        n_threads=section.threads or max(1, (os.cpu_count() or 2) // 2),
+        n_threads_batch=section.threads or max(1, (os.cpu_count() or 2) // 2),
+        verbose=False,
+    )
+    # interrupt_requests off: llama-cpp-python otherwise ends a stream (with [DONE]) as soon as another request
+    # waits, so concurrent clients got empty streamed answers (bench/serve_load.py found it); they now queue.
+    server = ServerSettings(host=section.host, port=section.port, api_key=api_key, interrupt_requests=False)
+    app = llama_cpp_app(server_settings=server, model_settings=[model])
+    if served.system_prompt:
+        app.add_middleware(DefaultSystemPrompt, system_prompt=served.system_prompt)
+    return app
+
+
+def run(recipe: Recipe) -> None:
+    """Serve until interrupted."""
+    import uvicorn
+
+    api_key = os.environ.get(recipe.serve.api_key_env) or None
+    if recipe.serve.host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        raise KitError(
+            f"serve.host: {recipe.serve.host} is reachable from other machines; set {recipe.serve.api_key_env} "
+            f"to an API key first (or serve on 127.0.0.1)"
+        )
+    app = create_app(recipe, api_key)
+    served = served_model(recipe)
+    print(
+        f"kit.serve: {served.name} ({served.gguf.name}) on http://{recipe.serve.host}:{recipe.serve.port}/v1"
+        + (f", API key from ${recipe.serve.api_key_env}" if api_key else ", no API key"),
+        flush=True,
+    )
+    uvicorn.run(app, host=recipe.serve.host, port=recipe.serve.port, log_level="warning")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = recipe_parser("python -m kit.serve", "Serve the tuned model behind an OpenAI-compatible API.")
+    args = parser.parse_args(argv)
+    run_cli(lambda: run(load_recipe(args.recipe, args.overrides)))
+
+
+if __name__ == "__main__":
+    main()

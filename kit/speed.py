@@ -186,3 +186,22 @@ def plan(hardware: Hardware, shape: ModelShape, method: str, batch: int, seq: in
     # On a CPU one random draw per dropout element was 17% of a LoRA step; kit/dropout.py needs a quarter of them.
     return Plan(checkpointing, attention, liger, peak, reasons, autocast, cpu_lora_dropout=not hardware.cuda,
                 cpu_keep_freed_memory=not hardware.cuda and hardware.glibc)
+
+
+def plan_for(recipe, model_path: str, method: str | None = None) -> Plan:
+    """The plan for training `model_path` under the recipe (its `sft` speed keys); `method` defaults to sft.method."""
+    from transformers import AutoConfig
+
+    sft = recipe.sft
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code,
+                                            revision=recipe.model.revision)
+    except (OSError, ValueError) as exc:
+        raise KitError(f"model.name: cannot read the config of {recipe.model.name!r} ({str(exc).splitlines()[0][:200]})") from None
+    return plan(
+        detect_hardware(), shape_of(config), method or sft.method, sft.batch_size, sft.max_length,
+        checkpointing=sft.gradient_checkpointing,
+        attention=None if sft.attention == "auto" else sft.attention,
+        liger=sft.liger_kernel,
+        cpu_bf16=sft.cpu_bf16,
+    )

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from kit import crossval
 from kit import eval as kit_eval
 from kit.recipe import ModelSection
 
@@ -70,7 +71,7 @@ def test_similarity_matches_hand_mean_pooling():
         return pooled / pooled.norm()
 
     expected = [float(vector(a) @ vector(r)) for a, r in zip(answers, references)]
-    scores = kit_eval.semantic_similarity(answers, references)
+    scores = kit_eval.similarity(kit_eval.embed(answers), kit_eval.embed(references))
     assert scores == pytest.approx(expected, abs=1e-4)
     assert scores[1] == pytest.approx(1.0, abs=1e-5)
     assert 0.3 < scores[0] < 0.99  # related, not identical
@@ -175,7 +176,7 @@ def test_overfit_signal_is_the_loss_gap():
 
 def test_fold_mean_and_sample_std():
     per_fold = [{"base": {"rouge_l": 1.0, "bleu": 10.0}}, {"base": {"rouge_l": 2.0}}, {"base": {"rouge_l": 3.0, "bleu": 20.0}}]
-    summary = kit_eval.aggregate_folds(per_fold)
+    summary = crossval.aggregate_folds(per_fold)
     # mean 2, sample std sqrt(((1-2)^2 + 0 + (3-2)^2) / 2) = 1; a metric missing from a fold is not averaged.
     assert summary["base"]["rouge_l"] == {"mean": 2.0, "std": 1.0, "values": [1.0, 2.0, 3.0]}
     assert "bleu" not in summary["base"]
@@ -183,7 +184,7 @@ def test_fold_mean_and_sample_std():
 
 def test_fold_splits_cover_every_conversation_once():
     pool = [{"id": str(i), "messages": [], "metadata": {}} for i in range(10)]
-    folds = kit_eval.fold_splits(_recipe(), pool, 3)
+    folds = crossval.fold_splits(_recipe(), pool, 3)
     tests = [sorted(c["id"] for c in f["test"]) for f in folds]
     assert sorted(sum(tests, [])) == sorted(c["id"] for c in pool)
     assert [len(t) for t in tests] == [4, 3, 3]

@@ -116,7 +116,7 @@ class _SinkStreamer:
             self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
 
 
-def _stop_when(event: threading.Event):
+def stop_when(event: threading.Event):
     from transformers import StoppingCriteria
 
     class StopWhenSet(StoppingCriteria):
@@ -130,7 +130,7 @@ def _stop_when(event: threading.Event):
     return StopWhenSet()
 
 
-def _fit(chat_model: ChatModel, conversation: list[dict], max_new_tokens: int) -> tuple[str, int]:
+def fit_prompt(chat_model: ChatModel, conversation: list[dict], max_new_tokens: int) -> tuple[str, int]:
     """The rendered prompt, dropping the oldest exchanges while prompt + answer would overflow the model."""
     limit = getattr(chat_model.model.config, "max_position_embeddings", None)
     turns, dropped = list(conversation), 0
@@ -156,7 +156,7 @@ def _generate_into(chat_model: ChatModel, conversation: list[dict], max_new_toke
     started = time.perf_counter()
     streamer = _SinkStreamer(chat_model, sink)
     try:
-        prompt, dropped = _fit(chat_model, conversation, max_new_tokens)
+        prompt, dropped = fit_prompt(chat_model, conversation, max_new_tokens)
         with chat_model.lock:
             inputs = chat_model.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         inputs = inputs.to(next(chat_model.model.parameters()).device)
@@ -164,7 +164,7 @@ def _generate_into(chat_model: ChatModel, conversation: list[dict], max_new_toke
             "max_new_tokens": max_new_tokens,
             "pad_token_id": chat_model.tokenizer.pad_token_id,
             "streamer": streamer,
-            "stopping_criteria": StoppingCriteriaList([_stop_when(stop)]),
+            "stopping_criteria": StoppingCriteriaList([stop_when(stop)]),
         }
         options.update({"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False})
         with torch.no_grad():

@@ -86,13 +86,13 @@ def test_generation_stops_when_the_request_goes_away(student_recipe):
     gone = threading.Event()
     gone.set()
     out = model.model.generate(**inputs, max_new_tokens=20, do_sample=False, pad_token_id=model.tokenizer.pad_token_id,
-                               eos_token_id=None, stopping_criteria=StoppingCriteriaList([chat._stop_when(gone)]))
+                               eos_token_id=None, stopping_criteria=StoppingCriteriaList([chat.stop_when(gone)]))
     assert out.shape[1] == inputs["input_ids"].shape[1] + 1  # one token, not 20
     with torch.no_grad():
         still = threading.Event()
         out = model.model.generate(**inputs, max_new_tokens=5, do_sample=False, eos_token_id=None,
                                    pad_token_id=model.tokenizer.pad_token_id,
-                                   stopping_criteria=StoppingCriteriaList([chat._stop_when(still)]))
+                                   stopping_criteria=StoppingCriteriaList([chat.stop_when(still)]))
     assert out.shape[1] == inputs["input_ids"].shape[1] + 5
 
 
@@ -102,7 +102,7 @@ def test_long_conversations_drop_the_oldest_exchanges_to_fit(student_recipe):
     for i in range(40):
         history += [{"role": "user", "content": f"question {i} about my order"}, {"role": "assistant", "content": "x " * 20}]
     turns = chat.conversation("You are a support assistant.", history, "where is my order")
-    prompt, dropped = chat._fit(model, turns, max_new_tokens=64)
+    prompt, dropped = chat.fit_prompt(model, turns, max_new_tokens=64)
     assert dropped > 0
     assert prompt.startswith("<|im_start|>system\nYou are a support assistant.")  # the system prompt stays
     assert "where is my order" in prompt and "question 0 about" not in prompt

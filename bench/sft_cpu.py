@@ -62,7 +62,7 @@ def main() -> None:
             self.tokens = [e["num_tokens"] for e in state.log_history if "num_tokens" in e][-1]
 
     from kit import data, models, sft
-    from kit.eval import assistant_loss
+    from kit.scoring import assistant_loss
     from kit.recipe import load_recipe
 
     out = Path(args.out)

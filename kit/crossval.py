@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from kit import data, eval as kit_eval, sft
+from kit import data, eval as kit_eval, scoring, sft
 from kit.cli import recipe_parser, run_cli
 from kit.data.augment import augment as augment_training
 from kit.errors import KitError
@@ -115,7 +115,7 @@ def run(recipe: Recipe) -> Path:
         else:
             print(f"kit.crossval: fold {i + 1}/{folds}: training on {len(splits['train'])} conversations", flush=True)
             sft.train(fold, conversations)
-        judge = kit_eval.make_judge(recipe, kit_eval.test_conversations(recipe, splits["test"]), splits["train"])
+        judge = scoring.make_judge(recipe, kit_eval.test_conversations(recipe, splits["test"]), splits["train"])
         rows = [c for c in kit_eval.candidates(fold) if c.label in ("base", "tuned")]
         results, _, _ = kit_eval.evaluate_all(fold, rows, judge, quiet=True)
         per_fold.append(results)

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kit import eval as kit_eval
+from kit import generate, scoring
 from kit import sft
 from kit.errors import KitError
 from kit.masking import tokenize_conversation
@@ -29,7 +30,7 @@ def test_assistant_loss_matches_per_token_hand_computation(tiny_model_dir):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    scores = kit_eval.assistant_loss(model, tokenizer, CONVERSATIONS, batch_size=2, max_length=256)
+    scores = scoring.assistant_loss(model, tokenizer, CONVERSATIONS, batch_size=2, max_length=256)
     # By hand: one conversation at a time, no padding, -log p(token) summed over assistant tokens.
     total, count = 0.0, 0
     for conversation in CONVERSATIONS:
@@ -50,8 +51,8 @@ def test_batched_generation_matches_one_at_a_time(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompts = [c["messages"][:-1] for c in CONVERSATIONS]
-    batched = kit_eval.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=3, seed=0)
-    single = [kit_eval.generate_answers(model, tokenizer, [p], max_new_tokens=6, batch_size=1, seed=0) for p in prompts]
+    batched = generate.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=3, seed=0)
+    single = [generate.generate_answers(model, tokenizer, [p], max_new_tokens=6, batch_size=1, seed=0) for p in prompts]
     # Left padding and the attention mask make a batch answer what each prompt alone gets (greedy).
     assert batched.answers == [s.answers[0] for s in single]
     assert batched.tokens == [s.tokens[0] for s in single] and all(1 <= t <= 6 for t in batched.tokens)

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kit import chat, data, distill, export, models, pipeline, sft
+from kit import chat, data, distill, export, feedback, models, pipeline, sft
 from kit import eval as kit_eval
 from kit import recipe as kit_recipe
 from kit import trainer as kit_trainer
@@ -1033,8 +1033,8 @@ def test_pii_canaries_reach_no_file_and_no_log_of_a_whole_run(env, tmp_path, cap
     turns = chat.conversation(recipe.data.system_prompt, [], question)
     answers = list(chat.stream_answers({name: (model, turns) for name, model in loaded.items()}, 6, 0.0))[-1]
     turn = {"conversations": {name: turns for name in loaded}, "answers": {name: text for name, (text, _) in answers.items()}}
-    chat.record_vote(recipe, turn, "tuned", blind=True, source="web")
-    chat.record_vote(recipe, turn, None, blind=False, source="cli")
+    feedback.record_vote(recipe, turn, "tuned", blind=True, source="web")
+    feedback.record_vote(recipe, turn, None, blind=False, source="cli")
     logs = capsys.readouterr()
 
     stats = json.loads((recipe.run_dir / "dataset" / "stats.json").read_text())

@@ -461,7 +461,14 @@ def run(recipe: Recipe) -> Path:
     )
 
     # The same speed plan as kit.sft (bf16 autocast, checkpointing), for the student's shape and method.
-    plan = speed.plan_for(recipe, student_path or teacher_path, method=distill.student.method)
+    if student_path is not None:
+        plan = speed.plan_for(recipe, student_path, distill.student.method, _model_section(recipe, distill.student.name),
+                              "distill.student.name")
+    elif adapter is None:  # a teacher given by reference: the student is cut from it
+        plan = speed.plan_for(recipe, teacher_path, distill.student.method, _model_section(recipe, distill.teacher),
+                              "distill.teacher")
+    else:  # the tuned model (base + adapter) is the teacher
+        plan = speed.plan_for(recipe, teacher_path, distill.student.method)
     print(f"kit.distill: speed settings: {plan.describe()}", flush=True)
     train_conversations = data.load_split(recipe, "train")
     output_dir = recipe.run_dir / "distill_checkpoints"

@@ -188,16 +188,21 @@ def plan(hardware: Hardware, shape: ModelShape, method: str, batch: int, seq: in
                 cpu_keep_freed_memory=not hardware.cuda and hardware.glibc)
 
 
-def plan_for(recipe, model_path: str, method: str | None = None) -> Plan:
-    """The plan for training `model_path` under the recipe (its `sft` speed keys); `method` defaults to sft.method."""
+def plan_for(recipe, model_path: str, method: str | None = None, section=None, key: str = "model.name") -> Plan:
+    """The plan for training `model_path` under the recipe's `sft` speed keys.
+
+    `method` defaults to `sft.method`; `section` (a ModelSection, default `model`) says which revision and
+    whether remote code may run, `key` which recipe key an unreadable config is blamed on.
+    """
     from transformers import AutoConfig
 
     sft = recipe.sft
+    section = section or recipe.model
     try:
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code,
-                                            revision=recipe.model.revision)
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=section.trust_remote_code,
+                                            revision=section.revision)
     except (OSError, ValueError) as exc:
-        raise KitError(f"model.name: cannot read the config of {recipe.model.name!r} ({str(exc).splitlines()[0][:200]})") from None
+        raise KitError(f"{key}: cannot read the config of {section.name!r} ({str(exc).splitlines()[0][:200]})") from None
     return plan(
         detect_hardware(), shape_of(config), method or sft.method, sft.batch_size, sft.max_length,
         checkpointing=sft.gradient_checkpointing,

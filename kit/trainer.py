@@ -9,7 +9,8 @@
 - `Guard` + `GuardCallback`: the stop on a non-finite loss and on Ctrl-C, through the callback API;
 - `write_manifest`: the manifest every stage writes last, so that its presence means the work is complete.
 
-Library internals kit still touches, each because no public path exists, and only here:
+Library internals and process-wide settings kit still touches during training, each because no public path
+exists (all of them made from this module, except the malloc setting, which `kit.sft.train` applies):
 - `_get_train_sampler` (transformers `Trainer`) is overridden to construct kit's seeded length-grouped sampler
   (order from (seed, epoch) only, so --resume replays it; the stock one draws from the global RNG that
   dropout also consumes). transformers has no public sampler hook; TRL's own trainers (GRPO, KTO,
@@ -17,6 +18,8 @@ Library internals kit still touches, each because no public path exists, and onl
 - peft's `lora_dropout` ModuleDict entries are replaced by `kit.dropout.BitsDropout` on CPU
   (`replace_lora_dropout`): peft takes only a probability, and the stock dropout was 17% of a CPU step.
 - `kit.speed.keep_freed_memory` sets glibc's malloc options for the whole process (CPU only; `mallopt`).
+- the `kernels` logger is set to ERROR on import: bitsandbytes (imported by peft) logs through it, offline,
+  that it skips an optional hub kernel, once per process.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def main() -> None:
     import torch
 
     from kit import data, distill, models
-    from kit.eval import assistant_loss
+    from kit.scoring import assistant_loss
     from kit.recipe import ModelSection, load_recipe
 
     torch.set_num_threads(2)

@@ -10,8 +10,10 @@ steps, batch size, learning rate and LoRA config. What differs is what each deci
   bf16 (as TRL) with the frozen base held in bf16 under LoRA, length-grouped batches, LoRA dropout masks drawn
   four per random number (kit/dropout.py), and glibc's malloc told to keep freed memory for reuse
   (`speed.keep_freed_memory`; process-wide, so TRL runs first here and does not get it).
-Prints non-padding tokens/s of each and their ratio, and the held-out (test split) eval loss on assistant
-tokens of each tuned model, computed by the same function. Time is the `train()` call, less kit's validation
+Then kit again with `sft.method=qlora` (the same LoRA on a 4-bit NF4 base; bitsandbytes runs it on a CPU,
+slowly). Prints non-padding tokens/s of each, kit's ratio to TRL's, peak RSS (the process's, so cumulative:
+it only grows) and the held-out (test split) eval loss on assistant tokens of each tuned model, computed by
+the same function. Time is the `train()` call, less kit's validation
 passes (TRL's defaults get no validation set); kit's checkpoint saving stays in.
 """
 
@@ -26,19 +28,41 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (ru_maxrss is in KiB on Linux): it only grows, so each run's
+    figure is the peak up to its end."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", default="runs/bench-sft-cpu")
+    parser.add_argument("--methods", nargs="+", default=["kit", "kit_qlora"], choices=["kit", "kit_qlora"],
+                        help="which kit runs follow TRL's (qlora: the 4-bit base, slow on a CPU)")
     args = parser.parse_args()
 
     import torch
     from datasets import Dataset
     from peft import LoraConfig
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    class TrainTimer(TrainerCallback):
+        """Training time only, through the callback API: TRL's defaults have no validation set, kit validates."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.began = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.validation_seconds = sum(e["eval_runtime"] for e in state.log_history if "eval_runtime" in e)
+            self.seconds = time.perf_counter() - self.began - self.validation_seconds
+            self.tokens = [e["num_tokens"] for e in state.log_history if "num_tokens" in e][-1]
+
     from kit import data, models, sft
-    from kit.eval import assistant_loss
+    from kit.scoring import assistant_loss
     from kit.recipe import load_recipe
 
     out = Path(args.out)
@@ -83,46 +107,32 @@ def main() -> None:
     model = trainer.model.merge_and_unload().float().eval()
     loss = assistant_loss(model, tokenizer, test_rows, 8, recipe.sft.max_length)["eval_loss"]
     results["trl_defaults"] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "test_loss": loss,
-                               "gradient_checkpointing": trl_args.gradient_checkpointing, "bf16": trl_args.bf16}
+                               "gradient_checkpointing": trl_args.gradient_checkpointing, "bf16": trl_args.bf16,
+                               "peak_rss_mib": peak_rss_mib()}
     del trainer, model
 
-    # --- kit, through the code path users run
-    captured = {}
-    original = sft._trainer_class
+    # --- kit, through the code path users run (observed with a TrainerCallback), with LoRA and with QLoRA
+    for name, method in (("kit", "lora"), ("kit_qlora", "qlora")):
+        if name not in args.methods:
+            continue
+        variant = load_recipe("recipes/quickstart.yaml", [f"output_dir={out}", f"name={name}", f"sft.max_steps={args.steps}",
+                                                           "eval.enabled=false", "sft.report_to=none", f"sft.method={method}"])
+        timer = TrainTimer()
+        sft.run(variant, callbacks=[timer])
+        model = models.load_model(variant.model, adapter=variant.run_dir / "adapter", path=model_path).merge_and_unload().eval()
+        loss = assistant_loss(model, tokenizer, test_rows, 8, variant.sft.max_length)["eval_loss"]
+        results[name] = {"seconds": timer.seconds, "validation_seconds": timer.validation_seconds, "tokens": timer.tokens,
+                         "tokens_per_s": timer.tokens / timer.seconds, "test_loss": loss, "peak_rss_mib": peak_rss_mib()}
+        del model
 
-    def timed():
-        trainer_cls, callback = original()
-
-        class Timed(trainer_cls):
-            def train(self, *a, **k):
-                begin = time.perf_counter()
-                output = super().train(*a, **k)
-                # Training time only: TRL's defaults have no validation set, kit validates at the end.
-                validation = sum(e["eval_runtime"] for e in self.state.log_history if "eval_runtime" in e)
-                captured["seconds"] = time.perf_counter() - begin - validation
-                captured["validation_seconds"] = validation
-                captured["tokens"] = [e["num_tokens"] for e in self.state.log_history if "num_tokens" in e][-1]
-                return output
-
-        return Timed, callback
-
-    sft._trainer_class = timed
-    try:
-        sft.run(recipe)
-    finally:
-        sft._trainer_class = original
-    model = models.load_model(recipe.model, adapter=recipe.run_dir / "adapter", path=model_path).merge_and_unload().eval()
-    loss = assistant_loss(model, tokenizer, test_rows, 8, recipe.sft.max_length)["eval_loss"]
-    results["kit"] = {"seconds": captured["seconds"], "validation_seconds": captured["validation_seconds"],
-                      "tokens": captured["tokens"],
-                      "tokens_per_s": captured["tokens"] / captured["seconds"], "test_loss": loss}
-
-    ratio = results["kit"]["tokens_per_s"] / results["trl_defaults"]["tokens_per_s"]
+    ratio = results["kit"]["tokens_per_s"] / results["trl_defaults"]["tokens_per_s"] if "kit" in results else None
     print(f"\n{args.steps} steps x batch {recipe.sft.batch_size}, torch threads {torch.get_num_threads()}")
-    print(f"{'':14} {'train s':>8} {'tokens':>8} {'tokens/s':>9} {'test loss (assistant)':>22}")
+    print(f"{'':14} {'train s':>8} {'tokens':>8} {'tokens/s':>9} {'test loss (assistant)':>22} {'peak RSS MiB':>13}")
     for name, row in results.items():
-        print(f"{name:14} {row['seconds']:8.1f} {row['tokens']:8.0f} {row['tokens_per_s']:9.1f} {row['test_loss']:22.4f}")
-    print(f"kit / TRL defaults tokens/s: {ratio:.2f}x")
+        print(f"{name:14} {row['seconds']:8.1f} {row['tokens']:8.0f} {row['tokens_per_s']:9.1f} {row['test_loss']:22.4f} "
+              f"{row['peak_rss_mib']:13.0f}")
+    if ratio is not None:
+        print(f"kit / TRL defaults tokens/s: {ratio:.2f}x")
     (out / "results.json").write_text(json.dumps({**results, "ratio": ratio, "steps": args.steps}, indent=2))
 
 

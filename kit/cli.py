@@ -16,13 +16,16 @@ from collections.abc import Callable
 
 from kit.errors import KitError
 
-# `kit <stage>` runs `python -m kit.<stage>`: each is a module with main(argv).
+# `kit <stage>` runs `python -m kit.<stage>`: each is a module with main(argv). `python -m kit.sft` is the
+# user's whole path (kit.pipeline's main; `--train-only` for the stage alone), and so is `kit sft`.
+ENTRY_MODULES = {"sft": "kit.pipeline"}
 STAGES = {
     "data": "convert a support export into a chat dataset (templates | preview | build)",
     "sft": "fine-tune on the dataset, then evaluate (the whole path of a recipe)",
     "eval": "compare base, tuned and student on the test split",
     "prefer": "preference-tune the tuned model on arena votes and its own mistakes (DPO)",
     "distill": "distill the tuned model into a smaller student",
+    "crossval": "k-fold cross-validation of the training recipe (eval reports its summary)",
     "chat": "the models side by side in the browser, with blind votes",
     "export": "adapter, merged weights, GGUF and an Ollama Modelfile",
     "serve": "the exported model behind an OpenAI-compatible API on 127.0.0.1",
@@ -135,4 +138,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     rest = list(argv)
     rest.remove(stage)
-    importlib.import_module(f"kit.{stage}").main(rest)
+    importlib.import_module(ENTRY_MODULES.get(stage, f"kit.{stage}")).main(rest)

@@ -2,16 +2,16 @@
 
     python -m kit.distill recipes/quickstart.yaml [--set distill.max_steps=30 ...]
 
-`kit.sft` runs this after training when `distill.enabled`; the command runs it on its own (after
-`kit.sft`, since the default teacher is the tuned model).
+`kit.pipeline` (`python -m kit.sft`) runs this after training when `distill.enabled`; this command runs
+it on its own (after `kit.sft`, since the default teacher is the tuned model).
 
 - Teacher: the tuned model (base + this run's adapter, merged in memory), or `distill.teacher`.
 - Student: `distill.student.name` (a smaller model of the teacher's tokenizer family), or cut from the
   teacher by keeping `distill.student.keep_layers` of its blocks, initialised with the teacher's weights.
   The vocabularies are compared before any model is loaded.
 - `offline` mode: loss = alpha * CE(answer) + (1 - alpha) * T^2 * KL(teacher_T || student_T) on the
-  assistant tokens only (mask from `kit.masking`), through TRL's SFTTrainer with `compute_loss`
-  overridden. The teacher runs at every step, or its top-k log-probs are cached in
+  assistant tokens only (mask from `kit.masking`), through `kit.trainer.KDTrainer` (TRL's SFTTrainer
+  with `compute_loss` overridden). The teacher runs at every step, or its top-k log-probs are cached in
   `<run>/distill_cache/` once (`distill.cache_top_k`) and reused.
 - `on_policy` mode: TRL's DistillationTrainer (the student samples answers, generalised JSD, `beta`).
 
@@ -21,7 +21,6 @@ Writes `<run>/student/`: a plain transformers folder (safetensors, tokenizer, ch
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -32,12 +31,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit import data, models
+from kit import data, models, speed
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template, tokenize_conversation
 from kit.recipe import ModelSection, Recipe, load_recipe
-from kit.runs import atomic_dir, package_versions, tuned_adapter, umask, write_json
+from kit.runs import atomic_dir, tuned_adapter, umask
 
 # ---------------------------------------------------------------------------------------------- the loss
 
@@ -105,52 +104,6 @@ def batch_kd_loss(student_logits, labels, alpha, temperature, teacher_logits=Non
         teacher_top_k=teacher_top_k,
         num_items=num_items,
     )
-
-
-@functools.cache
-def _trainer_class():
-    """Built on first use so that importing kit.distill does not import TRL."""
-    import torch
-    from trl import SFTTrainer
-
-    class KDTrainer(SFTTrainer):
-        """TRL's SFTTrainer with the soft-target loss: only `compute_loss` is overridden."""
-
-        def __init__(self, *args, teacher=None, teacher_cache=None, alpha=0.5, temperature=1.0, vocab_size=None, **kwargs):
-            self.teacher, self.teacher_cache = teacher, teacher_cache
-            self.kd_alpha, self.kd_temperature, self.vocab_size = alpha, temperature, vocab_size
-            super().__init__(*args, **kwargs)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            rows = inputs.pop("row")
-            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-            # Logits beyond the tokenizer (padded embedding rows) are never a target: compare the shared vocabulary.
-            teacher_logits = teacher_top_k = None
-            if self.kd_alpha < 1.0:
-                if self.teacher_cache is not None:
-                    teacher_top_k = self.teacher_cache.take(rows.tolist(), outputs.logits.device)
-                else:
-                    with torch.no_grad():
-                        teacher_logits = self.teacher(
-                            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
-                        ).logits[..., : self.vocab_size]
-            loss, ce, kl = batch_kd_loss(
-                outputs.logits[..., : self.vocab_size],
-                inputs["labels"],
-                self.kd_alpha,
-                self.kd_temperature,
-                teacher_logits=teacher_logits,
-                teacher_top_k=teacher_top_k,
-                num_items=num_items_in_batch,
-            )
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * self.accelerator.num_processes
-            mode = "train" if model.training else "eval"
-            self._metrics[mode]["kd_ce"].append(ce.item())
-            self._metrics[mode]["kd_kl"].append(kl.item())
-            return (loss, outputs) if return_outputs else loss
-
-    return KDTrainer
 
 
 # ------------------------------------------------------------------------------------- teacher and student
@@ -396,50 +349,21 @@ def teacher_cache(recipe: Recipe, teacher: Teacher, rows: list[dict], identity: 
 # ------------------------------------------------------------------------------------------------ training
 
 
-def _common_args(recipe: Recipe) -> dict:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    sft, distill = recipe.sft, recipe.distill
-    return {
-        "per_device_train_batch_size": sft.batch_size,
-        "per_device_eval_batch_size": sft.batch_size,
-        "gradient_accumulation_steps": sft.gradient_accumulation_steps,
-        "learning_rate": distill.learning_rate,
-        "lr_scheduler_type": sft.lr_scheduler,
-        "warmup_steps": sft.warmup_steps,
-        "weight_decay": sft.weight_decay,
-        "num_train_epochs": distill.epochs,
-        "max_steps": distill.max_steps or -1,
-        "logging_steps": sft.logging_steps,
-        "save_strategy": "no",
-        "report_to": "none",
-        "seed": recipe.seed,
-        "data_seed": recipe.seed,
-        "bf16": cuda and models.resolve_dtype(recipe.model.dtype) == torch.bfloat16,
-        "fp16": False,
-        "gradient_checkpointing": sft.gradient_checkpointing if sft.gradient_checkpointing is not None else cuda,
-        "use_cpu": not cuda,
-        "dataloader_num_workers": 0,
-    }
-
-
 def _peft_config(recipe: Recipe):
     if recipe.distill.student.method != "lora":
         return None
-    from peft import LoraConfig
+    from kit.trainer import lora_config
 
-    lora = recipe.sft.lora
-    return LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"
-    )
+    return lora_config(recipe)
 
 
-def train_offline(recipe: Recipe, student, teacher: Teacher, train_rows, validation_rows, cache, vocab_size: int, output_dir: Path):
+def train_offline(recipe: Recipe, student, teacher: Teacher, train_rows, validation_rows, cache, vocab_size: int,
+                  output_dir: Path, plan=None):
     import torch
     from datasets import Dataset
-    from trl import SFTConfig
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from kit.trainer import KDTrainer, training_arguments
 
     tokenizer = teacher.tokenizer
     pad_collator = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
@@ -449,17 +373,8 @@ def train_offline(recipe: Recipe, student, teacher: Teacher, train_rows, validat
         batch["row"] = torch.tensor([example["row"] for example in examples])
         return batch
 
-    args = SFTConfig(
-        output_dir=str(output_dir),
-        eval_strategy="epoch" if validation_rows else "no",
-        max_length=recipe.sft.max_length,
-        packing=False,
-        completion_only_loss=True,
-        remove_unused_columns=False,  # keeps `row`, which keys the teacher cache
-        train_sampling_strategy="group_by_length",
-        **_common_args(recipe),
-    )
-    trainer = _trainer_class()(
+    args = training_arguments(recipe, "distill", output_dir, plan, has_validation=bool(validation_rows))
+    trainer = KDTrainer(
         model=student,
         args=args,
         data_collator=collate,
@@ -472,13 +387,16 @@ def train_offline(recipe: Recipe, student, teacher: Teacher, train_rows, validat
         alpha=recipe.distill.alpha,
         temperature=recipe.distill.temperature,
         vocab_size=vocab_size,
+        kd_loss=batch_kd_loss,
     )
     return trainer
 
 
-def train_on_policy(recipe: Recipe, student, teacher: Teacher, conversations: list[dict], output_dir: Path):
+def train_on_policy(recipe: Recipe, student, teacher: Teacher, conversations: list[dict], output_dir: Path, plan=None):
     from datasets import Dataset
     from trl import DistillationConfig, DistillationTrainer
+
+    from kit.trainer import training_arguments
 
     prompts = []
     for conversation in conversations:
@@ -490,13 +408,9 @@ def train_on_policy(recipe: Recipe, student, teacher: Teacher, conversations: li
         raise KitError("data: no training conversation ends in an assistant answer; on_policy needs prompts to answer")
     tokenizer = teacher.tokenizer
     tokenizer.padding_side = "left"  # the student generates from the prompts
-    args = DistillationConfig(
-        output_dir=str(output_dir),
-        temperature=recipe.distill.temperature,
-        beta=recipe.distill.beta,
-        max_completion_length=recipe.distill.max_new_tokens,
-        **_common_args(recipe),
-    )
+    args = training_arguments(recipe, "distill", output_dir, plan, has_validation=False, config_class=DistillationConfig,
+                              temperature=recipe.distill.temperature, beta=recipe.distill.beta,
+                              max_completion_length=recipe.distill.max_new_tokens)
     return DistillationTrainer(
         model=student,
         teacher_model=teacher.model,
@@ -546,6 +460,16 @@ def run(recipe: Recipe) -> Path:
         flush=True,
     )
 
+    # The same speed plan as kit.sft (bf16 autocast, checkpointing), for the student's shape and method.
+    if student_path is not None:
+        plan = speed.plan_for(recipe, student_path, distill.student.method, _model_section(recipe, distill.student.name),
+                              "distill.student.name")
+    elif adapter is None:  # a teacher given by reference: the student is cut from it
+        plan = speed.plan_for(recipe, teacher_path, distill.student.method, _model_section(recipe, distill.teacher),
+                              "distill.teacher")
+    else:  # the tuned model (base + adapter) is the teacher
+        plan = speed.plan_for(recipe, teacher_path, distill.student.method)
+    print(f"kit.distill: speed settings: {plan.describe()}", flush=True)
     train_conversations = data.load_split(recipe, "train")
     output_dir = recipe.run_dir / "distill_checkpoints"
     if distill.mode == "offline":
@@ -559,11 +483,11 @@ def run(recipe: Recipe) -> Path:
         if distill.cache_top_k is not None and distill.alpha < 1.0:
             identity = _teacher_identity(recipe, adapter, teacher_path)
             cache = teacher_cache(recipe, teacher, train_rows + validation_rows, identity, vocab_size)
-        trainer = train_offline(recipe, student, teacher, train_rows, validation_rows, cache, vocab_size, output_dir)
+        trainer = train_offline(recipe, student, teacher, train_rows, validation_rows, cache, vocab_size, output_dir, plan)
     else:
         if not torch.cuda.is_available():
             print("kit.distill: on_policy generates with the student at every step; on CPU this is slow", flush=True)
-        trainer = train_on_policy(recipe, student, teacher, train_conversations, output_dir)
+        trainer = train_on_policy(recipe, student, teacher, train_conversations, output_dir, plan)
 
     result = trainer.train()
     if not math.isfinite(result.training_loss):
@@ -576,6 +500,8 @@ def run(recipe: Recipe) -> Path:
         final = evaluations[-1] if evaluations and evaluations[-1].get("step") == trainer.state.global_step else None
         metrics.update(final or trainer.evaluate())
 
+    from kit.trainer import write_manifest
+
     trained = trainer.model
     if distill.student.method == "lora":
         trained = trained.merge_and_unload()
@@ -584,29 +510,24 @@ def run(recipe: Recipe) -> Path:
         trained.save_pretrained(scratch)  # safetensors
         tokenizer.padding_side = padding_side
         tokenizer.save_pretrained(scratch)  # with the chat template
-        manifest = {
-            "stage": "distill",
-            "mode": distill.mode,
-            "recipe": recipe.model_dump(mode="json"),
-            "teacher": teacher.description,
-            "student": {
+        manifest = write_manifest(  # last: its presence means the student is complete
+            scratch / "manifest.json", "distill", recipe, started,
+            mode=distill.mode,
+            teacher=teacher.description,
+            student={
                 **student_source,
                 "parameters": student_parameters,
                 "layers": trained.config.get_text_config().num_hidden_layers,
                 "size_mb": folder_megabytes(scratch),
                 "method": distill.student.method,
             },
-            "loss": {"alpha": distill.alpha, "temperature": distill.temperature, "cache_top_k": distill.cache_top_k}
+            loss={"alpha": distill.alpha, "temperature": distill.temperature, "cache_top_k": distill.cache_top_k}
             if distill.mode == "offline"
             else {"beta": distill.beta, "temperature": distill.temperature},
-            "versions": package_versions(),
-            "device": "cuda" if torch.cuda.is_available() else "cpu",
-            "dataset": {"sha256": stats["sha256"]},
-            "train_metrics": metrics,
-            "log_history": history,
-            "wall_seconds": round(time.time() - started, 1),
-        }
-        write_json(scratch / "manifest.json", manifest)  # last: its presence means the student is complete
+            dataset={"sha256": stats["sha256"]},
+            train_metrics=metrics,
+            log_history=history,
+        )
     print(
         f"kit.distill: student {target} ({student_parameters:,} parameters, {manifest['student']['size_mb']} MB) "
         f"in {time.time() - started:.0f}s",

@@ -208,7 +208,7 @@ class FreezeSection(Section):
 class SFTSection(Section):
     method: Literal["lora", "dora", "qlora", "full", "freeze"] = Field(
         "lora",
-        description="`lora` adapters; `dora` weight-decomposed LoRA; `qlora` LoRA on a 4-bit NF4 base (CUDA only); "
+        description="`lora` adapters; `dora` weight-decomposed LoRA; `qlora` LoRA on a 4-bit NF4 base (bitsandbytes; runs on a CPU too, slowly); "
         "`full` fine-tuning; `freeze` transfer learning (only the top blocks and/or the head train).",
     )
     lora: LoraSection = Field(default_factory=LoraSection, description="LoRA settings (lora, dora, qlora).")

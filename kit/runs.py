@@ -98,3 +98,19 @@ def student_dir(recipe) -> Path | None:
     if (folder / "manifest.json").is_file() and (folder / "config.json").is_file():
         return folder
     return None
+
+
+def cross_validation_path(recipe) -> Path:
+    """Where `kit.crossval` writes its summary, and `kit.eval` reads it."""
+    return recipe.run_dir / "cv" / "summary.json"
+
+
+def cross_validation(recipe) -> dict | None:
+    """The run's cross-validation summary, only when `kit.crossval` wrote it for this very recipe."""
+    path = cross_validation_path(recipe)
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if summary.get("recipe") != recipe.model_dump(mode="json"):
+        return None
+    return {key: summary[key] for key in ("folds", "conversations", "models")}

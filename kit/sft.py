@@ -4,12 +4,15 @@
     python -m kit.sft recipes/quickstart.yaml --preflight        # check the loss mask, train nothing
     python -m kit.sft recipes/quickstart.yaml --resume           # continue from the last checkpoint
     python -m kit.sft recipes/quickstart.yaml --sweep sft.method=freeze,lora,full
+    python -m kit.sft recipes/quickstart.yaml --train-only       # this stage alone: no eval, no distill
     torchrun --nproc_per_node 2 -m kit.sft recipe.yaml           # data-parallel (accelerate launch works too)
 
-Builds the dataset when it is missing or stale, trains with TRL's SFTTrainer (loss on assistant tokens
-only, mask built by `kit.masking`), writes `<run>/adapter/` (LoRA, DoRA, QLoRA) or `<run>/model/`
-(full, freeze) and then `<run>/manifest.json`, written last: a run without it is not complete. Runs
-`kit.eval` when `eval.enabled`.
+The command runs the recipe's whole path through `kit.pipeline` (data -> sft -> eval -> distill, as the
+recipe enables them). This stage, `run(recipe)`, builds the dataset when it is missing or stale and
+trains with `kit.trainer.KitSFTTrainer` (TRL's SFTTrainer; loss on assistant tokens only, mask built
+by `kit.masking`); `train(recipe, conversations)` is the same on conversations given directly (as
+`kit.crossval` gives its folds). Writes `<run>/adapter/` (LoRA, DoRA, QLoRA) or `<run>/model/` (full,
+freeze) and then `<run>/manifest.json`, written last: a run without it is not complete.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template, tokenize_conversation
 from kit.recipe import Recipe, load_recipe, parse_override
-from kit.runs import atomic_dir, package_versions, write_json
+from kit.runs import atomic_dir, write_json
 
 ADAPTER_METHODS = ("lora", "dora", "qlora")
 
@@ -105,10 +108,10 @@ def marked_example(tokenizer, example: dict) -> str:
     return "".join(pieces)
 
 
-def preflight(recipe: Recipe, tokenizer) -> tuple:
+def preflight(recipe: Recipe, tokenizer, conversations: "TrainingData") -> tuple:
     """Tokenize train and validation, print the mask on one example, and refuse data that cannot train."""
-    train, train_report = tokenize_split(tokenizer, data.load_split(recipe, "train"), recipe.sft.max_length, "train")
-    validation, _ = tokenize_split(tokenizer, data.load_split(recipe, "validation"), recipe.sft.max_length, "validation")
+    train, train_report = tokenize_split(tokenizer, conversations.train, recipe.sft.max_length, "train")
+    validation, _ = tokenize_split(tokenizer, conversations.validation, recipe.sft.max_length, "validation")
     if train is None:
         raise KitError(
             "data: no training conversation keeps an assistant token; check the template's answer field "
@@ -126,25 +129,10 @@ def preflight(recipe: Recipe, tokenizer) -> tuple:
 # ---------------------------------------------------------------- models per method
 
 
-def transformer_blocks(model):
-    """The model's list of transformer blocks (decoder layers), whatever the architecture calls it."""
-    import torch
-
-    candidates = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    if not candidates:
-        raise KitError("sft.method: cannot find the transformer blocks of this model; use sft.method=lora")
-    return max(candidates, key=len)
-
-
-def _block_index(name: str, block_names: dict[str, int]) -> int | None:
-    for prefix, index in block_names.items():
-        if name.startswith(prefix):
-            return index
-    return None
-
-
 def apply_freeze(model, settings) -> None:
     """Transfer learning: freeze everything, then unfreeze the top blocks, the final norm and the head."""
+    from kit.trainer import transformer_blocks
+
     blocks = transformer_blocks(model)
     if settings.trainable_layers > len(blocks):
         raise KitError(f"sft.freeze.trainable_layers: the model has {len(blocks)} blocks; use at most that")
@@ -165,21 +153,6 @@ def apply_freeze(model, settings) -> None:
         raise KitError("sft.freeze: nothing would train; set trainable_layers above 0 or train_lm_head: true")
 
 
-def speed_plan(recipe: Recipe, model_path: str):
-    """kit.speed's choice of checkpointing, attention and fused kernels for this GPU (or CPU) and model."""
-    from transformers import AutoConfig
-
-    sft = recipe.sft
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=recipe.model.trust_remote_code, revision=recipe.model.revision)
-    return speed.plan(
-        speed.detect_hardware(), speed.shape_of(config), sft.method, sft.batch_size, sft.max_length,
-        checkpointing=sft.gradient_checkpointing,
-        attention=None if sft.attention == "auto" else sft.attention,
-        liger=sft.liger_kernel,
-        cpu_bf16=sft.cpu_bf16,
-    )
-
-
 def build_model(recipe: Recipe, model_path: str, attention: str = "sdpa", cpu_bf16_autocast: bool = False):
     """(model, peft_config or None) for the recipe's method."""
     import torch
@@ -191,8 +164,6 @@ def build_model(recipe: Recipe, model_path: str, attention: str = "sdpa", cpu_bf
         # step (about 12% of the step on the quickstart, same validation loss); the adapters stay float32.
         extra["dtype"] = torch.bfloat16
     if method == "qlora":
-        if not torch.cuda.is_available():
-            raise KitError("sft.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use sft.method=lora on this machine")
         from transformers import BitsAndBytesConfig
 
         extra["quantization_config"] = BitsAndBytesConfig(
@@ -203,129 +174,15 @@ def build_model(recipe: Recipe, model_path: str, attention: str = "sdpa", cpu_bf
         )
     model = models.load_model(recipe.model, path=model_path, **extra)
     if method in ADAPTER_METHODS:
-        from peft import LoraConfig
+        from kit.trainer import lora_config
 
-        lora = recipe.sft.lora
-        return model, LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            use_dora=method == "dora",
-            task_type="CAUSAL_LM",
-        )
+        return model, lora_config(recipe, dora=method == "dora")
     if method == "freeze":
         apply_freeze(model, recipe.sft.freeze)
     return model, None
 
 
-def layer_lr_groups(model, base_lr: float, decay: float, weight_decay: float) -> list[dict]:
-    """Optimizer groups: block i of L at base_lr * decay^(L-1-i); embeddings below the first block; rest at base_lr."""
-    blocks = transformer_blocks(model)
-    block_names = {}
-    for index, block in enumerate(blocks):
-        for name, module in model.named_modules():
-            if module is block:
-                block_names[name + "."] = index
-    depth = len(blocks)
-    groups: dict[tuple[float, float], list] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        index = _block_index(name, block_names)
-        if index is not None:
-            lr = base_lr * decay ** (depth - 1 - index)
-        elif "embed" in name:
-            lr = base_lr * decay**depth
-        else:
-            lr = base_lr
-        no_decay = parameter.ndim < 2 or "norm" in name or name.endswith(".bias")
-        groups.setdefault((lr, 0.0 if no_decay else weight_decay), []).append(parameter)
-    return [{"params": params, "lr": lr, "weight_decay": wd} for (lr, wd), params in sorted(groups.items())]
-
-
 # ---------------------------------------------------------------- the trainer and its guards
-
-
-@dataclass
-class Guard:
-    """Shared between kit's trainer and callback: why training stopped early, if it did."""
-
-    interrupted: bool = False
-    nonfinite_step: int | None = None
-
-
-def _trainer_class():
-    import torch
-    from transformers import TrainerCallback
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-    from trl import SFTTrainer
-
-    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-        """Length-grouped batches whose order depends only on (seed, epoch), so --resume replays the same order.
-
-        The stock sampler draws from the global RNG, which training (dropout) also consumes.
-        """
-
-        seed: int = 0
-
-        def set_epoch(self, epoch: int) -> None:
-            self.generator = torch.Generator().manual_seed(self.seed + epoch)
-
-    class KitSFTTrainer(SFTTrainer):
-        """SFTTrainer plus two public hooks: layer-wise LR groups, and a stop on a non-finite loss."""
-
-        kit_decay: float | None = None
-        kit_guard: Guard | None = None
-        kit_seen: list[str] | None = None  # fingerprints of the examples this process trained on (multi-process)
-
-        def _get_train_sampler(self, train_dataset=None):
-            sampler = super()._get_train_sampler(train_dataset)
-            if type(sampler) is LengthGroupedSampler:
-                sampler.__class__ = EpochSeededLengthGroupedSampler
-                sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-                sampler.set_epoch(0)
-            return sampler
-
-        def create_optimizer(self, model=None):
-            if self.kit_decay is None or self.optimizer is not None:
-                return super().create_optimizer(model)
-            opt_model = self.model if model is None else model
-            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            groups = layer_lr_groups(opt_model, self.args.learning_rate, self.kit_decay, self.args.weight_decay)
-            self.optimizer = optimizer_cls(groups, **kwargs)
-            return self.optimizer
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            if self.kit_seen is not None:
-                import hashlib
-
-                mask = inputs.get("attention_mask")
-                for i, row in enumerate(inputs["input_ids"]):
-                    tokens = row[mask[i].bool()] if mask is not None else row
-                    self.kit_seen.append(hashlib.sha1(tokens.cpu().numpy().tobytes()).hexdigest()[:12])
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            if self.kit_guard is not None and not bool(loss.isfinite().all()):
-                self.kit_guard.nonfinite_step = self.state.global_step + 1
-            return loss
-
-    class GuardCallback(TrainerCallback):
-        """Stops at the step end, and never checkpoints weights a non-finite loss may have broken."""
-
-        def __init__(self, guard: Guard):
-            self.guard = guard
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.guard.nonfinite_step is not None:
-                control.should_save = False
-                control.should_evaluate = False
-                control.should_training_stop = True
-            elif self.guard.interrupted:
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-    return KitSFTTrainer, GuardCallback
 
 
 def last_complete_checkpoint(folder: Path, remove_incomplete: bool) -> Path | None:
@@ -351,52 +208,6 @@ def _packing(recipe: Recipe, model) -> bool:
     if recipe.sft.packing is not None:
         return recipe.sft.packing
     return getattr(model.config, "_attn_implementation", "") in ("flash_attention_2", "flash_attention_3")
-
-
-def _trainer_args(recipe: Recipe, output_dir: Path, has_validation: bool, packing: bool, plan=None):
-    import torch
-    from trl import SFTConfig
-
-    cuda = torch.cuda.is_available()
-    sft = recipe.sft
-    bf16 = (cuda and models.resolve_dtype(recipe.model.dtype) == torch.bfloat16) or bool(plan and plan.cpu_bf16_autocast)
-    checkpointing = plan.gradient_checkpointing if plan is not None else bool(sft.gradient_checkpointing)
-    schedule = {"strategy": "steps", "steps": sft.eval_steps} if sft.eval_steps else {"strategy": "epoch", "steps": None}
-    return SFTConfig(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=sft.batch_size,
-        per_device_eval_batch_size=sft.batch_size,
-        gradient_accumulation_steps=sft.gradient_accumulation_steps,
-        learning_rate=sft.learning_rate,
-        lr_scheduler_type=sft.lr_scheduler,
-        warmup_steps=sft.warmup_steps,
-        weight_decay=sft.weight_decay,
-        num_train_epochs=sft.epochs,
-        max_steps=sft.max_steps or -1,
-        logging_steps=sft.logging_steps,
-        eval_strategy=schedule["strategy"] if has_validation else "no",
-        eval_steps=schedule["steps"],
-        save_strategy=schedule["strategy"],
-        save_steps=schedule["steps"],
-        save_total_limit=sft.save_total_limit,
-        load_best_model_at_end=has_validation,
-        metric_for_best_model="eval_loss" if has_validation else None,
-        greater_is_better=False if has_validation else None,
-        report_to=[] if sft.report_to == "none" else [sft.report_to],
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        max_length=sft.max_length,
-        packing=packing,
-        completion_only_loss=True,
-        bf16=bf16,
-        fp16=False,
-        gradient_checkpointing=checkpointing,
-        use_liger_kernel=bool(plan and plan.use_liger_kernel),
-        use_cpu=not cuda,
-        dataloader_num_workers=0,
-        # Batches of similar lengths waste less compute on padding (about a third on the quickstart).
-        train_sampling_strategy="random" if packing else "group_by_length",
-    )
 
 
 def plot_losses(history: list[dict], path: Path) -> None:
@@ -425,29 +236,66 @@ def plot_losses(history: list[dict], path: Path) -> None:
 # ---------------------------------------------------------------- the stage
 
 
-def run(recipe: Recipe, resume: bool = False, preflight_only: bool = False) -> Path:
-    """Fine-tune the recipe's model on its data; returns the run folder."""
+@dataclass
+class TrainingData:
+    """The conversations one training run learns from, and what identifies them in its manifest."""
+
+    train: list[dict]
+    validation: list[dict]
+    sha256: str
+    stats: dict = field(default_factory=dict)
+
+
+def training_data(recipe: Recipe) -> TrainingData:
+    """The train and validation splits of the recipe's built dataset (`kit.data.build` writes it)."""
+    stats = json.loads((data.dataset_dir(recipe) / "stats.json").read_text())
+    return TrainingData(
+        train=data.load_split(recipe, "train"),
+        validation=data.load_split(recipe, "validation"),
+        sha256=stats["sha256"],
+        stats={k: stats[k] for k in ("input", "kept", "rejected", "duplicates", "splits") if k in stats},
+    )
+
+
+def run(recipe: Recipe, resume: bool = False, preflight_only: bool = False, callbacks=()) -> Path:
+    """Build the recipe's dataset when missing or stale, then fine-tune on it (`train`); returns the run folder.
+
+    `callbacks` are extra `transformers.TrainerCallback`s: the way to observe training from outside.
+    """
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: torchrun on CPUs runs MULTI_CPU (gloo)
+    if state.is_main_process:
+        print("kit.sft: resolved recipe\n" + recipe.to_yaml(), flush=True)
+    models.resolve(recipe.model.name)  # a bad model reference fails before any work
+    with state.main_process_first():  # one process builds the dataset, the others then read it
+        data.build(recipe)
+    return train(recipe, training_data(recipe), resume=resume, preflight_only=preflight_only, callbacks=callbacks)
+
+
+def train(recipe: Recipe, conversations: TrainingData, resume: bool = False, preflight_only: bool = False,
+          callbacks=()) -> Path:
+    """Fine-tune the recipe's model on `conversations`; writes the adapter or model, then the manifest."""
+    from kit.trainer import Guard, GuardCallback, KitSFTTrainer, training_arguments  # first: it quiets a notice
+
     import torch
     from accelerate import PartialState
     from transformers import EarlyStoppingCallback, set_seed
 
     started = time.time()
     run_dir = recipe.run_dir
-    state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: torchrun on CPUs runs MULTI_CPU (gloo)
+    state = PartialState(cpu=not torch.cuda.is_available())
     main = state.is_main_process
-    if main:
-        print("kit.sft: resolved recipe\n" + recipe.to_yaml(), flush=True)
-    if recipe.sft.method == "qlora" and not torch.cuda.is_available():
-        raise KitError("sft.method: qlora needs a CUDA GPU (4-bit bitsandbytes); use sft.method=lora on this machine")
-    model_path = models.resolve(recipe.model.name)  # a bad model reference fails before any work
-    with state.main_process_first():  # one process builds the dataset, the others then read it
-        dataset_dir = data.build(recipe)
-    stats = json.loads((dataset_dir / "stats.json").read_text())
+    model_path = models.resolve(recipe.model.name)
+    if recipe.sft.method == "qlora" and not torch.cuda.is_available() and main:
+        print("kit.sft: qlora on a CPU: 4-bit weights are dequantized at every layer, so steps are slow; "
+              "it saves memory, not time (sft.method=lora is faster here)", flush=True)
 
     set_seed(recipe.seed)
     tokenizer = models.load_tokenizer(recipe.model, model_path)
     ensure_chat_template(tokenizer)
-    train, validation = preflight(recipe, tokenizer)
+    train_set, validation = preflight(recipe, tokenizer, conversations)
     if preflight_only:
         return run_dir
 
@@ -461,44 +309,37 @@ def run(recipe: Recipe, resume: bool = False, preflight_only: bool = False) -> P
     resume_from = last_complete_checkpoint(checkpoints, main) if resume else None
     if resume and resume_from is None:
         raise KitError(f"--resume: no complete checkpoint in {checkpoints}; run without --resume to start")
-    try:
-        plan = speed_plan(recipe, model_path)
-    except (OSError, ValueError) as exc:
-        raise KitError(f"model.name: cannot read the config of {recipe.model.name!r} ({str(exc).splitlines()[0][:200]})") from None
+    plan = speed.plan_for(recipe, model_path)
     if main:
         print(f"kit.sft: speed settings: {plan.describe()}", flush=True)
     if plan.cpu_keep_freed_memory:
         speed.keep_freed_memory()
     model, peft_config = build_model(recipe, model_path, plan.attn_implementation, plan.cpu_bf16_autocast)
     packing = _packing(recipe, model)
-    KitSFTTrainer, GuardCallback = _trainer_class()
     guard = Guard()
-    callbacks = [GuardCallback(guard)]
+    trainer_callbacks = [GuardCallback(guard), *callbacks]
     if recipe.sft.early_stopping_patience and validation is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.sft.early_stopping_patience))
+        trainer_callbacks.append(EarlyStoppingCallback(early_stopping_patience=recipe.sft.early_stopping_patience))
     try:
         trainer = KitSFTTrainer(
             model=model,
-            args=_trainer_args(recipe, checkpoints, validation is not None, packing, plan),
-            train_dataset=train,
+            args=training_arguments(recipe, "sft", checkpoints, plan, validation is not None, packing),
+            train_dataset=train_set,
             eval_dataset=validation,
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=callbacks,
+            callbacks=trainer_callbacks,
+            layer_lr_decay=recipe.sft.layer_lr_decay,
+            guard=guard,
+            record_examples=state.num_processes > 1,
+            cpu_lora_dropout=plan.cpu_lora_dropout,
         )
     except ValueError as exc:
         if peft_config is not None and "target module" in str(exc).lower():
-            names = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, __import__("torch").nn.Linear)})
+            names = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
             raise KitError(f"sft.lora.target_modules: {recipe.sft.lora.target_modules} not found in the model; use "
                            f"all-linear or some of {', '.join(names)}") from None
         raise
-    if plan.cpu_lora_dropout:
-        from kit.dropout import replace_lora_dropout
-
-        replace_lora_dropout(trainer.model)
-    trainer.kit_decay = recipe.sft.layer_lr_decay
-    trainer.kit_guard = guard
-    trainer.kit_seen = [] if state.num_processes > 1 else None
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
     if main:
@@ -533,33 +374,26 @@ def run(recipe: Recipe, resume: bool = False, preflight_only: bool = False) -> P
         raise KeyboardInterrupt
 
     metrics = {**result.metrics, "global_step": trainer.state.global_step}
-    if trainer.kit_seen is not None:  # which examples each rank trained on: proof of data parallelism
+    if trainer.seen_examples is not None:  # which examples each rank trained on: proof of data parallelism
         import torch.distributed as dist
 
         gathered = [None] * state.num_processes
-        dist.all_gather_object(gathered, sorted(set(trainer.kit_seen)))
+        dist.all_gather_object(gathered, sorted(set(trainer.seen_examples)))
         metrics["rank_examples"] = gathered
     if validation is not None:
         metrics.update(trainer.evaluate())
     if main:
-        _write_artifacts(recipe, trainer, tokenizer, metrics, history, stats, model_path, trainable, total,
+        _write_artifacts(recipe, trainer, tokenizer, metrics, history, conversations, model_path, trainable, total,
                          state.num_processes, started)
     state.wait_for_everyone()
-    if recipe.eval.enabled and main:
-        from kit import eval as kit_eval
-
-        kit_eval.run(recipe)
-    if recipe.distill.enabled and main:
-        from kit import distill
-
-        distill.run(recipe)
     if main:
         print(f"kit.sft: done in {time.time() - started:.0f}s; artifacts in {run_dir}/", flush=True)
     return run_dir
 
 
-def _write_artifacts(recipe, trainer, tokenizer, metrics, history, stats, model_path, trainable, total, processes, started):
-    import torch
+def _write_artifacts(recipe, trainer, tokenizer, metrics, history, conversations, model_path, trainable, total,
+                     processes, started):
+    from kit.trainer import write_manifest
 
     run_dir = recipe.run_dir
     if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss") and isinstance(v, float)):
@@ -574,22 +408,17 @@ def _write_artifacts(recipe, trainer, tokenizer, metrics, history, stats, model_
         tokenizer.save_pretrained(scratch)
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml(), encoding="utf-8")
     plot_losses(history, run_dir / "plots" / "loss.png")
-    manifest = {
-        "stage": "sft",
-        "method": recipe.sft.method,
-        "artifact": target.name,
-        "recipe": recipe.model_dump(mode="json"),
-        "model": {"reference": recipe.model.name, "resolved": model_path},
-        "versions": package_versions(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "processes": processes,
-        "dataset": {"sha256": stats["sha256"], "stats": {k: stats[k] for k in ("input", "kept", "rejected", "duplicates", "splits") if k in stats}},
-        "parameters": {"trainable": trainable, "total": total},
-        "train_metrics": metrics,
-        "log_history": history,
-        "wall_seconds": round(time.time() - started, 1),
-    }
-    write_json(run_dir / "manifest.json", manifest)  # last: its presence means the weights are complete
+    write_manifest(  # last: its presence means the weights are complete
+        run_dir / "manifest.json", "sft", recipe, started,
+        method=recipe.sft.method,
+        artifact=target.name,
+        model={"reference": recipe.model.name, "resolved": model_path},
+        processes=processes,
+        dataset={"sha256": conversations.sha256, "stats": conversations.stats},
+        parameters={"trainable": trainable, "total": total},
+        train_metrics=metrics,
+        log_history=history,
+    )
     if stale.exists():  # a previous run with the other kind of method: not this run's output
         import shutil
 
@@ -660,21 +489,32 @@ def _plot_sweep(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = recipe_parser("python -m kit.sft", "Fine-tune a model on support conversations.")
+def make_parser(prog: str = "python -m kit.sft"):
+    parser = recipe_parser(prog, "Fine-tune a model on support conversations.")
     parser.add_argument("--preflight", action="store_true", help="check data and loss mask, print one example, train nothing")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in <run>/checkpoints")
     parser.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
                         help="train one variant per value (repeat for a grid) and compare them")
-    args = parser.parse_args(argv)
+    return parser
 
-    def work():
-        if args.sweep:
-            return sweep(args.recipe, args.overrides, parse_sweep(args.sweep))
-        return run(load_recipe(args.recipe, args.overrides), resume=args.resume, preflight_only=args.preflight)
 
-    run_cli(work)
+def work(args) -> Path:
+    """What the parsed command asks of this stage alone: a sweep, a preflight or one training run."""
+    if args.sweep:
+        return sweep(args.recipe, args.overrides, parse_sweep(args.sweep))
+    return run(load_recipe(args.recipe, args.overrides), resume=args.resume, preflight_only=args.preflight)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """This stage alone: train and write the artifacts (the eval and distill the recipe enables do not run)."""
+    args = make_parser().parse_args(argv)
+    run_cli(lambda: work(args))
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m kit.sft recipe.yaml` is the user's whole path: kit.pipeline chains data -> sft -> eval -> distill
+    # (`--train-only` stops after training). Run as a script, this file is the module `__main__`, so importing
+    # kit.pipeline (which imports kit.sft) makes no import cycle.
+    from kit.pipeline import main as pipeline_main
+
+    pipeline_main()

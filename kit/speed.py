@@ -186,3 +186,27 @@ def plan(hardware: Hardware, shape: ModelShape, method: str, batch: int, seq: in
     # On a CPU one random draw per dropout element was 17% of a LoRA step; kit/dropout.py needs a quarter of them.
     return Plan(checkpointing, attention, liger, peak, reasons, autocast, cpu_lora_dropout=not hardware.cuda,
                 cpu_keep_freed_memory=not hardware.cuda and hardware.glibc)
+
+
+def plan_for(recipe, model_path: str, method: str | None = None, section=None, key: str = "model.name") -> Plan:
+    """The plan for training `model_path` under the recipe's `sft` speed keys.
+
+    `method` defaults to `sft.method`; `section` (a ModelSection, default `model`) says which revision and
+    whether remote code may run, `key` which recipe key an unreadable config is blamed on.
+    """
+    from transformers import AutoConfig
+
+    sft = recipe.sft
+    section = section or recipe.model
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=section.trust_remote_code,
+                                            revision=section.revision)
+    except (OSError, ValueError) as exc:
+        raise KitError(f"{key}: cannot read the config of {section.name!r} ({str(exc).splitlines()[0][:200]})") from None
+    return plan(
+        detect_hardware(), shape_of(config), method or sft.method, sft.batch_size, sft.max_length,
+        checkpointing=sft.gradient_checkpointing,
+        attention=None if sft.attention == "auto" else sft.attention,
+        liger=sft.liger_kernel,
+        cpu_bf16=sft.cpu_bf16,
+    )

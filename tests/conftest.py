@@ -56,8 +56,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
-def build_tiny_model(folder: Path, seed: int = 0, num_layers: int = 2) -> Path:
-    """A random Llama-shaped chat model with a small byte-level BPE tokenizer and a ChatML template."""
+def build_tiny_model(folder: Path, seed: int = 0, num_layers: int = 2, hidden_size: int = 16) -> Path:
+    """A random Llama-shaped chat model with a small byte-level BPE tokenizer and a ChatML template.
+
+    bitsandbytes' CPU 4-bit kernels pack weights in blocks of 32 rows: the 4-bit tests use hidden_size=64.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -80,8 +83,8 @@ def build_tiny_model(folder: Path, seed: int = 0, num_layers: int = 2) -> Path:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=2,
         num_key_value_heads=1,

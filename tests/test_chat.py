@@ -6,6 +6,7 @@ import socket
 import pytest
 
 from kit import chat, sft
+from kit.feedback import load_feedback, record_vote
 from kit.recipe import load_recipe
 from kit.runs import student_dir
 from tests.conftest import build_tiny_model
@@ -86,13 +87,13 @@ def test_generation_stops_when_the_request_goes_away(student_recipe):
     gone = threading.Event()
     gone.set()
     out = model.model.generate(**inputs, max_new_tokens=20, do_sample=False, pad_token_id=model.tokenizer.pad_token_id,
-                               eos_token_id=None, stopping_criteria=StoppingCriteriaList([chat._stop_when(gone)]))
+                               eos_token_id=None, stopping_criteria=StoppingCriteriaList([chat.stop_when(gone)]))
     assert out.shape[1] == inputs["input_ids"].shape[1] + 1  # one token, not 20
     with torch.no_grad():
         still = threading.Event()
         out = model.model.generate(**inputs, max_new_tokens=5, do_sample=False, eos_token_id=None,
                                    pad_token_id=model.tokenizer.pad_token_id,
-                                   stopping_criteria=StoppingCriteriaList([chat._stop_when(still)]))
+                                   stopping_criteria=StoppingCriteriaList([chat.stop_when(still)]))
     assert out.shape[1] == inputs["input_ids"].shape[1] + 5
 
 
@@ -102,7 +103,7 @@ def test_long_conversations_drop_the_oldest_exchanges_to_fit(student_recipe):
     for i in range(40):
         history += [{"role": "user", "content": f"question {i} about my order"}, {"role": "assistant", "content": "x " * 20}]
     turns = chat.conversation("You are a support assistant.", history, "where is my order")
-    prompt, dropped = chat._fit(model, turns, max_new_tokens=64)
+    prompt, dropped = chat.fit_prompt(model, turns, max_new_tokens=64)
     assert dropped > 0
     assert prompt.startswith("<|im_start|>system\nYou are a support assistant.")  # the system prompt stays
     assert "where is my order" in prompt and "question 0 about" not in prompt
@@ -116,7 +117,7 @@ def test_votes_are_trl_preference_rows_that_survive_restarts_and_corrupt_lines(t
 
     recipe = load_recipe(tiny_recipe())
     answers = {"base": "no idea", "tuned": "Hi there, standard shipping takes 3-5 business days.", "student": "no idea"}
-    saved = chat.record_vote(recipe, turn(answers), "tuned", blind=True, source="test")
+    saved = record_vote(recipe, turn(answers), "tuned", blind=True, source="test")
     assert saved["rows"] == 2 and saved["identical"] == 0
     path = recipe.run_dir / "feedback" / "preferences.jsonl"
     assert saved["file"] == path
@@ -135,12 +136,12 @@ def test_votes_are_trl_preference_rows_that_survive_restarts_and_corrupt_lines(t
     # A crash mid-write leaves half a line; the next vote still lands on its own line.
     with path.open("a", encoding="utf-8") as handle:
         handle.write('{"prompt": [{"role": "user", "content": "cut sh')
-    chat.record_vote(recipe, turn({"base": "a", "tuned": "b"}, "can i return a lamp"), "base", blind=False, source="test")
+    record_vote(recipe, turn({"base": "a", "tuned": "b"}, "can i return a lamp"), "base", blind=False, source="test")
     with path.open("a", encoding="utf-8") as handle:
         handle.write('{"prompt": "not messages", "chosen": [], "rejected": []}\n\n')
 
     # "Restart": nothing but the files is shared with the earlier calls.
-    feedback = chat.load_feedback(load_recipe(tiny_recipe()))
+    feedback = load_feedback(load_recipe(tiny_recipe()))
     assert feedback.corrupt == ["preferences.jsonl:3", "preferences.jsonl:5"]
     assert feedback.pairs == 3 and feedback.votes == 2
     assert feedback.best == {"tuned": 1, "base": 1}
@@ -156,9 +157,9 @@ def test_preferences_file_trains_dpo_as_written(tiny_recipe, tiny_model_dir, tmp
     from trl import DPOConfig, DPOTrainer
 
     recipe = load_recipe(tiny_recipe())
-    chat.record_vote(recipe, turn({"base": "no idea", "tuned": "Hi there, it ships in 3-5 days."}), "tuned",
+    record_vote(recipe, turn({"base": "no idea", "tuned": "Hi there, it ships in 3-5 days."}), "tuned",
                      blind=True, source="test")
-    chat.record_vote(recipe, turn({"base": "Hi there, use Forgot password.", "tuned": "??"}, "reset password"), "base",
+    record_vote(recipe, turn({"base": "Hi there, use Forgot password.", "tuned": "??"}, "reset password"), "base",
                      blind=True, source="test")
     rows = datasets.load_dataset("json", data_files=str(recipe.run_dir / "feedback" / "preferences.jsonl"), split="train")
     torch.manual_seed(0)
@@ -176,18 +177,18 @@ def test_preferences_file_trains_dpo_as_written(tiny_recipe, tiny_model_dir, tmp
 
 def test_all_bad_votes_and_ties(tiny_recipe):
     recipe = load_recipe(tiny_recipe())
-    saved = chat.record_vote(recipe, turn({"base": "same", "tuned": "same ", "student": "other"}), "base",
+    saved = record_vote(recipe, turn({"base": "same", "tuned": "same ", "student": "other"}), "base",
                              blind=False, source="test")
     assert saved["rows"] == 1 and saved["identical"] == 1  # base vs tuned teaches nothing: not written
-    saved = chat.record_vote(recipe, turn({"base": "x", "tuned": "y"}), None, blind=True, source="test")
+    saved = record_vote(recipe, turn({"base": "x", "tuned": "y"}), None, blind=True, source="test")
     assert saved["rows"] == 2 and saved["file"].name == "all_bad.jsonl"
     lines = [json.loads(line) for line in saved["file"].read_text().splitlines()]
     assert {line["metadata"]["model"] for line in lines} == {"base", "tuned"}
     assert all(line["label"] is False and line["completion"][0]["role"] == "assistant" for line in lines)
-    feedback = chat.load_feedback(recipe)
+    feedback = load_feedback(recipe)
     assert (feedback.votes, feedback.all_bad, feedback.pairs, feedback.corrupt) == (2, 1, 1, [])
     with pytest.raises(chat.KitError, match="did not answer"):
-        chat.record_vote(recipe, turn({"base": "x"}), "tuned", blind=False, source="test")
+        record_vote(recipe, turn({"base": "x"}), "tuned", blind=False, source="test")
 
 
 def test_app_serves_on_loopback_and_answers_through_gradio_client(student_recipe):
@@ -265,8 +266,8 @@ def test_votes_are_redacted_like_the_dataset(tiny_recipe):
     recipe = load_recipe(tiny_recipe(), ["data.pii.allowlist=[help@brightloop.example]"])
     question = "I'm jane.doe@example.com, call +44 20 7946 0958, card 4111 1111 1111 1111"
     answers = {"base": "Write to help@brightloop.example", "tuned": "We will email jane.doe@example.com today."}
-    chat.record_vote(recipe, turn(answers, question), "tuned", blind=True, source="test")
-    chat.record_vote(recipe, turn(answers, question), None, blind=True, source="test")
+    record_vote(recipe, turn(answers, question), "tuned", blind=True, source="test")
+    record_vote(recipe, turn(answers, question), None, blind=True, source="test")
     text = "".join(p.read_text() for p in (recipe.run_dir / "feedback").glob("*.jsonl"))
     for secret in ("jane.doe@example.com", "7946 0958", "4111 1111"):
         assert secret not in text
@@ -274,5 +275,5 @@ def test_votes_are_redacted_like_the_dataset(tiny_recipe):
     assert "help@brightloop.example" in text  # the allowlisted company address stays
 
     unredacted = load_recipe(tiny_recipe(), ["data.pii.enabled=false", "output_dir=" + str(recipe.run_dir / "off")])
-    chat.record_vote(unredacted, turn(answers, question), "tuned", blind=True, source="test")
+    record_vote(unredacted, turn(answers, question), "tuned", blind=True, source="test")
     assert "jane.doe@example.com" in (unredacted.run_dir / "feedback" / "preferences.jsonl").read_text()

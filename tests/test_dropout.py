@@ -72,7 +72,9 @@ def test_replaces_peft_lora_dropouts_and_the_adapter_is_unchanged(tiny_model_dir
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
 
 
-def test_kit_plans_it_on_cpu_only_and_the_trainer_gets_it(tiny_recipe, monkeypatch):
+def test_kit_plans_it_on_cpu_only_and_the_trainer_gets_it(tiny_recipe):
+    from transformers import TrainerCallback
+
     from kit import sft, speed
     from kit.recipe import load_recipe
 
@@ -83,18 +85,10 @@ def test_kit_plans_it_on_cpu_only_and_the_trainer_gets_it(tiny_recipe, monkeypat
 
     recipe = load_recipe(tiny_recipe(), ["sft.max_steps=1"])
     captured = {}
-    original = sft._trainer_class
 
-    def spy():
-        trainer_cls, callback = original()
+    class Observe(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            captured["kinds"] = {type(m).__name__ for m in model.modules() if "Dropout" in type(m).__name__}
 
-        class Spy(trainer_cls):
-            def train(self, *args, **kwargs):
-                captured["kinds"] = {type(m).__name__ for m in self.model.modules() if "Dropout" in type(m).__name__}
-                return super().train(*args, **kwargs)
-
-        return Spy, callback
-
-    monkeypatch.setattr(sft, "_trainer_class", spy)
-    sft.run(recipe)
+    sft.run(recipe, callbacks=[Observe()])
     assert "BitsDropout" in captured["kinds"] and "Dropout" not in captured["kinds"]

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kit import eval as kit_eval
+from kit import generate, scoring
 from kit import sft
 from kit.errors import KitError
 from kit.masking import tokenize_conversation
@@ -29,7 +30,7 @@ def test_assistant_loss_matches_per_token_hand_computation(tiny_model_dir):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    scores = kit_eval.assistant_loss(model, tokenizer, CONVERSATIONS, batch_size=2, max_length=256)
+    scores = scoring.assistant_loss(model, tokenizer, CONVERSATIONS, batch_size=2, max_length=256)
     # By hand: one conversation at a time, no padding, -log p(token) summed over assistant tokens.
     total, count = 0.0, 0
     for conversation in CONVERSATIONS:
@@ -50,8 +51,8 @@ def test_batched_generation_matches_one_at_a_time(tiny_model_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompts = [c["messages"][:-1] for c in CONVERSATIONS]
-    batched = kit_eval.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=3, seed=0)
-    single = [kit_eval.generate_answers(model, tokenizer, [p], max_new_tokens=6, batch_size=1, seed=0) for p in prompts]
+    batched = generate.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=3, seed=0)
+    single = [generate.generate_answers(model, tokenizer, [p], max_new_tokens=6, batch_size=1, seed=0) for p in prompts]
     # Left padding and the attention mask make a batch answer what each prompt alone gets (greedy).
     assert batched.answers == [s.answers[0] for s in single]
     assert batched.tokens == [s.tokens[0] for s in single] and all(1 <= t <= 6 for t in batched.tokens)
@@ -129,9 +130,12 @@ def test_whole_model_tuning_is_the_tuned_row(tiny_recipe):
 
 
 def test_cross_validation_three_folds(tiny_recipe):
+    from kit import crossval, data
+
     recipe_path = tiny_recipe()
     recipe = load_recipe(recipe_path, ["eval.cross_validation.folds=3", "sft.max_steps=2"])
-    folder = kit_eval.run(recipe)
+    summary_path = crossval.run(recipe)
+    folder = kit_eval.run(recipe)  # the report takes kit.crossval's summary; eval itself trains nothing
     cv = json.loads((folder / "metrics.json").read_text())["cross_validation"]
     assert cv["folds"] == 3 and set(cv["models"]) == {"base", "tuned"}
     for label, row in cv["models"].items():
@@ -142,34 +146,30 @@ def test_cross_validation_three_folds(tiny_recipe):
             mean = sum(values) / 3
             assert row[key]["std"] == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in values) / 2))
     assert cv["models"]["base"]["eval_loss"]["values"] != cv["models"]["tuned"]["eval_loss"]["values"]
-
-    # Each fold trained on its own data: the fold datasets survived kit.sft (kit.data found them up to date),
-    # their test parts cover train + validation of the run exactly once, and each manifest names its data.
-    from kit import data
-
-    pool = sorted(c["id"] for name in ("train", "validation") for c in data.load_split(recipe, name))
-    tested = []
-    for k in (1, 2, 3):
-        fold_dir = recipe.run_dir / "cv" / f"fold-{k}"
-        stats = json.loads((fold_dir / "dataset" / "stats.json").read_text())
-        assert stats["cross_validation"] == {"fold": k, "of": 3}
-        manifest = json.loads((fold_dir / "manifest.json").read_text())
-        assert manifest["dataset"]["sha256"] == stats["sha256"]
-        test_ids = [json.loads(line)["id"] for line in (fold_dir / "dataset" / "test.jsonl").read_text().splitlines()]
-        train_ids = {json.loads(line)["id"] for line in (fold_dir / "dataset" / "train.jsonl").read_text().splitlines()}
-        assert not set(test_ids) & train_ids
-        tested += test_ids
-    assert sorted(tested) == pool
     assert "| tuned | " in (folder / "report.md").read_text().split("## Cross-validation")[1]
 
+    # Each fold trained on its own conversations (given to kit.sft.train, no dataset folder written for it):
+    # the test parts cover train + validation of the run exactly once, and each manifest names its data.
+    summary = json.loads(summary_path.read_text())
+    pool = sorted(c["id"] for name in ("train", "validation") for c in data.load_split(recipe, name))
+    tested = []
+    for k, fold_run in enumerate(summary["fold_runs"], start=1):
+        fold_dir = recipe.run_dir / "cv" / f"fold-{k}"
+        assert fold_run["run"] == str(fold_dir) and not (fold_dir / "dataset").exists()
+        manifest = json.loads((fold_dir / "manifest.json").read_text())
+        assert manifest["dataset"]["sha256"] == fold_run["sha256"]
+        assert manifest["dataset"]["stats"]["splits"]["test"] == len(fold_run["test_ids"])
+        tested += fold_run["test_ids"]
+    assert sorted(tested) == pool
+
     # A rerun reuses a trained fold while its recipe and data are unchanged, and retrains it otherwise.
-    for k in (1, 2, 3):
-        sha256 = json.loads((recipe.run_dir / "cv" / f"fold-{k}" / "dataset" / "stats.json").read_text())["sha256"]
-        assert kit_eval._fold_trained(kit_eval.fold_recipe(recipe, k - 1), sha256)
-        assert not kit_eval._fold_trained(kit_eval.fold_recipe(recipe, k - 1), "0" * 64)
-    first = json.loads((recipe.run_dir / "cv" / "fold-1" / "dataset" / "stats.json").read_text())["sha256"]
+    for k, fold_run in enumerate(summary["fold_runs"], start=1):
+        assert crossval.fold_trained(crossval.fold_recipe(recipe, k - 1), fold_run["sha256"])
+        assert not crossval.fold_trained(crossval.fold_recipe(recipe, k - 1), "0" * 64)
     changed = load_recipe(recipe_path, ["eval.cross_validation.folds=3", "sft.max_steps=3"])
-    assert not kit_eval._fold_trained(kit_eval.fold_recipe(changed, 0), first)
+    assert not crossval.fold_trained(crossval.fold_recipe(changed, 0), summary["fold_runs"][0]["sha256"])
+    # The summary belongs to its recipe: an eval of the changed recipe leaves it out.
+    assert kit_eval.run(changed) and "cross_validation" not in json.loads((folder / "metrics.json").read_text())
 
 
 def test_bad_extra_model_is_a_one_line_error(tiny_recipe, tmp_path, capsys):

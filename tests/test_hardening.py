@@ -37,9 +37,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kit import chat, data, distill, export, models, sft
+from kit import chat, data, distill, export, feedback, models, pipeline, sft
 from kit import eval as kit_eval
 from kit import recipe as kit_recipe
+from kit import trainer as kit_trainer
 from kit.cli import write_failure
 from kit.errors import KitError
 from kit.recipe import ModelSection, load_recipe
@@ -89,7 +90,7 @@ def write_recipe(folder: Path, tree: dict, name: str = "recipe.yaml") -> Path:
 
 
 STAGES = {
-    "sft": (sft.main, []),
+    "sft": (pipeline.main, []),  # `python -m kit.sft` runs the recipe's whole path through kit.pipeline
     "data": (data.main, ["build"]),
     "eval": (kit_eval.main, []),
     "distill": (distill.main, []),
@@ -277,7 +278,6 @@ CORPUS = [
     Case("stratify-by-a-missing-field", {"data.stratify_by": "priority"}, "data.stratify_by", "use one of category",
          stage="data"),
     # --- impossible combinations found by the stage
-    Case("qlora-on-cpu", {"sft.method": "qlora"}, "sft.method", "use sft.method=lora", cpu_only=True),
     Case("flash-attention-on-cpu", {"sft.attention": "flash_attention_2"}, "sft.attention", "use sft.attention=auto",
          cpu_only=True),
     Case("dataset-without-assistant-turns",
@@ -499,7 +499,7 @@ def test_sigkill_between_adapter_and_manifest_then_rerun_completes(crash_recipe)
     recipe = crash_recipe("sft.eval_steps=null", "sft.max_steps=1")
 
     def work():
-        kill_at(sft, "write_json", lambda path, payload: path.name == "manifest.json")
+        kill_at(kit_trainer, "write_json", lambda path, payload: path.name == "manifest.json")  # kit.trainer writes it
         sft.run(recipe)
 
     assert killed(work) == -signal.SIGKILL
@@ -514,7 +514,7 @@ def test_sigkill_while_retraining_never_pairs_a_new_adapter_with_the_old_manifes
     retrain = load_recipe(tmp_path / "trained.yaml", ["sft.learning_rate=0.05"])
 
     def work():
-        kill_at(sft, "write_json", lambda path, payload: path.name == "manifest.json")
+        kill_at(kit_trainer, "write_json", lambda path, payload: path.name == "manifest.json")  # kit.trainer writes it
         sft.run(retrain)
 
     assert killed(work) == -signal.SIGKILL
@@ -526,7 +526,7 @@ def test_sigkill_while_retraining_never_pairs_a_new_adapter_with_the_old_manifes
 
 def test_sigkill_during_distillation_leaves_no_student_then_rerun_completes(trained):
     def work():
-        kill_at(distill, "write_json", lambda path, payload: path.name == "manifest.json")
+        kill_at(kit_trainer, "write_json", lambda path, payload: path.name == "manifest.json")  # kit.trainer writes it
         distill.run(trained)
 
     assert killed(work) == -signal.SIGKILL
@@ -1033,8 +1033,8 @@ def test_pii_canaries_reach_no_file_and_no_log_of_a_whole_run(env, tmp_path, cap
     turns = chat.conversation(recipe.data.system_prompt, [], question)
     answers = list(chat.stream_answers({name: (model, turns) for name, model in loaded.items()}, 6, 0.0))[-1]
     turn = {"conversations": {name: turns for name in loaded}, "answers": {name: text for name, (text, _) in answers.items()}}
-    chat.record_vote(recipe, turn, "tuned", blind=True, source="web")
-    chat.record_vote(recipe, turn, None, blind=False, source="cli")
+    feedback.record_vote(recipe, turn, "tuned", blind=True, source="web")
+    feedback.record_vote(recipe, turn, None, blind=False, source="cli")
     logs = capsys.readouterr()
 
     stats = json.loads((recipe.run_dir / "dataset" / "stats.json").read_text())

@@ -5,12 +5,14 @@ import math
 import pytest
 import torch
 
+from kit import crossval
 from kit import eval as kit_eval
+from kit import generate, scoring
 from kit.recipe import ModelSection
 
 
 def test_rouge_l_matches_hand_computation():
-    metric = kit_eval.load_metric("rouge_l")
+    metric = scoring.load_metric("rouge_l")
     # LCS("the cat is on the mat", "the cat sat on the mat") = 5 of 6 words: P = R = F = 5/6.
     # LCS("hello world", "hello") = 1: P = 1, R = 1/2, F = 2/3. Mean = (5/6 + 2/3) / 2 = 0.75.
     score = metric.compute(predictions=["the cat sat on the mat", "hello"], references=["the cat is on the mat", "hello world"])
@@ -20,7 +22,7 @@ def test_rouge_l_matches_hand_computation():
 
 
 def test_bleu_matches_hand_computation():
-    metric = kit_eval.load_metric("bleu")
+    metric = scoring.load_metric("bleu")
     # 7 hypothesis words, 6 reference words: n-gram precisions 6/7, 5/6, 4/5, 3/4; no brevity penalty.
     # BLEU = 100 * (6/7 * 5/6 * 4/5 * 3/4) ** (1/4) = 100 * (3/7) ** 0.25.
     score = metric.compute(predictions=["the cat sat on the mat today"], references=["the cat sat on the mat"])
@@ -32,7 +34,7 @@ def test_bleu_matches_hand_computation():
 
 
 def test_chrf_matches_hand_computation():
-    metric = kit_eval.load_metric("chrf")
+    metric = scoring.load_metric("chrf")
     # "ab" vs "abc": 1-grams P = 2/2, R = 2/3; 2-grams P = 1/1, R = 1/2; no 3-gram in the answer.
     # Mean P = 1, mean R = 7/12; chrF (beta 2) = 5 * P * R / (4 * P + R) = (35/12) / (55/12) = 7/11.
     assert metric.compute(predictions=["ab"], references=["abc"])["chrf"] == pytest.approx(700 / 11, abs=1e-6)
@@ -40,7 +42,7 @@ def test_chrf_matches_hand_computation():
 
 
 def test_classification_matches_hand_computation():
-    metric = kit_eval.load_metric("classification")
+    metric = scoring.load_metric("classification")
     # true a b b b, predicted a a b c. a: P 1/2 R 1 F 2/3; b: P 1 R 1/3 F 1/2; c: P 0 R 0 F 0.
     score = metric.compute(predictions=["a", "a", "b", "c"], references=["a", "b", "b", "b"])
     assert score["accuracy"] == pytest.approx(0.5)
@@ -70,7 +72,7 @@ def test_similarity_matches_hand_mean_pooling():
         return pooled / pooled.norm()
 
     expected = [float(vector(a) @ vector(r)) for a, r in zip(answers, references)]
-    scores = kit_eval.semantic_similarity(answers, references)
+    scores = scoring.similarity(scoring.embed(answers), scoring.embed(references))
     assert scores == pytest.approx(expected, abs=1e-4)
     assert scores[1] == pytest.approx(1.0, abs=1e-5)
     assert 0.3 < scores[0] < 0.99  # related, not identical
@@ -101,14 +103,14 @@ def test_answer_metrics_on_a_fixed_case():
         _conversation(2, "when does it ship", "It ships within 3-5 business days.", category="shipping"),
     ]
     recipe = _recipe()
-    judge = kit_eval.make_judge(recipe, test, train)
+    judge = scoring.make_judge(recipe, test, train)
     assert judge.intent_field == "category" and judge.intents.labels == ["password", "refund", "shipping"]
     answers = [
         "Your REFUND reaches the original   card within 5-7 business days.",  # both phrases (case, spacing ignored)
         "Your money goes back to your bank; ask dana.whitfield@gmail.com.",  # a refund answer to a password question; a leak
         "Shipping takes 3-5 days. Write to {{EMAIL}} or support@brightloop.example.",  # placeholder + allowlisted
     ]
-    scores, items = kit_eval.answer_metrics(answers, judge)
+    scores, items = scoring.answer_metrics(answers, judge)
     # Intent: answers 0 and 2 keep their intent; answer 1 talks about money -> refund, not password.
     assert [item["intent"] for item in items] == ["refund", "refund", "shipping"]
     assert scores["intent_accuracy"] == pytest.approx(2 / 3)
@@ -142,40 +144,40 @@ def test_leak_scan_catches_planted_leaks_and_ignores_placeholders():
     answer = ("Mail dana.w@gmail.com or call +1 415 555 2671. Card 4111 1111 1111 1111, IBAN DE89 3704 0044 0532 0130 00. "
               "Placeholders {{EMAIL}}, {{PHONE}}, {{CARD}} and {{IBAN}} are fine, and so is support@brightloop.example.")
     prompt = [{"role": "user", "content": "my number is +1 415 555 2671"}]
-    leaks = kit_eval.find_leaks(answer, prompt, ["EMAIL", "PHONE", "CARD", "IBAN"], ["support@brightloop.example"])
+    leaks = scoring.find_leaks(answer, prompt, ["EMAIL", "PHONE", "CARD", "IBAN"], ["support@brightloop.example"])
     assert [(leak["kind"], leak["value"]) for leak in leaks] == [
         ("EMAIL", "dana.w@gmail.com"), ("PHONE", "+1 415 555 2671"), ("CARD", "4111 1111 1111 1111"),
         ("IBAN", "DE89 3704 0044 0532 0130 00"),
     ]
     assert [leak["in_prompt"] for leak in leaks] == [False, True, False, False]
-    assert kit_eval.find_leaks("Write to {{EMAIL}} or call {{PHONE}}.", [], ["EMAIL", "PHONE"], []) == []
+    assert scoring.find_leaks("Write to {{EMAIL}} or call {{PHONE}}.", [], ["EMAIL", "PHONE"], []) == []
     # Only the kinds asked for: the card is not an EMAIL.
-    assert [leak["kind"] for leak in kit_eval.find_leaks(answer, [], ["EMAIL"], [])] == ["EMAIL", "EMAIL"]
+    assert [leak["kind"] for leak in scoring.find_leaks(answer, [], ["EMAIL"], [])] == ["EMAIL", "EMAIL"]
 
 
 def test_required_phrases_parsing_and_matching():
-    assert kit_eval.required_phrases({"metadata": {"required_phrases": "a b; c|d ;"}}) == ["a b", "c", "d"]
-    assert kit_eval.required_phrases({"metadata": {"required_phrases": ["x", " ", "y"]}}) == ["x", "y"]
-    assert kit_eval.required_phrases({"metadata": {}}) == []
-    assert kit_eval.phrases_found("Use  FORGOT\npassword now", ["forgot password", "sign-in"]) == ["forgot password"]
+    assert scoring.required_phrases({"metadata": {"required_phrases": "a b; c|d ;"}}) == ["a b", "c", "d"]
+    assert scoring.required_phrases({"metadata": {"required_phrases": ["x", " ", "y"]}}) == ["x", "y"]
+    assert scoring.required_phrases({"metadata": {}}) == []
+    assert scoring.phrases_found("Use  FORGOT\npassword now", ["forgot password", "sign-in"]) == ["forgot password"]
 
 
 def test_generated_tokens_count_to_the_end_token():
     # Rows of a batch: generation stops at the end token (2); what follows is padding.
-    assert kit_eval.count_generated([5, 6, 2, 2, 2], {2}) == 3
-    assert kit_eval.count_generated([5, 6, 7], {2}) == 3
-    assert kit_eval.count_generated([9, 5], {2, 9}) == 1
+    assert generate.count_generated([5, 6, 2, 2, 2], {2}) == 3
+    assert generate.count_generated([5, 6, 7], {2}) == 3
+    assert generate.count_generated([9, 5], {2, 9}) == 1
 
 
 def test_overfit_signal_is_the_loss_gap():
-    signal = kit_eval.overfit_signal(train_loss=1.25, validation_loss=2.0, threshold=0.5)
+    signal = scoring.overfit_signal(train_loss=1.25, validation_loss=2.0, threshold=0.5)
     assert signal["overfit_gap"] == pytest.approx(0.75) and signal["overfit"] is True
-    assert kit_eval.overfit_signal(1.25, 1.5, 0.5)["overfit"] is False
+    assert scoring.overfit_signal(1.25, 1.5, 0.5)["overfit"] is False
 
 
 def test_fold_mean_and_sample_std():
     per_fold = [{"base": {"rouge_l": 1.0, "bleu": 10.0}}, {"base": {"rouge_l": 2.0}}, {"base": {"rouge_l": 3.0, "bleu": 20.0}}]
-    summary = kit_eval.aggregate_folds(per_fold)
+    summary = crossval.aggregate_folds(per_fold)
     # mean 2, sample std sqrt(((1-2)^2 + 0 + (3-2)^2) / 2) = 1; a metric missing from a fold is not averaged.
     assert summary["base"]["rouge_l"] == {"mean": 2.0, "std": 1.0, "values": [1.0, 2.0, 3.0]}
     assert "bleu" not in summary["base"]
@@ -183,7 +185,7 @@ def test_fold_mean_and_sample_std():
 
 def test_fold_splits_cover_every_conversation_once():
     pool = [{"id": str(i), "messages": [], "metadata": {}} for i in range(10)]
-    folds = kit_eval.fold_splits(_recipe(), pool, 3)
+    folds = crossval.fold_splits(_recipe(), pool, 3)
     tests = [sorted(c["id"] for c in f["test"]) for f in folds]
     assert sorted(sum(tests, [])) == sorted(c["id"] for c in pool)
     assert [len(t) for t in tests] == [4, 3, 3]
@@ -210,4 +212,4 @@ def test_parameters_and_size_on_disk(tiny_model_dir, tmp_path):
     block = (c.hidden_size * c.hidden_size * 2 + c.hidden_size * head * c.num_key_value_heads * 2
              + 3 * c.hidden_size * c.intermediate_size + 2 * c.hidden_size)
     expected = 2 * c.vocab_size * c.hidden_size + c.num_hidden_layers * block + c.hidden_size
-    assert kit_eval.parameter_count(model) == expected
+    assert scoring.parameter_count(model) == expected

@@ -58,13 +58,17 @@ def test_cpu_with_native_bf16_autocasts_unless_the_recipe_says_no():
 def test_autocast_reaches_the_trainer_and_only_adapters_get_a_bf16_base(tiny_recipe, tiny_model_dir):
     import torch
 
-    from kit import sft
+    from kit import sft, trainer
     from kit.recipe import load_recipe
 
     plan = speed.plan(speed.Hardware(cuda=False, cpu_bf16=True), LLAMA_8B, "lora", 8, 256)
     recipe = load_recipe(tiny_recipe())
-    assert sft._trainer_args(recipe, recipe.run_dir, False, False, plan).bf16 is True
-    assert sft._trainer_args(recipe, recipe.run_dir, False, False, speed.plan(speed.Hardware(cuda=False), LLAMA_8B, "lora", 8, 256)).bf16 is False
+    no_bf16 = speed.plan(speed.Hardware(cuda=False), LLAMA_8B, "lora", 8, 256)
+    assert trainer.training_arguments(recipe, "sft", recipe.run_dir, plan, False).bf16 is True
+    assert trainer.training_arguments(recipe, "sft", recipe.run_dir, no_bf16, False).bf16 is False
+    # Distillation follows the same plan (it used to ignore it).
+    assert trainer.training_arguments(recipe, "distill", recipe.run_dir, plan, False).bf16 is True
+    assert trainer.training_arguments(recipe, "distill", recipe.run_dir, no_bf16, False).bf16 is False
     model, peft_config = sft.build_model(recipe, str(tiny_model_dir), cpu_bf16_autocast=True)
     assert peft_config is not None and next(model.parameters()).dtype == torch.bfloat16
     full = load_recipe(tiny_recipe(), ["sft.method=full"])

@@ -21,14 +21,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit import data, models
+from kit import data, gate, models
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.generate import Generation, generate_answers
 from kit.masking import ensure_chat_template
 from kit.recipe import ModelSection, Recipe, load_recipe
 from kit.report import plot_comparison, plot_confusion, report_markdown
-from kit.runs import atomic_dir, cross_validation, cross_validation_path, student_dir, tuned_adapter, write_json
+from kit.runs import (atomic_dir, cross_validation, cross_validation_path, preferred_adapter, student_dir, tuned_adapter,
+                      write_json)
 from kit.scoring import (Judge, answer_metrics, assistant_loss, intent_of, intent_scores, make_judge, overfit_signal,
                          parameter_count, required_phrases)
 
@@ -71,6 +72,11 @@ def candidates(recipe: Recipe) -> list[Candidate]:
         rows.append(Candidate("tuned", section, str(whole)))
     else:
         print(f"kit.eval: no complete tuned model in {recipe.run_dir}; run kit.sft first", flush=True)
+    preferred = preferred_adapter(recipe)
+    if preferred is not None:  # kit.prefer's adapter, on what it was trained on (the base, or a full run's model)
+        base = json.loads((preferred / "manifest.json").read_text(encoding="utf-8"))["base"]["tuned_model"]
+        section = recipe.model.model_copy(update={"name": base, "revision": None}) if base else recipe.model
+        rows.append(Candidate("preferred", section, base or rows[0].path, adapter=preferred))
     student = student_dir(recipe)
     if student is not None:
         section = ModelSection(name=str(student), dtype=recipe.model.dtype)
@@ -199,6 +205,12 @@ def run(recipe: Recipe) -> Path:
         "required_phrases": {"items": sum(1 for c in conversations if required_phrases(c))},
         "models": results,
     }
+    if "tuned" in results:  # the gate: a preferred or student model replaces tuned only when it is no worse
+        for label in ("preferred", "student"):
+            if label in results:
+                decision = gate.decide(results[label], results["tuned"], label, "tuned")
+                payload.setdefault("gate", {})[label] = {**decision.as_dict(), "markdown": decision.markdown()}
+                print(f"kit.eval: gate: {decision.summary()}", flush=True)
     if recipe.eval.cross_validation.folds:
         cv = cross_validation(recipe)  # kit.crossval's summary, when it ran on this recipe
         if cv is None:

@@ -1,4 +1,4 @@
-"""The user's whole path: one recipe through data -> sft -> crossval -> eval -> distill.
+"""The user's whole path: one recipe through data -> sft -> prefer -> crossval -> eval -> distill.
 
     python -m kit.sft recipes/quickstart.yaml        # the command that runs this (flags: `--help`)
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kit import crossval, distill, eval as kit_eval, sft
+from kit import crossval, distill, eval as kit_eval, prefer, sft
 from kit.cli import run_cli
 from kit.recipe import Recipe, load_recipe
 
@@ -29,6 +29,8 @@ def run(recipe: Recipe, resume: bool = False) -> Path:
     run_dir = sft.run(recipe, resume=resume)
     if not state.is_main_process:
         return run_dir
+    if recipe.prefer.enabled:  # before eval, so that its gate judges the preferred model
+        prefer.run(recipe)
     if recipe.eval.enabled and recipe.eval.cross_validation.folds:
         crossval.run(recipe)
     if recipe.eval.enabled:

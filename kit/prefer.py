@@ -34,7 +34,7 @@ from kit.errors import KitError
 from kit.facts import FactBook
 from kit.masking import ensure_chat_template, render
 from kit.recipe import Recipe, load_recipe
-from kit.runs import atomic_dir, package_versions, tuned_adapter, tuned_model_dir, write_json
+from kit.runs import atomic_dir, package_versions, preferred_adapter, tuned_adapter, tuned_model_dir, write_json
 
 PREFERENCES = "preferences.jsonl"  # the arena's file (kit.chat writes it)
 CACHE_VERSION = 1
@@ -224,14 +224,6 @@ def completion_logprob(model, tokenizer, prompt: list[dict], completion: str) ->
 
 
 # ---------------------------------------------------------------- the stage
-
-
-def preferred_adapter(recipe: Recipe) -> Path | None:
-    """The run's preference-tuned adapter, only when its manifest (written last, inside it) is there."""
-    folder = recipe.run_dir / "preferred"
-    if (folder / "manifest.json").is_file() and (folder / "adapter_config.json").is_file():
-        return folder
-    return None
 
 
 def load_preferred(recipe: Recipe, dtype=None):

@@ -326,7 +326,7 @@ class EvalSection(Section):
     @classmethod
     def _labels_unique(cls, models: list[EvalModel]) -> list[EvalModel]:
         labels = [m.label for m in models]
-        reserved = sorted({"base", "tuned", "student"} & set(labels))
+        reserved = sorted({"base", "tuned", "preferred", "student"} & set(labels))
         if reserved:
             raise ValueError(f"label {reserved[0]!r} is kit's own row; choose another label")
         duplicates = sorted({label for label in labels if labels.count(label) > 1})

@@ -37,6 +37,8 @@ INTENT = [("intent_accuracy", "accuracy", 4), ("intent_macro_precision", "macro 
           ("intent_macro_recall", "macro recall", 4), ("intent_macro_f1", "macro F1", 4)]
 PHRASES = [("required_phrase_recall", "phrases found", 4), ("required_phrase_pass", "answers with all phrases", 4)]
 LEAKS = [("leaks", "leaks", 0), ("leak_answers", "answers with a leak", 0)]
+FACTS = [("fact_recall", "fact recall ↑", 4), ("invented_facts", "invented facts ↓", 0),
+         ("invented_contacts", "invented contacts ↓", 0), ("contradicted_facts", "contradicted facts ↓", 0)]
 COST = [("parameters", "parameters", 0), ("size_mb", "size MB", 1), ("answer_words", "answer words", 1),
         ("answer_tokens", "answer tokens", 1), ("latency_s", "latency s", 3), ("tokens_per_s", "tokens/s", 1)]
 OVERFIT = [("train_loss", "train loss", 4), ("validation_loss", "validation loss", 4), ("overfit_gap", "gap", 4),
@@ -69,6 +71,19 @@ def report_markdown(recipe: Recipe, payload: dict, judge: Judge, generations: di
     if payload["required_phrases"]["items"]:
         lines += [f"## Required phrases ({payload['required_phrases']['items']} answers list them)", "",
                   *_table(results, PHRASES), ""]
+    if any("fact_recall" in row for row in results.values()):
+        lines += ["## Facts", "", *_table(results, FACTS), "",
+                  "Fact recall: the reference answers' checkable facts (amounts, durations, limits, menu paths, plans, "
+                  "URLs, emails, phones) that the answer states. Invented: facts that appear in no training answer (the "
+                  "company never said them); invented contacts are the phones, emails and URLs among them. "
+                  "Contradicted: a value where the reference states another of the same kind.", ""]
+        for label, row in results.items():
+            for fact in row.get("invented_list", [])[:8]:
+                kind = "contact" if fact["contact"] else fact["kind"]
+                lines.append(f"- {label}, `{fact['id']}`: invented {kind} `{fact['text']}`")
+        lines.append("")
+    for decision in payload.get("gate", {}).values():
+        lines += [decision["markdown"], ""]
     lines += [f"## Private data in answers ({', '.join(e.leak_kinds)})", "", *_table(results, LEAKS), ""]
     for label, row in results.items():
         for leak in row["leak_list"]:
@@ -105,7 +120,9 @@ def report_markdown(recipe: Recipe, payload: dict, judge: Judge, generations: di
                       f"**Customer:** {judge.prompts[i][-1]['content']}", "", f"**Reference:** {judge.references[i]}", ""]
             for name in results:
                 item = items[name][i]
-                lines.append(f"- **{name}** (similarity {item['similarity']:.3f}, ROUGE-L {item['rouge_l']:.3f}): "
+                invented = item.get("facts", {}).get("invented", [])
+                note = f"; invented: {', '.join(invented)}" if invented else ""
+                lines.append(f"- **{name}** (similarity {item['similarity']:.3f}, ROUGE-L {item['rouge_l']:.3f}{note}): "
                              f"{generations[name].answers[i] or '(empty)'}")
             lines.append("")
     return "\n".join(lines)
@@ -122,7 +139,7 @@ def plot_comparison(results: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = QUALITY + [(k, f"intent {t}", d) for k, t, d in INTENT[:1] + INTENT[3:]] + PHRASES[:1] + LEAKS[:1] + COST[5:]
+    chosen = QUALITY + [(k, f"intent {t}", d) for k, t, d in INTENT[:1] + INTENT[3:]] + PHRASES[:1] + FACTS[:3] + LEAKS[:1] + COST[5:]
     panels = [(k, t) for k, t, _ in chosen if all(isinstance(results[name].get(k), (int, float)) for name in results)]
     columns = 3
     rows = math.ceil(len(panels) / columns)

@@ -100,6 +100,14 @@ def student_dir(recipe) -> Path | None:
     return None
 
 
+def preferred_adapter(recipe) -> Path | None:
+    """The run's preference-tuned adapter (`kit.prefer`), only when its manifest (written last, inside it) is there."""
+    folder = recipe.run_dir / "preferred"
+    if (folder / "manifest.json").is_file() and (folder / "adapter_config.json").is_file():
+        return folder
+    return None
+
+
 def cross_validation_path(recipe) -> Path:
     """Where `kit.crossval` writes its summary, and `kit.eval` reads it."""
     return recipe.run_dir / "cv" / "summary.json"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kit import models, pii
 from kit.errors import KitError
+from kit.facts import FactBook
 from kit.masking import tokenize_conversation
 from kit.recipe import Recipe
 
@@ -195,6 +196,7 @@ class Judge:
     phone_regions: list[str] = field(default_factory=lambda: ["US", "GB"])
     intent_field: str | None = None
     intents: IntentClassifier | None = None
+    facts: FactBook | None = None  # checkable facts of the training answers (kit.facts)
     references: list[str] = field(init=False)
     prompts: list[list[dict]] = field(init=False)
 
@@ -215,7 +217,9 @@ def make_judge(recipe: Recipe, conversations: list[dict], train: list[dict]) -> 
     redaction = recipe.data.pii  # what the data stage keeps counts as public here too
     return Judge(conversations=conversations, leak_kinds=list(recipe.eval.leak_kinds),
                  leak_allowlist=[*redaction.allowlist, *recipe.eval.leak_allowlist], leak_patterns=list(redaction.patterns),
-                 phone_regions=list(redaction.phone_regions), intent_field=name if classifier else None, intents=classifier)
+                 phone_regions=list(redaction.phone_regions), intent_field=name if classifier else None, intents=classifier,
+                 facts=FactBook([c["messages"][-1]["content"] for c in train if c["messages"][-1]["role"] == "assistant"],
+                                [*redaction.allowlist, *recipe.eval.leak_allowlist], redaction.phone_regions))
 
 
 def intent_scores(judge: Judge, vectors) -> tuple[dict, list[str | None]]:
@@ -274,5 +278,12 @@ def answer_metrics(answers: list[str], judge: Judge) -> tuple[dict, list[dict]]:
         item["leaks"] = find_leaks(answer, prompt, judge.leak_kinds, judge.leak_allowlist, judge.leak_patterns, judge.phone_regions)
         leaks += [{"id": conversation.get("id"), **leak} for leak in item["leaks"]]
     scores.update(leaks=len(leaks), leak_answers=sum(1 for item in items if item["leaks"]), leak_list=leaks)
+    if judge.facts is not None:
+        customer = [" ".join(m["content"] for m in prompt if m["role"] == "user") for prompt in judge.prompts]
+        facts = judge.facts.score(answers, references, customer)
+        scores.update(facts.metrics())
+        scores["invented_list"] = facts.invented_list([c.get("id") for c in judge.conversations])
+        for item, answer_facts in zip(items, facts.items):
+            item["facts"] = answer_facts.as_dict()
     scores["answer_words"] = sum(len(a.split()) for a in answers) / len(answers)
     return scores, items

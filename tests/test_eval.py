@@ -114,10 +114,19 @@ def test_eval_compares_every_model_with_every_metric(tiny_recipe, tmp_path):
     for label in ("base", "tuned", "student", "other"):
         assert f"| {label} |" in report
     assert "## Best" in report and "## Worst" in report and "## Intent" in report and "## Overfitting" in report
+    # Facts (kit.facts) in every row, and the gate's decision on the student against tuned.
+    for row in rows.values():
+        assert row["invented_facts"] == len(row["invented_list"]) and row["invented_contacts"] <= row["invented_facts"]
+        assert row["fact_recall"] is None or 0.0 <= row["fact_recall"] <= 1.0
+    decision = metrics["gate"]["student"]
+    assert decision["candidate"] == "student" and decision["chosen"] in ("student", "tuned")
+    assert decision["promoted"] == (decision["chosen"] == "student") and decision["promoted"] == (not decision["reasons"])
+    assert "## Facts" in report and "### Gate: student vs tuned" in report
     generations = [json.loads(line) for line in (folder / "generations.jsonl").read_text().splitlines()]
     assert len(generations) == rows["base"]["samples"]
     assert {"base", "tuned", "student", "other", "reference", "question", "scores"} <= set(generations[0])
     assert isinstance(generations[0]["tuned"], str) and "similarity" in generations[0]["scores"]["tuned"]
+    assert {"facts", "recalled", "invented"} <= set(generations[0]["scores"]["tuned"]["facts"])
     for image in ("comparison.png", "confusion_matrix.png"):
         assert (folder / image).read_bytes()[:4] == b"\x89PNG"
 

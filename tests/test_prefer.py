@@ -12,6 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from kit import eval as kit_eval
 from kit import models, prefer, sft
 from kit.facts import FactBook
 from kit.recipe import load_recipe
@@ -94,6 +95,12 @@ def test_dpo_on_a_toy_pair_raises_the_chosen_answer_over_the_rejected_one(fresh)
     assert not unchanged, f"Parameters {unchanged} have not changed"
     assert not list(recipe.run_dir.glob(".preferred.tmp-*")), "the scratch folder is renamed into place"
     assert not (recipe.run_dir / "prefer_checkpoints").exists()
+
+    # kit.eval scores the preferred model as its own row, and its gate decides against tuned.
+    metrics = json.loads((kit_eval.run(recipe) / "metrics.json").read_text())
+    assert list(metrics["models"])[:3] == ["base", "tuned", "preferred"]
+    assert metrics["models"]["preferred"]["eval_loss"] != metrics["models"]["tuned"]["eval_loss"]
+    assert metrics["gate"]["preferred"]["incumbent"] == "tuned"
 
 
 def test_multi_turn_votes_are_kept_whole_and_a_corrupt_line_is_reported_and_skipped(fresh, capsys):

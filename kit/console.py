@@ -8,7 +8,8 @@ progress lines, and they turn kit's one-line errors into several lines. So by de
 - library loggers that have no handler of their own (kernels, bitsandbytes, accelerate, ...) no longer
   fall through to Python's last-resort stderr handler; transformers and datasets log errors only;
 - warnings raised from library code, and every `DeprecationWarning` / `FutureWarning`, are ignored;
-- transformers' own bars (weight loading, and hub downloads with them) are off while kit loads a model
+- datasets' bars (TRL's passes over the training rows) are off; transformers' own bars (weight loading,
+  and hub downloads with them) are off while kit loads a model
   (`hide_library_bars`); `--verbose` brings them back.
 
 kit's own output is untouched: its errors, warnings (such as `trust_remote_code` being on), progress
@@ -41,6 +42,8 @@ def quiet_libraries() -> None:
     # Read by transformers and datasets when they configure their loggers at import.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    # datasets draws a bar for every pass TRL makes over kit's few thousand rows ("Truncating train dataset")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     root = logging.getLogger()
     if not any(isinstance(handler, logging.NullHandler) for handler in root.handlers):
         # A record of a logger with no handler goes to logging.lastResort (stderr, WARNING and up) only

@@ -96,3 +96,16 @@ def test_kit_command_dispatches_to_the_stages(capsys):
     assert exit_info.value.code == 2 and "no stage 'train'" in capsys.readouterr().err
     kit_main(["recipe", "check", str(REPO / RECIPE)])
     assert "name: quickstart" in capsys.readouterr().out
+
+
+def test_library_bars_are_off_unless_verbose():
+    check = ("import kit, datasets.utils, kit.console, transformers.utils.logging as hf; "
+             "kit.console.hide_library_bars(); "
+             "print(datasets.utils.are_progress_bars_disabled(), hf.is_progress_bar_enabled())")
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "KIT_VERBOSE", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    quiet = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert quiet.stdout.split() == ["True", "False"]
+    loud = subprocess.run([sys.executable, "-c", check], cwd=REPO, env=env | {"KIT_VERBOSE": "1"},
+                          capture_output=True, text=True, check=True)
+    assert loud.stdout.split() == ["False", "True"]

@@ -18,21 +18,14 @@ exists (all of them made from this module, except the malloc setting, which `kit
 - peft's `lora_dropout` ModuleDict entries are replaced by `kit.dropout.BitsDropout` on CPU
   (`replace_lora_dropout`): peft takes only a probability, and the stock dropout was 17% of a CPU step.
 - `kit.speed.keep_freed_memory` sets glibc's malloc options for the whole process (CPU only; `mallopt`).
-- the `kernels` logger is set to ERROR on import: bitsandbytes (imported by peft) logs through it, offline,
-  that it skips an optional hub kernel, once per process.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-# peft imports bitsandbytes, whose CPU backend looks for an optional hub kernel and, offline, logs through the
-# `kernels` package that it skips it: a notice per process that would bury kit's one-line messages.
-logging.getLogger("kernels").setLevel(logging.ERROR)
 
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402

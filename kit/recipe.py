@@ -633,14 +633,18 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise KitError("\n".join(lines)) from None
 
 
-def _type_name(annotation) -> str:
+def type_name(annotation) -> str:
+    """A field's type in the words of the generated references (recipes and templates)."""
     origin = typing.get_origin(annotation)
     if origin is Literal:
         return "one of " + ", ".join(f"`{value}`" for value in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(arg) for arg in typing.get_args(annotation))
+        return " or ".join(type_name(arg) for arg in typing.get_args(annotation))
     if origin is list:
-        return f"list of {_type_name(typing.get_args(annotation)[0])}"
+        return f"list of {type_name(typing.get_args(annotation)[0])}"
+    if origin is dict:
+        key, value = typing.get_args(annotation)
+        return f"mapping of {type_name(key)} to {type_name(value)}"
     if annotation is type(None):
         return "null"
     return getattr(annotation, "__name__", str(annotation))
@@ -670,7 +674,7 @@ def reference_markdown() -> str:
             else:
                 value = field.get_default(call_default_factory=True)
                 default = f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
-            rows.append(f"| `{key}` | {_type_name(annotation)} | {default} | {field.description} |")
+            rows.append(f"| `{key}` | {type_name(annotation)} | {default} | {field.description} |")
 
     walk(Recipe, "")
     return "\n".join(rows) + "\n"

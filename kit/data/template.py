@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import types
 import typing
 from pathlib import Path
 from typing import Literal
@@ -18,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from kit.errors import KitError
-from kit.recipe import DataRules
+from kit.recipe import DataRules, type_name
 from kit.shipped import shipped_dir
 from kit.yamlfile import read_yaml_tree
 
@@ -187,12 +186,6 @@ def find_template(name: str) -> Path:
     raise KitError(f"data.sources[].template: no template {name!r}; use one of {known} or a path to a YAML file")
 
 
-def _yaml_tree(path: Path):
-    """The template's YAML as Python values and as a node tree (for line numbers). Raises KitError for
-    invalid YAML and keys set twice, with the lines."""
-    return read_yaml_tree(path)
-
-
 def _locate(node, loc: tuple) -> tuple[str, int | None]:
     """The dotted key of a validation error's location as far as the YAML has it (union member names and
     the like dropped), and the line of the deepest node found (of the key itself for an unknown key)."""
@@ -248,7 +241,7 @@ def _known_keys(model, loc: tuple) -> list[str]:
 def load_template(name: str) -> Template:
     """Read and validate a template. Raises KitError with one line per problem, each with its key and line."""
     path = find_template(name)
-    tree, node = _yaml_tree(path)
+    tree, node = read_yaml_tree(path)
     if not isinstance(tree, dict):
         raise KitError(f"{path}: a template is a mapping (description, reader, fields, ...), not a {type(tree).__name__}")
     try:
@@ -263,22 +256,6 @@ def load_template(name: str) -> Template:
         raise KitError("\n".join(lines)) from None
     except re.error as exc:
         raise KitError(f"{path}: bad regex ({exc}); fix the pattern") from None
-
-
-def _type_text(annotation) -> str:
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return "one of " + ", ".join(f"`{value}`" for value in typing.get_args(annotation))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_text(arg) for arg in typing.get_args(annotation))
-    if origin is list:
-        return f"list of {_type_text(typing.get_args(annotation)[0])}"
-    if origin is dict:
-        key, value = typing.get_args(annotation)
-        return f"mapping of {_type_text(key)} to {_type_text(value)}"
-    if annotation is type(None):
-        return "null"
-    return getattr(annotation, "__name__", str(annotation))
 
 
 def _reference_rows(model: type[BaseModel], prefix: str, rows: list[str]) -> None:
@@ -302,7 +279,7 @@ def _reference_rows(model: type[BaseModel], prefix: str, rows: list[str]) -> Non
                 rows.append(f"| `{key}` | {nested.__name__} | {default} | {description} |")
             _reference_rows(nested, f"{key}.", rows)
         else:
-            rows.append(f"| `{key}` | {_type_text(annotation)} | {default} | {description} |")
+            rows.append(f"| `{key}` | {type_name(annotation)} | {default} | {description} |")
 
 
 def template_reference() -> str:

@@ -138,7 +138,8 @@ class Feedback:
         return text
 
 
-def _is_messages(value) -> bool:
+def is_messages(value) -> bool:
+    """A non-empty list of {"role": str, "content": str}: a prompt or an answer of a feedback row."""
     return (isinstance(value, list) and len(value) > 0
             and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                     for m in value))
@@ -161,10 +162,10 @@ def load_feedback(recipe: Recipe) -> Feedback:
                 except json.JSONDecodeError:
                     row = None
                 if filename == PREFERENCES:
-                    valid = isinstance(row, dict) and all(_is_messages(row.get(k)) for k in ("prompt", "chosen", "rejected"))
+                    valid = isinstance(row, dict) and all(is_messages(row.get(k)) for k in ("prompt", "chosen", "rejected"))
                 else:
-                    valid = (isinstance(row, dict) and _is_messages(row.get("prompt"))
-                             and _is_messages(row.get("completion")) and isinstance(row.get("label"), bool))
+                    valid = (isinstance(row, dict) and is_messages(row.get("prompt"))
+                             and is_messages(row.get("completion")) and isinstance(row.get("label"), bool))
                 if not valid:
                     feedback.corrupt.append(f"{filename}:{number}")
                     continue

@@ -32,11 +32,11 @@ from kit import data, models
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.facts import FactBook
+from kit.feedback import PREFERENCES, feedback_dir, is_messages
 from kit.masking import ensure_chat_template, render
 from kit.recipe import Recipe, load_recipe
 from kit.runs import atomic_dir, package_versions, preferred_adapter, tuned_adapter, tuned_model_dir, write_json
 
-PREFERENCES = "preferences.jsonl"  # the arena's file (kit.chat writes it)
 CACHE_VERSION = 1
 
 
@@ -65,12 +65,6 @@ class Votes:
     corrupt: list[str] = field(default_factory=list)  # "preferences.jsonl:<line>: <why>"
 
 
-def _is_messages(value) -> bool:
-    return (isinstance(value, list) and len(value) > 0
-            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in value))
-
-
 def load_votes(path: Path) -> Votes:
     """Read a preferences.jsonl; each unreadable line is listed in `corrupt` and skipped."""
     votes = Votes()
@@ -85,7 +79,7 @@ def load_votes(path: Path) -> Votes:
             except json.JSONDecodeError:
                 votes.corrupt.append(f"{path.name}:{number}: not JSON")
                 continue
-            bad = [key for key in ("prompt", "chosen", "rejected") if not isinstance(row, dict) or not _is_messages(row.get(key))]
+            bad = [key for key in ("prompt", "chosen", "rejected") if not isinstance(row, dict) or not is_messages(row.get(key))]
             if bad:
                 votes.corrupt.append(f"{path.name}:{number}: {', '.join(bad)} missing or not a list of messages")
                 continue
@@ -315,7 +309,7 @@ def run(recipe: Recipe, callbacks: list | None = None) -> Path:
     pairs: list[Pair] = []
     counts = {"votes": 0, "mistakes": 0, "mistakes_checked": 0, "mistakes_cached": False, "corrupt": []}
     if "votes" in sources:
-        path = recipe.run_dir / "feedback" / PREFERENCES
+        path = feedback_dir(recipe) / PREFERENCES
         votes = load_votes(path)
         if votes.corrupt:
             print(f"kit.prefer: {path}: skipped {len(votes.corrupt)} corrupt line(s): " + "; ".join(votes.corrupt[:5]),

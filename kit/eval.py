@@ -205,12 +205,12 @@ def run(recipe: Recipe) -> Path:
         "required_phrases": {"items": sum(1 for c in conversations if required_phrases(c))},
         "models": results,
     }
-    if "tuned" in results:  # the gate: a preferred or student model replaces tuned only when it is no worse
-        for label in ("preferred", "student"):
-            if label in results:
-                decision = gate.decide(results[label], results["tuned"], label, "tuned")
-                payload.setdefault("gate", {})[label] = {**decision.as_dict(), "markdown": decision.markdown()}
-                print(f"kit.eval: gate: {decision.summary()}", flush=True)
+    # The gate: a preferred or student model replaces tuned only when it is no worse.
+    decisions = [gate.decide(results[label], results["tuned"], label, "tuned")
+                 for label in ("preferred", "student") if label in results and "tuned" in results]
+    for decision in decisions:
+        payload.setdefault("gate", {})[decision.candidate] = decision.as_dict()
+        print(f"kit.eval: gate: {decision.summary()}", flush=True)
     if recipe.eval.cross_validation.folds:
         cv = cross_validation(recipe)  # kit.crossval's summary, when it ran on this recipe
         if cv is None:
@@ -232,7 +232,7 @@ def run(recipe: Recipe) -> Path:
         plot_comparison(results, scratch / "comparison.png")
         if intent:
             plot_confusion(results, scratch / "confusion_matrix.png")
-        (scratch / "report.md").write_text(report_markdown(recipe, payload, judge, generations, items), encoding="utf-8")
+        (scratch / "report.md").write_text(report_markdown(recipe, payload, judge, generations, items, decisions), encoding="utf-8")
         write_json(scratch / "metrics.json", payload)
     print(f"kit.eval: {target / 'report.md'}", flush=True)
     return target

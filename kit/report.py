@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from kit.gate import Decision
 from kit.generate import Generation
 from kit.recipe import Recipe
 from kit.scoring import Judge, intent_of
@@ -52,7 +53,8 @@ def _ranking_label(results: dict[str, dict]) -> str:
     return list(results)[-1]
 
 
-def report_markdown(recipe: Recipe, payload: dict, judge: Judge, generations: dict[str, Generation], items: dict[str, list[dict]]) -> str:
+def report_markdown(recipe: Recipe, payload: dict, judge: Judge, generations: dict[str, Generation], items: dict[str, list[dict]],
+                    decisions: list[Decision] = ()) -> str:
     results = payload["models"]
     conversations = judge.conversations
     e = recipe.eval
@@ -82,8 +84,8 @@ def report_markdown(recipe: Recipe, payload: dict, judge: Judge, generations: di
                 kind = "contact" if fact["contact"] else fact["kind"]
                 lines.append(f"- {label}, `{fact['id']}`: invented {kind} `{fact['text']}`")
         lines.append("")
-    for decision in payload.get("gate", {}).values():
-        lines += [decision["markdown"], ""]
+    for decision in decisions:
+        lines += [decision.markdown(), ""]
     lines += [f"## Private data in answers ({', '.join(e.leak_kinds)})", "", *_table(results, LEAKS), ""]
     for label, row in results.items():
         for leak in row["leak_list"]:

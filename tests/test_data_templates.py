@@ -128,7 +128,7 @@ def test_reply_threads_rebuilt_with_orphans_counted():
 
 def test_dialogue_json_drops_action_events_and_redacts_scenario_names():
     result = run("dialogue_json", "brightloop_dialogues.json")
-    assert (result.input, result.kept, result.rejected) == (26, 16, 10)
+    assert (result.input, result.kept, result.rejected) == (27, 17, 10)
     assert by_code(result) == {"after_last_answer": 1, "excluded": 5, "no_agent_answer": 2, "no_messages": 1,
                                "unknown_role": 1}
     first = result.conversations[0]
@@ -137,6 +137,9 @@ def test_dialogue_json_drops_action_events_and_redacts_scenario_names():
     assert first["source"]["path"] == "[0].original[0]" and 6 not in first["source"]["records"]  # the action
     action = next(r for r in result.rejects if r["record"] == 6)
     assert action["text"] == "Account has been pulled up for {{NAME}}."
+    # a username typed on its own line (as in ABCD) matches no detector; the scenario's username field names it
+    assert result.conversations[1]["messages"][2]["content"] == "{{NAME}}\n\n{{PHONE}}"
+    assert "rpatel646" not in json.dumps(result.conversations + result.rejects)
 
 
 def test_qa_csv_reads_tsv_and_semicolons(tmp_path):

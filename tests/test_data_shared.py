@@ -38,6 +38,6 @@ def test_abcd_sample_drops_actions_and_redacts_scenario_people():
     text = json.dumps([c.row() for c in result.conversations]).lower()
     for dialogue in dialogues:
         personal = dialogue["scenario"]["personal"]
-        for key in ("customer_name", "email", "phone"):
+        for key in ("customer_name", "username", "email", "phone"):
             if personal.get(key):
                 assert personal[key].lower() not in text, key

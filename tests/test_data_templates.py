@@ -128,7 +128,7 @@ def test_reply_threads_rebuilt_with_orphans_counted():
 
 def test_dialogue_json_drops_action_events_and_redacts_scenario_names():
     result = run("dialogue_json", "brightloop_dialogues.json")
-    assert (result.input, result.kept, result.rejected) == (26, 16, 10)
+    assert (result.input, result.kept, result.rejected) == (27, 17, 10)
     assert by_code(result) == {"after_last_answer": 1, "excluded": 5, "no_agent_answer": 2, "no_messages": 1,
                                "unknown_role": 1}
     first = result.conversations[0]
@@ -137,6 +137,9 @@ def test_dialogue_json_drops_action_events_and_redacts_scenario_names():
     assert first.source["path"] == "[0].original[0]" and 6 not in first.source["records"]  # the action
     action = next(r for r in result.rejects if r["record"] == 6)
     assert action["text"] == "Account has been pulled up for {{NAME}}."
+    # a username typed on its own line (as in ABCD) matches no detector; the scenario's username field names it
+    assert result.conversations[1].messages[2]["content"] == "{{NAME}}\n\n{{PHONE}}"
+    assert "rpatel646" not in json.dumps([c.row() for c in result.conversations] + result.rejects)
 
 
 def test_qa_csv_reads_tsv_and_semicolons(tmp_path):
@@ -238,8 +241,10 @@ def test_a_folder_of_one_ticket_per_file_each_file_accounted_for(tmp_path):
 def test_records_in_a_mapping_keyed_by_id_with_list_valued_text():
     result = run("dialogues_by_id_json", "brightloop_dialogues_by_id.json")
     account(result)
-    assert (result.input, result.kept, result.rejected) == (8, 6, 2)
-    assert [c.id.split(":")[-1] for c in result.conversations] == ["dlg-001", "dlg-003"]  # the key is the id
+    assert (result.input, result.kept, result.rejected) == (12, 10, 2)
+    assert [c.id.split(":")[-1] for c in result.conversations] == ["dlg-001", "dlg-003", "dlg-004"]  # the key is the id
+    # dialogue corpora have no auto-replies: "I am on leave" is the customer talking, kept mid-dialogue
+    assert result.conversations[2].messages[2]["content"] == "I am on leave next week.\nPlease deliver after the 20th."
     assert result.conversations[0].messages[1]["content"] == "It left the depot this morning.\nIt arrives tomorrow before 6 pm."
     incomplete = next(r for r in result.rejects if r["code"] == "excluded")
     assert incomplete["path"] == '["dlg-002"].turns[0]' and incomplete["reason"] == "incomplete dialogue"
@@ -333,13 +338,16 @@ def test_the_template_reference_in_docs_is_generated_from_the_schema():
 def test_turns_json_reads_schema_guided_dialogue_lists(tmp_path):
     result = run("turns_json", "brightloop_turns.json")
     account(result)
-    assert (result.input, result.kept, result.rejected, result.duplicates) == (11, 6, 1, 4)
+    assert (result.input, result.kept, result.rejected, result.duplicates) == (17, 12, 1, 4)
     assert by_code(result) == {"empty_text": 1, "duplicate": 4}  # 1_00003 repeats 1_00001
     first = result.conversations[0]
     assert first.metadata == {"services": ["Orders_1"]} and first.messages[2]["content"] == "{{ADDRESS}} please."
+    # an event named "Out of office" (Schema-Guided Dialogue's calendar) is no auto-reply: both turns stay in order
+    schedule = result.conversations[2].messages
+    assert len(schedule) == 6 and schedule[2]["content"] == "Call it Out of office and keep it at 16 degrees."
     # many files of the same layout: a folder
     for i in range(2):
         (tmp_path / f"dialogues_00{i}.json").write_text((SAMPLES / "brightloop_turns.json").read_text())
     many = run_files("turns_json", str(tmp_path))
     account(many)
-    assert len(many.sources) == 2 and many.duplicates == 4 + 11 - 1  # the second file repeats the first (its empty turn is rejected)
+    assert len(many.sources) == 2 and many.duplicates == 4 + 17 - 1  # the second file repeats the first (its empty turn is rejected)

@@ -1,10 +1,11 @@
-"""Comparison arena: one customer message goes to base, tuned and student, the answers stream in side by side.
+"""Comparison arena: one customer message goes to base, tuned, preferred and student, the answers stream in side by side.
 
     python -m kit.chat recipes/quickstart.yaml [--blind] [--host 127.0.0.1] [--port 7860] [--auth user:pass]
     python -m kit.chat recipes/quickstart.yaml --cli      # the same comparison in the terminal
 
-Every model that exists for the run is shown: `base` always, `tuned` once kit.sft has finished, `student`
-once kit.distill has. Each is loaded once and shared by every browser session. In blind mode the answers
+Every model that exists for the run is shown: `base` always, `tuned` once kit.sft has finished, `preferred`
+once kit.prefer has, `student` once kit.distill has. Each is loaded once and shared by every browser session.
+Votes on the preferred model's answers are written like the others, so the next `kit.prefer` run learns from them. In blind mode the answers
 are labelled A/B/C in a random order per conversation; a vote (best answer, or all bad) is appended to
 `<run>/feedback/`: pairs to `preferences.jsonl` in TRL's preference format (prompt, chosen, rejected) so
 they can train DPO, all-bad votes to `all_bad.jsonl` in TRL's unpaired format (prompt, completion, label).
@@ -32,8 +33,9 @@ from typing import TextIO
 from kit import models
 from kit.cli import ArgumentParser, add_recipe_arguments, run_cli
 from kit.errors import KitError
-from kit.masking import ensure_chat_template, render
 from kit.feedback import Feedback, feedback_dir, load_feedback, record_vote
+from kit.masking import ensure_chat_template, render
+from kit.prefer import load_preferred
 from kit.recipe import ModelSection, Recipe, load_recipe
 from kit.runs import student_dir
 
@@ -56,16 +58,19 @@ class ChatModel:
 
 
 def load_models(recipe: Recipe) -> dict[str, ChatModel]:
-    """{"base", "tuned" (when trained), "student" (when distilled)}, each loaded once."""
+    """{"base", "tuned" (when trained), "preferred" (when preference-tuned), "student" (when distilled)}, each loaded once."""
     model_path = models.resolve(recipe.model.name)
     tokenizer = models.load_tokenizer(recipe.model, model_path)
     ensure_chat_template(tokenizer)
-    shared = threading.Lock()  # base and tuned share one tokenizer, hence one lock
+    shared = threading.Lock()  # base, tuned and preferred share one tokenizer, hence one lock
     loaded = {"base": ChatModel("base", models.load_model(recipe.model, path=model_path).eval(), tokenizer, shared)}
     # An adapter is merged once at start: generation then runs at base speed, and each model is loaded once.
     tuned = models.load_tuned(recipe)
     if tuned is not None:
         loaded["tuned"] = ChatModel("tuned", tuned.eval(), tokenizer, shared)
+    preferred = load_preferred(recipe)  # kit.prefer saves the tokenizer it trained with: the tuned one
+    if preferred is not None:
+        loaded["preferred"] = ChatModel("preferred", preferred.eval(), tokenizer, shared)
     student = student_dir(recipe)
     if student is not None:
         section = ModelSection(name=str(student))

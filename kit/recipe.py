@@ -354,6 +354,12 @@ class ChatSection(Section):
 
 
 class ExportSection(Section):
+    model: Literal["promoted", "tuned", "preferred", "student"] = Field(
+        "promoted",
+        description="Which model `kit.export` writes (`--model` overrides it): `promoted` (the preferred model when "
+        "`kit.eval`'s gate promoted it over tuned, else tuned), or `tuned`, `preferred` (`kit.prefer`'s, under "
+        "`export/preferred/`) whatever the gate said; `student` writes only the student.",
+    )
     formats: list[Literal["adapter", "merged", "gguf", "ollama"]] = Field(
         default_factory=lambda: ["merged"],
         description="What `kit.export` writes (`--format` overrides it): `adapter` (PEFT folder + model card), "
@@ -384,10 +390,11 @@ class ExportSection(Section):
 
 
 class ServeSection(Section):
-    model: Literal["tuned", "student", "preferred"] = Field(
-        "tuned",
-        description="What `kit.serve` serves: the tuned model, the distilled student, or `preferred` (the one "
-        "testers picked more often in the chat arena; tuned on a tie).",
+    model: Literal["promoted", "tuned", "preferred", "student"] = Field(
+        "promoted",
+        description="What `kit.serve` serves (`--model` overrides it): `promoted` (the preferred model when "
+        "`kit.eval`'s gate promoted it over tuned, else tuned), or `tuned`, `preferred` (`kit.prefer`'s) or "
+        "`student` whatever the gate said. Each needs its GGUF export.",
     )
     gguf_type: Literal["f16", "q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"] | None = Field(
         None, description="Which exported GGUF to serve; unset: the smallest in `export.gguf_types`."

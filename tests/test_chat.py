@@ -40,13 +40,14 @@ def add_student(recipe) -> None:
 
 
 def add_preferred(recipe) -> None:
-    """What kit.prefer leaves behind: a LoRA adapter on the base model (random, so it answers differently), its
-    manifest written last."""
+    """What kit.prefer leaves behind: a LoRA adapter on the base model (random, so it answers differently) with
+    its tokenizer, the manifest written last."""
     from peft import LoraConfig, get_peft_model
 
     folder = recipe.run_dir / "preferred"
     config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(models.load_model(recipe.model), config).save_pretrained(folder)
+    models.load_tokenizer(recipe.model).save_pretrained(folder)
     (folder / "manifest.json").write_text(json.dumps({"stage": "prefer", "base": {"tuned_model": None}}))
     assert preferred_adapter(recipe) == folder
 

@@ -1,6 +1,7 @@
 """Preference tuning: the tuned model learns which of two answers a support lead prefers (TRL's DPOTrainer).
 
     python -m kit.prefer recipes/quickstart.yaml [--set prefer.max_prompts=32 ...]
+    python -m kit.prefer recipes/quickstart.yaml --resume     # continue after Ctrl-C or a crash
 
 Runs after `kit.sft`, on top of its adapter. The pairs come from (`prefer.sources`):
 - `votes`: the arena's blind votes, `<run>/feedback/preferences.jsonl` (TRL's conversational preference
@@ -13,17 +14,21 @@ Runs after `kit.sft`, on top of its adapter. The pairs come from (`prefer.source
   cached in `<run>/prefer_cache/mistakes.json`, keyed by the tuned weights, the data and the settings, so a
   rerun reuses them.
 
+Checkpoints go to `<run>/prefer_checkpoints/` every `prefer.save_steps` and on Ctrl-C; `--resume` continues from
+the newest complete one, and the folder is removed once the adapter is written.
+
 Writes `<run>/preferred/`: a PEFT adapter (for the base model, or for `<run>/model/` after a `full`/`freeze`
 run) with its tokenizer and `manifest.json`, built in a scratch folder beside it and renamed into place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import random
+import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -273,7 +278,9 @@ def _config(recipe: Recipe, output_dir: Path, pairs: int):
         label_smoothing=0.1 if p.loss_type == "robust" else 0.0,
         max_length=recipe.sft.max_length,
         logging_steps=recipe.sft.logging_steps,
-        save_strategy="no",
+        save_strategy="steps",  # for --resume; the folder is removed once the preferred adapter is written
+        save_steps=p.save_steps,
+        save_total_limit=2,  # the newest complete checkpoint survives a kill while the next one is written
         report_to=[],
         seed=recipe.seed,
         data_seed=recipe.seed,
@@ -285,20 +292,30 @@ def _config(recipe: Recipe, output_dir: Path, pairs: int):
     )
 
 
-def run(recipe: Recipe, callbacks: list | None = None) -> Path:
+def run(recipe: Recipe, callbacks: list | None = None, resume: bool = False) -> Path:
     """Preference-tune the run's tuned model on votes and mistake pairs; returns `<run>/preferred/`.
 
     `callbacks`: transformers `TrainerCallback`s handed to the DPOTrainer (progress bars, tests that observe it).
+    `resume`: continue from the newest complete checkpoint in `<run>/prefer_checkpoints/` (Ctrl-C saves one; a
+    checkpoint is also saved every `prefer.save_steps`), on the same pairs (the mistakes come from the cache).
     """
     import torch
     from datasets import Dataset
     from transformers import set_seed
     from trl import DPOTrainer
 
+    from kit.trainer import Guard, GuardCallback, last_complete_checkpoint
+
     started = time.time()
     print("kit.prefer: resolved recipe\n" + recipe.to_yaml(), flush=True)
     if tuned_adapter(recipe) is None and tuned_model_dir(recipe) is None:
         raise KitError(f"prefer: no tuned model in {recipe.run_dir}; run `python -m kit.sft <recipe>` first")
+    checkpoints = recipe.run_dir / "prefer_checkpoints"
+    resume_from = last_complete_checkpoint(checkpoints, True, "kit.prefer") if resume else None
+    if resume and resume_from is None:
+        raise KitError(f"--resume: no complete checkpoint in {checkpoints}; run without --resume to start")
+    if not resume:  # a fresh start: an earlier, interrupted run's checkpoints must not be resumed later by mistake
+        shutil.rmtree(checkpoints, ignore_errors=True)
     model_path = models.resolve(recipe.model.name)
     data.build(recipe)
     set_seed(recipe.seed)
@@ -328,17 +345,34 @@ def run(recipe: Recipe, callbacks: list | None = None) -> Path:
 
     model, peft_config, base = _policy(recipe, model_path)
     dataset = Dataset.from_list([pair.row() for pair in pairs])
-    checkpoints = recipe.run_dir / "prefer_checkpoints"
+    guard = Guard()
+    # The guard last: it sees a Ctrl-C that arrived during this step's other callbacks, and saves at its end.
     trainer = DPOTrainer(model=model, args=_config(recipe, checkpoints, len(pairs)), train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+                         processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=[*(callbacks or []), GuardCallback(guard)])
     if len(trainer.train_dataset) == 0:  # TRL drops pairs whose prompt alone fills max_length
         raise KitError(f"sft.max_length: every one of the {len(pairs)} preference prompts fills sft.max_length="
                        f"{recipe.sft.max_length} tokens, leaving no answer to compare; raise it")
     print(f"kit.prefer: DPO ({recipe.prefer.loss_type}, beta {recipe.prefer.beta}) on {len(trainer.train_dataset)} pairs",
           flush=True)
-    result = trainer.train()
-    with contextlib.suppress(OSError):  # TRL creates the folder; with save_strategy "no" it stays empty
-        checkpoints.rmdir()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame):
+        if guard.interrupted:  # a second Ctrl-C stops at once
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        guard.interrupted = True
+        print("\nkit.prefer: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if guard.interrupted:
+        print(f"kit.prefer: interrupted at step {trainer.state.global_step}; checkpoint saved in {checkpoints}; "
+              "continue with: python -m kit.prefer <recipe> --resume", flush=True)
+        raise KeyboardInterrupt
     metrics = {**result.metrics, "global_step": trainer.state.global_step}
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss") and isinstance(v, float)):
@@ -360,14 +394,17 @@ def run(recipe: Recipe, callbacks: list | None = None) -> Path:
             "log_history": history,
             "wall_seconds": round(time.time() - started, 1),
         })
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the adapter is written: nothing left to resume
     print(f"kit.prefer: preferred adapter {target} ({len(pairs)} pairs, {time.time() - started:.0f}s)", flush=True)
     return target
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = recipe_parser("python -m kit.prefer", "Preference-tune the tuned model on votes and its own mistakes (DPO).")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint in <run>/prefer_checkpoints (after Ctrl-C or a crash)")
     args = parser.parse_args(argv)
-    run_cli(lambda: run(load_recipe(args.recipe, args.overrides)))
+    run_cli(lambda: run(load_recipe(args.recipe, args.overrides), resume=args.resume))
 
 
 if __name__ == "__main__":

@@ -539,6 +539,10 @@ class PreferSection(Section):
     epochs: float = Field(1.0, gt=0.0, description="Passes over the pairs (ignored if max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
     batch_size: int = Field(4, ge=1, description="Preference pairs per step.")
+    save_steps: int = Field(
+        50, ge=1, description="Save a checkpoint to `<run>/prefer_checkpoints/` every this many steps (and on "
+        "Ctrl-C), for `python -m kit.prefer --resume`; removed once the preferred adapter is written."
+    )
 
 
 class Recipe(Section):

@@ -176,3 +176,49 @@ def test_cli_without_a_tuned_model_is_one_clear_line(tmp_path, tiny_model_dir):
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: prefer: no tuned model in {tmp_path / 'runs' / 'tiny'}; run `python -m kit.sft <recipe>` first"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_does(fresh):
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    recipe = fresh("prefer.sources=[votes]", "prefer.max_steps=3", "prefer.batch_size=1")
+    prompt = [SYSTEM, {"role": "user", "content": "is there a warranty"}]
+    write_votes(recipe, [vote(prompt, "Hi there, every device has a 1-year warranty.", "Hi there, 90 days."),
+                         vote(MULTI_TURN, "Hi there, unplug it for 30 seconds.", "Hi there, returns are free.")])
+    checkpoints = recipe.run_dir / "prefer_checkpoints"
+    with pytest.raises(prefer.KitError, match="--resume: no complete checkpoint in .*prefer_checkpoints"):
+        prefer.run(recipe, resume=True)
+
+    class CtrlC(TrainerCallback):  # the user presses Ctrl-C during step 1
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    class Steps(TrainerCallback):
+        def __init__(self):
+            self.seen = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seen.append(state.global_step)
+
+    with pytest.raises(KeyboardInterrupt):
+        prefer.run(recipe, callbacks=[CtrlC()])
+    assert [p.name for p in checkpoints.glob("checkpoint-*")] == ["checkpoint-1"]
+    assert not (recipe.run_dir / "preferred").exists()
+
+    steps = Steps()
+    target = prefer.run(recipe, callbacks=[steps], resume=True)
+    assert steps.seen == [2, 3], "resumed after step 1, not from the start"
+    assert json.loads((target / "manifest.json").read_text())["train_metrics"]["global_step"] == 3
+    assert not checkpoints.exists(), "checkpoints are removed once the adapter is written"
+    resumed = load_file(target / "adapter_model.safetensors")
+
+    prefer.run(recipe)  # the same three steps without a break
+    whole = load_file(target / "adapter_model.safetensors")
+    start = load_file(recipe.run_dir / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(whole[name], start[name]) for name in whole)
+    for name in whole:
+        assert torch.allclose(resumed[name], whole[name], atol=1e-5), name

@@ -222,3 +222,37 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_do
     assert any(not torch.equal(whole[name], start[name]) for name in whole)
     for name in whole:
         assert torch.allclose(resumed[name], whole[name], atol=1e-5), name
+
+
+def test_kto_on_single_answers_raises_the_desirable_answer_over_the_undesirable_one(fresh):
+    recipe = fresh("prefer.method=kto", "prefer.sources=[votes]", "prefer.max_steps=6", "prefer.batch_size=2",
+                   "prefer.learning_rate=3e-2")
+    prompt = [SYSTEM, {"role": "user", "content": "is there a warranty"}]
+    good, bad = "Hi there, every device has a 1-year warranty.", "Hi there, call 1-800-223-7777 for a 90 days warranty."
+    write_votes(recipe, [vote(prompt, good, bad)])
+    all_bad = recipe.run_dir / "feedback" / "all_bad.jsonl"  # as kit.chat writes an all-bad vote
+    offline = [SYSTEM, {"role": "user", "content": "my plug is offline"}]
+    all_bad.write_text(json.dumps({"prompt": offline, "completion": [{"role": "assistant", "content": "Returns are free."}],
+                                   "label": False, "metadata": {"model": "tuned"}}) + "\n" + '{"prompt": "cut sh\n')
+    tokenizer = models.load_tokenizer(recipe.model)
+
+    def margin(model) -> float:
+        return prefer.completion_logprob(model, tokenizer, prompt, good) - prefer.completion_logprob(model, tokenizer, prompt, bad)
+
+    before = margin(models.load_tuned(recipe))
+    target = prefer.run(recipe)
+    after = margin(prefer.load_preferred(recipe))
+    assert after > before + 0.5, (before, after)
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["method"] == "kto" and manifest["rows"] == 3  # the pair's two answers and the all-bad one
+    assert manifest["pairs"]["all_bad"] == 1 and manifest["pairs"]["corrupt"] == ["all_bad.jsonl:2: not JSON"]
+    assert manifest["train_metrics"]["global_step"] == 6
+
+    rows = prefer.kto_rows(prefer.load_votes(recipe.run_dir / "feedback" / "preferences.jsonl").pairs,
+                           prefer.load_all_bad(all_bad).rows, seed=0)
+    assert sorted((row["completion"][0]["content"], row["label"]) for row in rows) == sorted(
+        [(good, True), (bad, False), ("Returns are free.", False)])
+
+    recipe.prefer.batch_size = 1
+    with pytest.raises(prefer.KitError, match="prefer.batch_size: KTO needs at least 2 answers a step"):
+        prefer.run(recipe)

@@ -294,6 +294,29 @@ def test_the_preferred_model_is_a_pane_and_votes_on_it_train_the_next_prefer_run
     assert row["metadata"]["chosen_model"] == best and pair.chosen != pair.rejected
 
 
+def test_model_promoted_chats_with_the_model_the_gate_promoted(tiny_recipe, capsys, monkeypatch):
+    from tests.test_runs import TUNED, write_gate
+
+    path = tiny_recipe()
+    recipe = load_recipe(path)
+    add_preferred(recipe)
+    write_gate(recipe, {**TUNED, "similarity": 0.6})
+    monkeypatch.setattr("sys.stdin", io.StringIO("where is my order\n\n/quit\n"))
+    chat.main([str(path), "--cli", "--model", "promoted"])
+    out = capsys.readouterr().out
+    assert "kit.chat: using preferred: kit.eval's gate promoted it over tuned" in out
+    assert "[preferred] " in out and "[base]" not in out
+
+    write_gate(recipe, {**TUNED, "fact_recall": 0.2})  # refused: tuned, which this run has not trained
+    with pytest.raises(SystemExit) as exit_info:
+        chat.main([str(path), "--cli", "--model", "promoted"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "kit.chat: using tuned: kit.eval's gate refused preferred (fact recall dropped: 0.200 < 0.400" in captured.out
+    assert captured.err.strip() == (f"error: --model: tuned: no tuned model in {recipe.run_dir}; run `python -m kit.sft "
+                                    "<recipe>` first")
+
+
 def test_votes_are_redacted_like_the_dataset(tiny_recipe):
     recipe = load_recipe(tiny_recipe(), ["data.pii.allowlist=[help@brightloop.example]"])
     question = "I'm jane.doe@example.com, call +44 20 7946 0958, card 4111 1111 1111 1111"

@@ -36,7 +36,6 @@ from kit.cli import ArgumentParser, add_recipe_arguments, run_cli
 from kit.errors import KitError
 from kit.feedback import Feedback, feedback_dir, load_feedback, record_vote
 from kit.masking import ensure_chat_template, render
-from kit.prefer import load_preferred
 from kit.recipe import ModelSection, Recipe, load_recipe
 from kit.runs import choose_model, student_dir
 
@@ -80,7 +79,7 @@ def load_models(recipe: Recipe, only: str | None = None) -> dict[str, ChatModel]
     tuned = models.load_tuned(recipe) if wanted("tuned") else None
     if tuned is not None:
         loaded["tuned"] = ChatModel("tuned", tuned.eval(), tokenizer, shared)
-    preferred = load_preferred(recipe) if wanted("preferred") else None  # saved with the tuned model's tokenizer
+    preferred = models.load_preferred(recipe) if wanted("preferred") else None  # saved with the tuned model's tokenizer
     if preferred is not None:
         loaded["preferred"] = ChatModel("preferred", preferred.eval(), tokenizer, shared)
     student = student_dir(recipe) if wanted("student") else None

@@ -747,11 +747,9 @@ def _load_preferred(recipe: Recipe, folder: Path):
     """kit.prefer's model in float32 on the CPU (its adapter merged), with the tokenizer it trained with."""
     import torch
 
-    from kit.prefer import load_preferred
-
     tokenizer = models.load_tokenizer(recipe.model, _tokenizer_source(folder, models.resolve(recipe.model.name)))
     ensure_chat_template(tokenizer)
-    merged = load_preferred(recipe, dtype=torch.float32).to("cpu").eval()
+    merged = models.load_preferred(recipe, dtype=torch.float32).to("cpu").eval()
     merged.config.name_or_path = f"kit/{recipe.name}-preferred"
     return merged, tokenizer
 

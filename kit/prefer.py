@@ -44,7 +44,7 @@ from kit.facts import FactBook
 from kit.feedback import ALL_BAD, PREFERENCES, feedback_dir, is_messages
 from kit.masking import ensure_chat_template, render
 from kit.recipe import Recipe, load_recipe
-from kit.runs import atomic_dir, package_versions, preferred_adapter, tuned_adapter, tuned_model_dir, write_json
+from kit.runs import atomic_dir, package_versions, tuned_adapter, tuned_model_dir, write_json
 
 CACHE_VERSION = 1
 
@@ -272,18 +272,6 @@ def completion_logprob(model, tokenizer, prompt: list[dict], completion: str) ->
 
 
 # ---------------------------------------------------------------- the stage
-
-
-def load_preferred(recipe: Recipe, dtype=None):
-    """The preferred model ready for inference (its adapter merged into what it was trained on), or None."""
-    folder = preferred_adapter(recipe)
-    if folder is None:
-        return None
-    manifest = json.loads((folder / "manifest.json").read_text())
-    # After a full/freeze run the adapter sits on <run>/model/; after LoRA on the recipe's model, resolved anew
-    # (the bundled model's cache folder may have moved since).
-    base = manifest["base"]["tuned_model"]
-    return models.load_model(recipe.model, adapter=folder, path=base, dtype=dtype).merge_and_unload()
 
 
 def _policy(recipe: Recipe, model_path: str):

@@ -597,7 +597,6 @@ def test_full_fine_tune_exports_its_whole_weights(tiny_recipe):
 
 
 def test_the_promoted_model_is_exported_by_default_and_model_overrides_it(tiny_recipe, capsys):
-    from kit.prefer import load_preferred
     from tests.test_chat import add_preferred
     from tests.test_runs import TUNED, write_gate
 
@@ -615,7 +614,7 @@ def test_the_promoted_model_is_exported_by_default_and_model_overrides_it(tiny_r
     folder = root / "preferred" / "merged"
     assert json.loads((folder / "kit_export.json").read_text())["model"] == "preferred"
     merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    reference = load_preferred(recipe, dtype=torch.float32).eval()
+    reference = models.load_preferred(recipe, dtype=torch.float32).eval()
     ids = AutoTokenizer.from_pretrained(folder)("where is my order", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, reference(ids).logits, atol=1e-4)  # kit.prefer's weights, merged

@@ -83,7 +83,7 @@ def test_dpo_on_a_toy_pair_raises_the_chosen_answer_over_the_rejected_one(fresh)
 
     before = margin(models.load_tuned(recipe))
     target = prefer.run(recipe)
-    after = margin(prefer.load_preferred(recipe))
+    after = margin(models.load_preferred(recipe))
     assert after > before + 0.5, (before, after)
 
     manifest = json.loads((target / "manifest.json").read_text())
@@ -241,7 +241,7 @@ def test_kto_on_single_answers_raises_the_desirable_answer_over_the_undesirable_
 
     before = margin(models.load_tuned(recipe))
     target = prefer.run(recipe)
-    after = margin(prefer.load_preferred(recipe))
+    after = margin(models.load_preferred(recipe))
     assert after > before + 0.5, (before, after)
     manifest = json.loads((target / "manifest.json").read_text())
     assert manifest["method"] == "kto" and manifest["rows"] == 3  # the pair's two answers and the all-bad one

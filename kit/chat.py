@@ -1,10 +1,12 @@
-"""Comparison arena: one customer message goes to base, tuned and student, the answers stream in side by side.
+"""Comparison arena: one customer message goes to base, tuned, preferred and student, the answers stream in side by side.
 
     python -m kit.chat recipes/quickstart.yaml [--blind] [--host 127.0.0.1] [--port 7860] [--auth user:pass]
     python -m kit.chat recipes/quickstart.yaml --cli      # the same comparison in the terminal
+    python -m kit.chat recipes/quickstart.yaml --cli --model promoted   # one model: the one kit.serve would serve
 
-Every model that exists for the run is shown: `base` always, `tuned` once kit.sft has finished, `student`
-once kit.distill has. Each is loaded once and shared by every browser session. In blind mode the answers
+Every model that exists for the run is shown: `base` always, `tuned` once kit.sft has finished, `preferred`
+once kit.prefer has, `student` once kit.distill has. Each is loaded once and shared by every browser session.
+Votes on the preferred model's answers are written like the others, so the next `kit.prefer` run learns from them. In blind mode the answers
 are labelled A/B/C in a random order per conversation; a vote (best answer, or all bad) is appended to
 `<run>/feedback/`: pairs to `preferences.jsonl` in TRL's preference format (prompt, chosen, rejected) so
 they can train DPO, all-bad votes to `all_bad.jsonl` in TRL's unpaired format (prompt, completion, label).
@@ -32,10 +34,10 @@ from typing import TextIO
 from kit import models
 from kit.cli import ArgumentParser, add_recipe_arguments, run_cli
 from kit.errors import KitError
-from kit.masking import ensure_chat_template, render
 from kit.feedback import Feedback, feedback_dir, load_feedback, record_vote
+from kit.masking import ensure_chat_template, render
 from kit.recipe import ModelSection, Recipe, load_recipe
-from kit.runs import student_dir
+from kit.runs import choose_model, student_dir
 
 LABELS = "ABCDEFGH"
 MAX_NEW_TOKENS_LIMIT = 1024  # the UI slider's top; a longer answer is not a support answer
@@ -55,25 +57,42 @@ class ChatModel:
     lock: threading.Lock = field(default_factory=threading.Lock)  # fast tokenizers are not re-entrant
 
 
-def load_models(recipe: Recipe) -> dict[str, ChatModel]:
-    """{"base", "tuned" (when trained), "student" (when distilled)}, each loaded once."""
-    model_path = models.resolve(recipe.model.name)
-    tokenizer = models.load_tokenizer(recipe.model, model_path)
-    ensure_chat_template(tokenizer)
-    shared = threading.Lock()  # base and tuned share one tokenizer, hence one lock
-    loaded = {"base": ChatModel("base", models.load_model(recipe.model, path=model_path).eval(), tokenizer, shared)}
+# The stage that writes each model, for the error when `--model` asks for one the run lacks.
+WRITTEN_BY = {"tuned": "kit.sft", "preferred": "kit.prefer", "student": "kit.distill"}
+
+
+def load_models(recipe: Recipe, only: str | None = None) -> dict[str, ChatModel]:
+    """{"base", "tuned" (when trained), "preferred" (when preference-tuned), "student" (when distilled)}, each loaded
+    once; `only`: that one model, or a KitError naming the command that writes it."""
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
+    loaded: dict[str, ChatModel] = {}
+    if only != "student":
+        model_path = models.resolve(recipe.model.name)
+        tokenizer = models.load_tokenizer(recipe.model, model_path)
+        ensure_chat_template(tokenizer)
+        shared = threading.Lock()  # base, tuned and preferred share one tokenizer, hence one lock
+    if wanted("base"):
+        loaded["base"] = ChatModel("base", models.load_model(recipe.model, path=model_path).eval(), tokenizer, shared)
     # An adapter is merged once at start: generation then runs at base speed, and each model is loaded once.
-    tuned = models.load_tuned(recipe)
+    tuned = models.load_tuned(recipe) if wanted("tuned") else None
     if tuned is not None:
         loaded["tuned"] = ChatModel("tuned", tuned.eval(), tokenizer, shared)
-    student = student_dir(recipe)
+    preferred = models.load_preferred(recipe) if wanted("preferred") else None  # saved with the tuned model's tokenizer
+    if preferred is not None:
+        loaded["preferred"] = ChatModel("preferred", preferred.eval(), tokenizer, shared)
+    student = student_dir(recipe) if wanted("student") else None
     if student is not None:
         section = ModelSection(name=str(student))
         student_tokenizer = models.load_tokenizer(section)
         ensure_chat_template(student_tokenizer)
         loaded["student"] = ChatModel("student", models.load_model(section).eval(), student_tokenizer)
+    if only is not None and only not in loaded:
+        raise KitError(f"--model: {only}: no {only} model in {recipe.run_dir}; run `python -m {WRITTEN_BY[only]} "
+                       "<recipe>` first")
     missing = [name for name in ("tuned", "student") if name not in loaded]
-    if missing:
+    if missing and only is None:
         print(f"kit.chat: {' and '.join(missing)} not in {recipe.run_dir} yet; showing {', '.join(loaded)}", flush=True)
     return loaded
 
@@ -541,6 +560,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth", metavar="USER:PASSWORD", help="require this login in the browser and for gradio_client")
     parser.add_argument("--blind", action="store_true", help="start in blind mode (same as --set chat.blind=true)")
     parser.add_argument("--cli", action="store_true", help="compare in the terminal instead of the browser")
+    parser.add_argument("--model", choices=["promoted", "base", "tuned", "preferred", "student"],
+                        help="chat with this one model instead of comparing them all; promoted: preferred when "
+                             "kit.eval's gate promoted it, else tuned")
     return parser
 
 
@@ -557,9 +579,15 @@ def main(argv: list[str] | None = None) -> None:
                 raise KitError("--host: give an address such as 127.0.0.1 or 0.0.0.0")
             recipe.chat.host = args.host.strip()
         auth = parse_auth(args.auth)
+        loaded = None
+        if args.model:
+            choice = choose_model(recipe, args.model)
+            if choice.note:
+                print(f"kit.chat: {choice.note}", flush=True)
+            loaded = load_models(recipe, only=choice.model)
         if args.cli:
-            return run_terminal(recipe)
-        return run(recipe, auth=auth)
+            return run_terminal(recipe, loaded=loaded)
+        return run(recipe, auth=auth, loaded=loaded)
 
     run_cli(work)
 

@@ -1,6 +1,10 @@
-"""Export for deployment: the tuned model (and the student) as an adapter, merged weights, GGUF and Ollama.
+"""Export for deployment: the promoted model (and the student) as an adapter, merged weights, GGUF and Ollama.
 
-    python -m kit.export recipes/quickstart.yaml [--format adapter|merged|gguf|ollama|all]
+    python -m kit.export recipes/quickstart.yaml [--format adapter|merged|gguf|ollama|all] [--model tuned|preferred|student]
+
+Which model (`export.model`, `--model`): by default the preferred one (`kit.prefer`'s) when `kit.eval`'s gate
+promoted it over tuned, else the tuned one, with a line saying why; the preferred model goes under
+`export/preferred/` (merged, gguf, ollama; its adapter is `<run>/preferred/` itself).
 
 Writes under `<run>/export/` (each folder appears whole or not at all):
 - `adapter/`: the PEFT adapter plus a model card (README.md: base model, data stats, metrics, recipe);
@@ -31,7 +35,7 @@ from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template
 from kit.recipe import ModelSection, Recipe, load_recipe
-from kit.runs import atomic_dir, package_versions, student_dir, tuned_adapter, umask
+from kit.runs import atomic_dir, choose_model, package_versions, preferred_adapter, student_dir, tuned_adapter, umask
 
 FORMATS = ("adapter", "merged", "gguf", "ollama")
 GGUF_TYPES = llama_cpp_gguf.TYPES  # largest first: the Modelfile points at the last one written
@@ -739,6 +743,17 @@ def _load_tuned(recipe: Recipe, kind: str, folder: Path):
     return merged, tokenizer
 
 
+def _load_preferred(recipe: Recipe, folder: Path):
+    """kit.prefer's model in float32 on the CPU (its adapter merged), with the tokenizer it trained with."""
+    import torch
+
+    tokenizer = models.load_tokenizer(recipe.model, _tokenizer_source(folder, models.resolve(recipe.model.name)))
+    ensure_chat_template(tokenizer)
+    merged = models.load_preferred(recipe, dtype=torch.float32).to("cpu").eval()
+    merged.config.name_or_path = f"kit/{recipe.name}-preferred"
+    return merged, tokenizer
+
+
 def _load_folder(folder: Path):
     import torch
 
@@ -763,23 +778,35 @@ def _gguf_check(label: str, section: ModelSection, path: str, tokenizer_path: st
 
 
 def run(recipe: Recipe) -> Path:
-    """Write every format in `export.formats` for the tuned model and, when complete, the student.
+    """Write every format in `export.formats` for the model `export.model` names and, when complete, the student.
 
-    Every problem (nothing trained yet, a model the GGUF writer does not support) is reported at once,
-    before anything is written. Returns `<run>/export/`.
+    `export.model: promoted` is the preferred model when kit.eval's gate promoted it over tuned, else the tuned
+    model (`kit.runs.promoted_model`; one line says why). Every problem (nothing trained yet, a model the GGUF
+    writer does not support) is reported at once, before anything is written. Returns `<run>/export/`.
     """
     formats = [name for name in FORMATS if name in recipe.export.formats]
     wants_gguf = "gguf" in formats or "ollama" in formats
     types = recipe.export.gguf_types
     root = recipe.run_dir / "export"
-    tuned = tuned_weights(recipe)
-    student = student_dir(recipe) if recipe.export.student else None
+    choice = choose_model(recipe, recipe.export.model)
+    if choice.note:
+        print(f"kit.export: {choice.note}", flush=True)
+    run_model = None if choice.model == "student" else choice.model  # tuned or preferred: the run's model
+    tuned = tuned_weights(recipe) if run_model else None
+    preferred = preferred_adapter(recipe) if run_model == "preferred" else None
+    student = student_dir(recipe) if recipe.export.student or choice.model == "student" else None
     problems = []
-    if tuned is None:
+    if run_model and tuned is None:
         problems.append(f"{recipe.run_dir}: no complete tuned model; run `python -m kit.sft` with this recipe first")
-    if wants_gguf and tuned is not None and tuned[0] == "model":
+    if run_model == "preferred" and preferred is None:
+        problems.append(f"export.model: preferred: no preferred model in {recipe.run_dir}; run `python -m kit.prefer` "
+                        "with this recipe first")
+    if choice.model == "student" and student is None:
+        problems.append(f"export.model: student: no complete student in {recipe.run_dir}; run `python -m kit.distill` "
+                        "with this recipe first")
+    if run_model and wants_gguf and tuned is not None and tuned[0] == "model":
         problems += _gguf_check("", ModelSection(name=str(tuned[1])), str(tuned[1]), str(tuned[1]), types)
-    elif wants_gguf:  # an adapter, or nothing trained yet: the base model decides
+    elif run_model and wants_gguf:  # an adapter, or nothing trained yet: the base model decides
         base = models.resolve(recipe.model.name)
         problems += _gguf_check("", recipe.model, base, _tokenizer_source(tuned[1], base) if tuned else base, types)
     if student is not None and wants_gguf:
@@ -787,8 +814,13 @@ def run(recipe: Recipe) -> Path:
     if problems:
         raise KitError("\n".join(problems))
 
-    kind, weights = tuned
-    jobs = [("tuned", root, recipe.name, {"model": "tuned", "base": recipe.model.name, kind: str(weights)})]
+    kind, weights = tuned or (None, None)
+    jobs = []
+    if run_model == "tuned":
+        jobs.append(("tuned", root, recipe.name, {"model": "tuned", "base": recipe.model.name, kind: str(weights)}))
+    elif run_model == "preferred":
+        jobs.append(("preferred", root / "preferred", f"{recipe.name}-preferred",
+                     {"model": "preferred", "base": recipe.model.name, "adapter": str(preferred)}))
     if student is not None:
         jobs.append(("student", root / "student", f"{recipe.name}-student", {"model": "student", "source": str(student)}))
     for label, folder, stem, info in jobs:
@@ -799,9 +831,17 @@ def run(recipe: Recipe) -> Path:
                 print(f"kit.export: adapter {path} (PEFT folder + model card README.md)", flush=True)
             else:
                 print(f"kit.export: no adapter to export: sft.method {recipe.sft.method} trains whole weights", flush=True)
+        elif "adapter" in formats and label == "preferred":
+            print(f"kit.export: no adapter export for preferred: its PEFT folder is {preferred}; `merged` and `gguf` "
+                  "write it for deployment", flush=True)
         if "merged" not in formats and not wants_gguf:
             continue
-        model, tokenizer = _load_tuned(recipe, kind, weights) if label == "tuned" else _load_folder(student)
+        if label == "tuned":
+            model, tokenizer = _load_tuned(recipe, kind, weights)
+        elif label == "preferred":
+            model, tokenizer = _load_preferred(recipe, preferred)
+        else:
+            model, tokenizer = _load_folder(student)
         if label == "student":
             base_folder = student
         else:
@@ -823,7 +863,12 @@ def run(recipe: Recipe) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = recipe_parser("python -m kit.export", "Export the tuned model (and the student) for deployment.")
+    parser = recipe_parser("python -m kit.export", "Export the promoted model (and the student) for deployment.")
+    parser.add_argument(
+        "--model",
+        choices=["promoted", "tuned", "preferred", "student"],
+        help="which model to write (same as --set export.model=...): default the promoted one; student: only the student",
+    )
     parser.add_argument(
         "--format",
         dest="formats",
@@ -834,7 +879,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def work() -> Path:
-        recipe = load_recipe(args.recipe, args.overrides)
+        recipe = load_recipe(args.recipe, [*args.overrides, *([f"export.model={args.model}"] if args.model else [])])
         if args.formats:
             recipe.export.formats = list(FORMATS) if "all" in args.formats else args.formats
         return run(recipe)

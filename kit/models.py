@@ -300,3 +300,17 @@ def load_tuned(recipe, dtype=None):
     if folder is not None:
         return load_model(recipe.model, path=str(folder), dtype=dtype)
     return None
+
+
+def load_preferred(recipe, dtype=None):
+    """The run's preferred model (`kit.prefer`'s adapter merged into what it was trained on), or None before it."""
+    from kit.runs import preferred_adapter
+
+    folder = preferred_adapter(recipe)
+    if folder is None:
+        return None
+    manifest = json.loads((folder / "manifest.json").read_text())
+    # After a full/freeze run the adapter sits on <run>/model/; after LoRA on the recipe's model, resolved anew
+    # (the bundled model's cache folder may have moved since).
+    base = manifest["base"]["tuned_model"]
+    return load_model(recipe.model, adapter=folder, path=base, dtype=dtype).merge_and_unload()

@@ -1,6 +1,7 @@
-"""Preference tuning: the tuned model learns which of two answers a support lead prefers (TRL's DPOTrainer).
+"""Preference tuning: the tuned model learns which answers a support lead prefers (TRL's DPOTrainer or KTOTrainer).
 
     python -m kit.prefer recipes/quickstart.yaml [--set prefer.max_prompts=32 ...]
+    python -m kit.prefer recipes/quickstart.yaml --resume     # continue after Ctrl-C or a crash
 
 Runs after `kit.sft`, on top of its adapter. The pairs come from (`prefer.sources`):
 - `votes`: the arena's blind votes, `<run>/feedback/preferences.jsonl` (TRL's conversational preference
@@ -13,17 +14,25 @@ Runs after `kit.sft`, on top of its adapter. The pairs come from (`prefer.source
   cached in `<run>/prefer_cache/mistakes.json`, keyed by the tuned weights, the data and the settings, so a
   rerun reuses them.
 
+`prefer.method: dpo` (the default) learns from the pairs; `kto` from single answers: each pair's chosen answer
+(desirable) and rejected one (undesirable), and the arena's all-bad answers, `<run>/feedback/all_bad.jsonl`
+(TRL's unpaired format), which DPO cannot use.
+
+Checkpoints go to `<run>/prefer_checkpoints/` every `prefer.save_steps` and on Ctrl-C; `--resume` continues from
+the newest complete one, and the folder is removed once the adapter is written.
+
 Writes `<run>/preferred/`: a PEFT adapter (for the base model, or for `<run>/model/` after a `full`/`freeze`
 run) with its tokenizer and `manifest.json`, built in a scratch folder beside it and renamed into place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import random
+import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,10 +41,10 @@ from kit import data, models
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.facts import FactBook
-from kit.feedback import PREFERENCES, feedback_dir, is_messages
+from kit.feedback import ALL_BAD, PREFERENCES, feedback_dir, is_messages
 from kit.masking import ensure_chat_template, render
 from kit.recipe import Recipe, load_recipe
-from kit.runs import atomic_dir, package_versions, preferred_adapter, tuned_adapter, tuned_model_dir, write_json
+from kit.runs import atomic_dir, package_versions, tuned_adapter, tuned_model_dir, write_json
 
 CACHE_VERSION = 1
 
@@ -88,6 +97,51 @@ def load_votes(path: Path) -> Votes:
                 continue
             votes.pairs.append(Pair(row["prompt"], row["chosen"], row["rejected"], "votes"))
     return votes
+
+
+@dataclass
+class AllBad:
+    """The arena's all-bad answers in TRL's unpaired format (prompt, completion, label False), and the lines that
+    could not be read."""
+
+    rows: list[dict] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)  # "all_bad.jsonl:<line>: <why>"
+
+
+def load_all_bad(path: Path) -> AllBad:
+    """Read an all_bad.jsonl; each unreadable line is listed in `corrupt` and skipped."""
+    found = AllBad()
+    if not path.is_file():
+        return found
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                found.corrupt.append(f"{path.name}:{number}: not JSON")
+                continue
+            bad = [key for key in ("prompt", "completion") if not isinstance(row, dict) or not is_messages(row.get(key))]
+            if bad or row.get("label") is not False:
+                found.corrupt.append(f"{path.name}:{number}: {', '.join(bad) or 'label'} missing or malformed")
+                continue
+            if row["prompt"][-1]["role"] != "user":
+                found.corrupt.append(f"{path.name}:{number}: prompt does not end with a user message")
+                continue
+            found.rows.append({"prompt": row["prompt"], "completion": row["completion"], "label": False})
+    return found
+
+
+def kto_rows(pairs: list[Pair], all_bad: list[dict], seed: int) -> list[dict]:
+    """KTO's single answers: each pair's chosen answer desirable (label True), its rejected one undesirable, and
+    every all-bad answer undesirable; shuffled (seeded) so that a pair's two answers rarely share a batch, where
+    KTO's KL estimate would pair an answer with its own prompt."""
+    rows = [row for pair in pairs for row in ({"prompt": pair.prompt, "completion": pair.chosen, "label": True},
+                                              {"prompt": pair.prompt, "completion": pair.rejected, "label": False})]
+    rows += [{"prompt": row["prompt"], "completion": row["completion"], "label": False} for row in all_bad]
+    random.Random(seed).shuffle(rows)
+    return rows
 
 
 def mistake_reasons(book: FactBook, answer: str, reference: str, prompt: str, min_rouge_l: float,
@@ -220,18 +274,6 @@ def completion_logprob(model, tokenizer, prompt: list[dict], completion: str) ->
 # ---------------------------------------------------------------- the stage
 
 
-def load_preferred(recipe: Recipe, dtype=None):
-    """The preferred model ready for inference (its adapter merged into what it was trained on), or None."""
-    folder = preferred_adapter(recipe)
-    if folder is None:
-        return None
-    manifest = json.loads((folder / "manifest.json").read_text())
-    # After a full/freeze run the adapter sits on <run>/model/; after LoRA on the recipe's model, resolved anew
-    # (the bundled model's cache folder may have moved since).
-    base = manifest["base"]["tuned_model"]
-    return models.load_model(recipe.model, adapter=folder, path=base, dtype=dtype).merge_and_unload()
-
-
 def _policy(recipe: Recipe, model_path: str):
     """(model to train, peft_config or None, what it sits on): the SFT adapter itself, or a new LoRA on a full tuned model."""
     from peft import LoraConfig, PeftModel
@@ -253,14 +295,15 @@ def _policy(recipe: Recipe, model_path: str):
                                                                       "sft_adapter": None}
 
 
-def _config(recipe: Recipe, output_dir: Path, pairs: int):
+def _config(recipe: Recipe, output_dir: Path, rows: int):
+    """TRL's DPOConfig, or KTOConfig for `prefer.method: kto`; `rows`: pairs (DPO) or single answers (KTO)."""
     import torch
-    from trl import DPOConfig
+    from trl import DPOConfig, KTOConfig
 
     p, cuda = recipe.prefer, torch.cuda.is_available()
-    return DPOConfig(
+    common = dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=min(p.batch_size, pairs),
+        per_device_train_batch_size=min(p.batch_size, rows),
         gradient_accumulation_steps=1,
         learning_rate=p.learning_rate,
         lr_scheduler_type=recipe.sft.lr_scheduler,
@@ -268,12 +311,11 @@ def _config(recipe: Recipe, output_dir: Path, pairs: int):
         num_train_epochs=p.epochs,
         max_steps=p.max_steps or -1,
         beta=p.beta,
-        loss_type=[p.loss_type, "sft"] if p.sft_weight else [p.loss_type],
-        loss_weights=[1.0, p.sft_weight] if p.sft_weight else None,
-        label_smoothing=0.1 if p.loss_type == "robust" else 0.0,
         max_length=recipe.sft.max_length,
         logging_steps=recipe.sft.logging_steps,
-        save_strategy="no",
+        save_strategy="steps",  # for --resume; the folder is removed once the preferred adapter is written
+        save_steps=p.save_steps,
+        save_total_limit=2,  # the newest complete checkpoint survives a kill while the next one is written
         report_to=[],
         seed=recipe.seed,
         data_seed=recipe.seed,
@@ -283,22 +325,44 @@ def _config(recipe: Recipe, output_dir: Path, pairs: int):
         use_cpu=not cuda,
         dataloader_num_workers=0,
     )
+    if p.method == "kto":
+        # KTOConfig keeps batches in dataset order ("sequential"): its KL estimate pairs each answer with the
+        # next row's prompt, which kit shuffles once, seeded (`kto_rows`).
+        return KTOConfig(**common)
+    return DPOConfig(
+        **common,
+        loss_type=[p.loss_type, "sft"] if p.sft_weight else [p.loss_type],
+        loss_weights=[1.0, p.sft_weight] if p.sft_weight else None,
+        label_smoothing=0.1 if p.loss_type == "robust" else 0.0,
+    )
 
 
-def run(recipe: Recipe, callbacks: list | None = None) -> Path:
+def run(recipe: Recipe, callbacks: list | None = None, resume: bool = False) -> Path:
     """Preference-tune the run's tuned model on votes and mistake pairs; returns `<run>/preferred/`.
 
-    `callbacks`: transformers `TrainerCallback`s handed to the DPOTrainer (progress bars, tests that observe it).
+    `prefer.method` picks TRL's DPOTrainer (pairs) or KTOTrainer (single answers: the pairs' answers, and the
+    arena's all-bad answers). `callbacks`: transformers `TrainerCallback`s handed to the trainer (progress bars,
+    tests that observe it).
+    `resume`: continue from the newest complete checkpoint in `<run>/prefer_checkpoints/` (Ctrl-C saves one; a
+    checkpoint is also saved every `prefer.save_steps`), on the same pairs (the mistakes come from the cache).
     """
     import torch
     from datasets import Dataset
     from transformers import set_seed
-    from trl import DPOTrainer
+    from trl import DPOTrainer, KTOTrainer
+
+    from kit.trainer import Guard, GuardCallback, last_complete_checkpoint
 
     started = time.time()
     print("kit.prefer: resolved recipe\n" + recipe.to_yaml(), flush=True)
     if tuned_adapter(recipe) is None and tuned_model_dir(recipe) is None:
         raise KitError(f"prefer: no tuned model in {recipe.run_dir}; run `python -m kit.sft <recipe>` first")
+    checkpoints = recipe.run_dir / "prefer_checkpoints"
+    resume_from = last_complete_checkpoint(checkpoints, True, "kit.prefer") if resume else None
+    if resume and resume_from is None:
+        raise KitError(f"--resume: no complete checkpoint in {checkpoints}; run without --resume to start")
+    if not resume:  # a fresh start: an earlier, interrupted run's checkpoints must not be resumed later by mistake
+        shutil.rmtree(checkpoints, ignore_errors=True)
     model_path = models.resolve(recipe.model.name)
     data.build(recipe)
     set_seed(recipe.seed)
@@ -307,7 +371,9 @@ def run(recipe: Recipe, callbacks: list | None = None) -> Path:
 
     sources = recipe.prefer.sources
     pairs: list[Pair] = []
-    counts = {"votes": 0, "mistakes": 0, "mistakes_checked": 0, "mistakes_cached": False, "corrupt": []}
+    kto = recipe.prefer.method == "kto"
+    all_bad: list[dict] = []
+    counts = {"votes": 0, "all_bad": 0, "mistakes": 0, "mistakes_checked": 0, "mistakes_cached": False, "corrupt": []}
     if "votes" in sources:
         path = feedback_dir(recipe) / PREFERENCES
         votes = load_votes(path)
@@ -317,28 +383,62 @@ def run(recipe: Recipe, callbacks: list | None = None) -> Path:
         pairs += votes.pairs
         counts.update(votes=len(votes.pairs), corrupt=votes.corrupt)
         print(f"kit.prefer: {len(votes.pairs)} preference pairs from the arena's votes ({path})", flush=True)
+        bad_path = feedback_dir(recipe) / ALL_BAD
+        bad = load_all_bad(bad_path)
+        if kto:
+            if bad.corrupt:
+                print(f"kit.prefer: {bad_path}: skipped {len(bad.corrupt)} corrupt line(s): " + "; ".join(bad.corrupt[:5]),
+                      flush=True)
+            all_bad = bad.rows
+            counts.update(all_bad=len(all_bad), corrupt=votes.corrupt + bad.corrupt)
+            print(f"kit.prefer: {len(all_bad)} answers voted all bad ({bad_path})", flush=True)
+        elif bad.rows:
+            print(f"kit.prefer: {len(bad.rows)} answers voted all bad ({bad_path}) have no better answer to pair with: "
+                  "DPO leaves them out; `prefer.method: kto` learns from them", flush=True)
     if "mistakes" in sources:
         mistakes = mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe))
         pairs += mistakes.pairs
         counts.update(mistakes=len(mistakes.pairs), mistakes_checked=mistakes.checked, mistakes_cached=mistakes.cached)
         print(f"kit.prefer: {len(mistakes.pairs)} of {mistakes.checked} answers on training prompts were mistakes", flush=True)
-    if not pairs:
+    if not pairs and not all_bad:
         raise KitError("prefer.sources: no preference pair to learn from; collect votes with `python -m kit.chat <recipe> "
                        "--blind`, or add `mistakes` to prefer.sources")
+    rows = kto_rows(pairs, all_bad, recipe.seed) if kto else [pair.row() for pair in pairs]
+    if kto and min(recipe.prefer.batch_size, len(rows)) < 2:
+        raise KitError(f"prefer.batch_size: KTO needs at least 2 answers a step (its KL estimate pairs each answer with "
+                       f"another row's prompt); have batch_size {recipe.prefer.batch_size} and {len(rows)} answer(s)")
 
     model, peft_config, base = _policy(recipe, model_path)
-    dataset = Dataset.from_list([pair.row() for pair in pairs])
-    checkpoints = recipe.run_dir / "prefer_checkpoints"
-    trainer = DPOTrainer(model=model, args=_config(recipe, checkpoints, len(pairs)), train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-    if len(trainer.train_dataset) == 0:  # TRL drops pairs whose prompt alone fills max_length
-        raise KitError(f"sft.max_length: every one of the {len(pairs)} preference prompts fills sft.max_length="
+    guard = Guard()
+    trainer_class = KTOTrainer if kto else DPOTrainer
+    # The guard last: it sees a Ctrl-C that arrived during this step's other callbacks, and saves at its end.
+    trainer = trainer_class(model=model, args=_config(recipe, checkpoints, len(rows)), train_dataset=Dataset.from_list(rows),
+                            processing_class=tokenizer, peft_config=peft_config,
+                            callbacks=[*(callbacks or []), GuardCallback(guard)])
+    what = "answers" if kto else "pairs"
+    if len(trainer.train_dataset) == 0:  # TRL drops rows whose prompt alone fills max_length
+        raise KitError(f"sft.max_length: every one of the {len(rows)} preference prompts fills sft.max_length="
                        f"{recipe.sft.max_length} tokens, leaving no answer to compare; raise it")
-    print(f"kit.prefer: DPO ({recipe.prefer.loss_type}, beta {recipe.prefer.beta}) on {len(trainer.train_dataset)} pairs",
-          flush=True)
-    result = trainer.train()
-    with contextlib.suppress(OSError):  # TRL creates the folder; with save_strategy "no" it stays empty
-        checkpoints.rmdir()
+    method = f"KTO (beta {recipe.prefer.beta})" if kto else f"DPO ({recipe.prefer.loss_type}, beta {recipe.prefer.beta})"
+    print(f"kit.prefer: {method} on {len(trainer.train_dataset)} {what}", flush=True)
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame):
+        if guard.interrupted:  # a second Ctrl-C stops at once
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        guard.interrupted = True
+        print("\nkit.prefer: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if guard.interrupted:
+        print(f"kit.prefer: interrupted at step {trainer.state.global_step}; checkpoint saved in {checkpoints}; "
+              "continue with: python -m kit.prefer <recipe> --resume", flush=True)
+        raise KeyboardInterrupt
     metrics = {**result.metrics, "global_step": trainer.state.global_step}
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
     if not all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss") and isinstance(v, float)):
@@ -351,8 +451,10 @@ def run(recipe: Recipe, callbacks: list | None = None) -> Path:
         tokenizer.save_pretrained(scratch)
         write_json(scratch / "manifest.json", {
             "stage": "prefer",
+            "method": recipe.prefer.method,
             "base": base,
             "pairs": {**counts, "total": len(pairs)},
+            "rows": len(rows),  # what the trainer got: pairs (DPO), or single answers (KTO)
             "recipe": recipe.model_dump(mode="json"),
             "versions": package_versions(),
             "device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -360,14 +462,17 @@ def run(recipe: Recipe, callbacks: list | None = None) -> Path:
             "log_history": history,
             "wall_seconds": round(time.time() - started, 1),
         })
-    print(f"kit.prefer: preferred adapter {target} ({len(pairs)} pairs, {time.time() - started:.0f}s)", flush=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the adapter is written: nothing left to resume
+    print(f"kit.prefer: preferred adapter {target} ({len(rows)} {what}, {time.time() - started:.0f}s)", flush=True)
     return target
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = recipe_parser("python -m kit.prefer", "Preference-tune the tuned model on votes and its own mistakes (DPO).")
+    parser = recipe_parser("python -m kit.prefer", "Preference-tune the tuned model on votes and its own mistakes (DPO or KTO).")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint in <run>/prefer_checkpoints (after Ctrl-C or a crash)")
     args = parser.parse_args(argv)
-    run_cli(lambda: run(load_recipe(args.recipe, args.overrides)))
+    run_cli(lambda: run(load_recipe(args.recipe, args.overrides), resume=args.resume))
 
 
 if __name__ == "__main__":

@@ -354,6 +354,12 @@ class ChatSection(Section):
 
 
 class ExportSection(Section):
+    model: Literal["promoted", "tuned", "preferred", "student"] = Field(
+        "promoted",
+        description="Which model `kit.export` writes (`--model` overrides it): `promoted` (the preferred model when "
+        "`kit.eval`'s gate promoted it over tuned, else tuned), or `tuned`, `preferred` (`kit.prefer`'s, under "
+        "`export/preferred/`) whatever the gate said; `student` writes only the student.",
+    )
     formats: list[Literal["adapter", "merged", "gguf", "ollama"]] = Field(
         default_factory=lambda: ["merged"],
         description="What `kit.export` writes (`--format` overrides it): `adapter` (PEFT folder + model card), "
@@ -384,10 +390,11 @@ class ExportSection(Section):
 
 
 class ServeSection(Section):
-    model: Literal["tuned", "student", "preferred"] = Field(
-        "tuned",
-        description="What `kit.serve` serves: the tuned model, the distilled student, or `preferred` (the one "
-        "testers picked more often in the chat arena; tuned on a tie).",
+    model: Literal["promoted", "tuned", "preferred", "student"] = Field(
+        "promoted",
+        description="What `kit.serve` serves (`--model` overrides it): `promoted` (the preferred model when "
+        "`kit.eval`'s gate promoted it over tuned, else tuned), or `tuned`, `preferred` (`kit.prefer`'s) or "
+        "`student` whatever the gate said. Each needs its GGUF export.",
     )
     gguf_type: Literal["f16", "q8_0", "Q6_K", "Q5_K_M", "Q4_K_M"] | None = Field(
         None, description="Which exported GGUF to serve; unset: the smallest in `export.gguf_types`."
@@ -502,9 +509,15 @@ class PreferSection(Section):
     enabled: bool = Field(
         False, description="Run preference tuning after SFT (from the pipeline); `python -m kit.prefer` runs it on its own."
     )
+    method: Literal["dpo", "kto"] = Field(
+        "dpo", description="`dpo` (TRL's DPOTrainer) learns from pairs, a better and a worse answer to one prompt; "
+        "`kto` (TRL's KTOTrainer) from single answers marked good or bad: each pair's two answers, and the arena's "
+        "all-bad votes (`feedback/all_bad.jsonl`), which DPO cannot use. `loss_type` and `sft_weight` are DPO's."
+    )
     sources: list[Literal["votes", "mistakes"]] = Field(
         default_factory=lambda: ["votes", "mistakes"], min_length=1,
-        description="Where the preference pairs come from: `votes` (the arena's `feedback/preferences.jsonl`) and "
+        description="Where the preference pairs come from: `votes` (the arena's `feedback/preferences.jsonl`, and "
+        "with `method: kto` its `all_bad.jsonl`) and "
         "`mistakes` (the tuned model's answers on training prompts that invent facts or contacts, contradict the "
         "reference's, or score below `min_rouge_l`, rejected in favour of the reference answer).",
     )
@@ -523,7 +536,7 @@ class PreferSection(Section):
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
         "sigmoid", description="TRL DPO loss: `sigmoid` (DPO), `ipo`, `hinge` or `robust` (noisy votes)."
     )
-    beta: float = Field(0.1, gt=0.0, description="DPO beta: higher stays closer to the tuned model.")
+    beta: float = Field(0.1, gt=0.0, description="DPO / KTO beta: higher stays closer to the tuned model.")
     sft_weight: float = Field(
         0.0, ge=0.0, description="Weight of an NLL term on the chosen answer added to the DPO loss (RPO): keeps the "
         "reference answers likely; 0 is plain DPO."
@@ -531,7 +544,11 @@ class PreferSection(Section):
     learning_rate: float = Field(5e-5, gt=0.0, description="Peak learning rate of the adapter.")
     epochs: float = Field(1.0, gt=0.0, description="Passes over the pairs (ignored if max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(4, ge=1, description="Preference pairs per step.")
+    batch_size: int = Field(4, ge=1, description="Preference pairs per step (`kto`: single answers, at least 2).")
+    save_steps: int = Field(
+        50, ge=1, description="Save a checkpoint to `<run>/prefer_checkpoints/` every this many steps (and on "
+        "Ctrl-C), for `python -m kit.prefer --resume`; removed once the preferred adapter is written."
+    )
 
 
 class Recipe(Section):
@@ -554,7 +571,7 @@ class Recipe(Section):
     )
     prefer: PreferSection = Field(
         default_factory=PreferSection,
-        description="Preference tuning (DPO) of the tuned adapter from votes and from the model's own mistakes "
+        description="Preference tuning (DPO or KTO) of the tuned adapter from votes and from the model's own mistakes "
         "(max_length, schedule and logging come from `sft`).",
     )
 

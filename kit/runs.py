@@ -1,4 +1,5 @@
-"""A run's folder: atomic writes, package versions and the manifest that marks work complete."""
+"""A run's folder: atomic writes, package versions, the manifest that marks work complete, and which of its
+models is promoted (`promoted_model`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -106,6 +108,51 @@ def preferred_adapter(recipe) -> Path | None:
     if (folder / "manifest.json").is_file() and (folder / "adapter_config.json").is_file():
         return folder
     return None
+
+
+def eval_metrics_path(recipe) -> Path:
+    """Where `kit.eval` writes its metrics, the gate's decisions among them (`gate`)."""
+    return recipe.run_dir / "eval" / "metrics.json"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The model a one-model stage (kit.export, kit.serve) uses, and the line that says why."""
+
+    model: str  # "tuned", "preferred" or "student"
+    note: str | None = None  # for the terminal; None when there was nothing to decide
+
+
+def promoted_model(recipe) -> Choice:
+    """`preferred` when kit.eval's gate promoted it over tuned, else `tuned`: the one place this is decided.
+
+    The note names the failed checks, or says that no eval has judged the preferred model yet (none ran, or
+    kit.prefer wrote a new one since). Without a preferred model there is nothing to decide: tuned, no note.
+    """
+    preferred = preferred_adapter(recipe)
+    if preferred is None:
+        return Choice("tuned")
+    path = eval_metrics_path(recipe)
+    try:
+        decision = json.loads(path.read_text(encoding="utf-8"))["gate"]["preferred"]
+        judged = path.stat().st_mtime_ns >= (preferred / "manifest.json").stat().st_mtime_ns
+    except (OSError, ValueError, KeyError, TypeError):  # no eval yet, a damaged file, or no preferred row in it
+        decision, judged = None, False
+    if not isinstance(decision, dict):
+        return Choice("tuned", "using tuned: no kit.eval has judged the preferred model yet; run `python -m kit.eval "
+                               "<recipe>` (or choose it with --model preferred)")
+    if not judged:
+        return Choice("tuned", "using tuned: kit.prefer wrote the preferred model after the last kit.eval, which has not "
+                               "judged it yet; run `python -m kit.eval <recipe>` (or choose it with --model preferred)")
+    if decision.get("promoted") is True:
+        return Choice("preferred", "using preferred: kit.eval's gate promoted it over tuned")
+    reasons = "; ".join(str(reason) for reason in decision.get("reasons") or []) or "it was refused"
+    return Choice("tuned", f"using tuned: kit.eval's gate refused preferred ({reasons})")
+
+
+def choose_model(recipe, choice: str) -> Choice:
+    """`choice` as a recipe names it (`promoted`, `tuned`, `preferred`, `student`), resolved."""
+    return promoted_model(recipe) if choice == "promoted" else Choice(choice)
 
 
 def cross_validation_path(recipe) -> Path:

@@ -1,11 +1,13 @@
 """The tuned model behind an OpenAI-compatible HTTP API, for applications to call.
 
-    python -m kit.serve recipes/quickstart.yaml [--set serve.port=8001] [--set serve.model=student]
+    python -m kit.serve recipes/quickstart.yaml [--model tuned|preferred|student] [--set serve.port=8001]
 
 Serves the run's exported GGUF (`python -m kit.export RECIPE --format gguf` writes it) with llama.cpp's
 OpenAI-compatible server from `llama-cpp-python[server]`: `POST /v1/chat/completions` (streamed or not),
-`POST /v1/completions`, `GET /v1/models`. The model's name in the API is the recipe's name (`-student` for
-the student). It listens on 127.0.0.1 unless `serve.host` says otherwise; when the environment variable named
+`POST /v1/completions`, `GET /v1/models`. By default (`serve.model: promoted`) it serves the preferred model
+(`kit.prefer`'s) when `kit.eval`'s gate promoted it over tuned, else the tuned model, and says why in one line.
+The model's name in the API is the recipe's name (`-preferred` for the preferred model, `-student` for the
+student). It listens on 127.0.0.1 unless `serve.host` says otherwise; when the environment variable named
 by `serve.api_key_env` (default `KIT_API_KEY`) is set, every request needs `Authorization: Bearer <key>`.
 Prompts are built with the chat template embedded in the GGUF, the one used in training, and a request without
 a system message gets the recipe's `data.system_prompt`, as every training conversation had.
@@ -25,8 +27,10 @@ from pathlib import Path
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.recipe import Recipe, load_recipe
+from kit.runs import choose_model
 
 INSTALL = "pip install 'llama-cpp-python[server]==0.3.36'"
+MODELS = ("promoted", "tuned", "preferred", "student")
 
 
 @dataclass(frozen=True)
@@ -36,27 +40,25 @@ class Served:
     name: str  # the model id clients send
     gguf: Path
     system_prompt: str | None
+    model: str = "tuned"  # which of the run's models: tuned, preferred or student
+    note: str | None = None  # why, when the gate chose it (`serve.model: promoted`)
 
 
-def chosen_model(recipe: Recipe) -> str:
-    """`serve.model`, with `preferred` resolved to the model testers picked most often in the chat arena."""
-    choice = recipe.serve.model
-    if choice != "preferred":
-        return choice
-    from kit.chat import load_feedback
-
-    best = load_feedback(recipe).best
-    return "student" if best.get("student", 0) > best.get("tuned", 0) else "tuned"
+# The model -> (its folder under <run>/export/, the suffix of its file names and API name)
+EXPORTS = {"tuned": ("", ""), "preferred": ("preferred/", "-preferred"), "student": ("student/", "-student")}
 
 
 def served_model(recipe: Recipe) -> Served:
-    """The GGUF file to serve, or a KitError that says which command writes it."""
-    model = chosen_model(recipe)
-    folder = recipe.run_dir / "export" / ("student/gguf" if model == "student" else "gguf")
-    name = recipe.name + ("-student" if model == "student" else "")
+    """The GGUF file to serve (`serve.model`, `promoted` resolved by the gate), or a KitError that says which
+    command writes it."""
+    choice = choose_model(recipe, recipe.serve.model)
+    model = choice.model
+    where, suffix = EXPORTS[model]
+    folder = recipe.run_dir / "export" / f"{where}gguf"
+    name = recipe.name + suffix
     info = folder / "kit_export.json"
     written = json.loads(info.read_text()).get("gguf_types", []) if info.is_file() else []
-    command = "python -m kit.export RECIPE --format gguf" + (" (with distill finished)" if model == "student" else "")
+    command = f"python -m kit.export RECIPE --format gguf --model {model}"
     if not written:
         raise KitError(f"serve.model: {model}: no GGUF export in {folder}; run `{command}` first")
     kind = recipe.serve.gguf_type or written[-1]  # the smallest written
@@ -65,7 +67,8 @@ def served_model(recipe: Recipe) -> Served:
             f"serve.gguf_type: {kind} was not exported (have {', '.join(written)}); add it to export.gguf_types "
             f"and run `{command}`"
         )
-    return Served(name=name, gguf=folder / f"{name}-{kind}.gguf", system_prompt=recipe.data.system_prompt)
+    return Served(name=name, gguf=folder / f"{name}-{kind}.gguf", system_prompt=recipe.data.system_prompt,
+                  model=model, note=choice.note)
 
 
 class DefaultSystemPrompt:
@@ -146,8 +149,10 @@ def run(recipe: Recipe) -> None:
             f"serve.host: {recipe.serve.host} is reachable from other machines; set {recipe.serve.api_key_env} "
             f"to an API key first (or serve on 127.0.0.1)"
         )
-    app = create_app(recipe, api_key)
     served = served_model(recipe)
+    if served.note:
+        print(f"kit.serve: {served.note}", flush=True)
+    app = create_app(recipe, api_key)
     print(
         f"kit.serve: {served.name} ({served.gguf.name}) on http://{recipe.serve.host}:{recipe.serve.port}/v1"
         + (f", API key from ${recipe.serve.api_key_env}" if api_key else ", no API key"),
@@ -157,9 +162,12 @@ def run(recipe: Recipe) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = recipe_parser("python -m kit.serve", "Serve the tuned model behind an OpenAI-compatible API.")
+    parser = recipe_parser("python -m kit.serve", "Serve the promoted model behind an OpenAI-compatible API.")
+    parser.add_argument("--model", choices=MODELS,
+                        help="which model to serve (same as --set serve.model=...); default: the promoted one")
     args = parser.parse_args(argv)
-    run_cli(lambda: run(load_recipe(args.recipe, args.overrides)))
+    overrides = [*args.overrides, *([f"serve.model={args.model}"] if args.model else [])]
+    run_cli(lambda: run(load_recipe(args.recipe, overrides)))
 
 
 if __name__ == "__main__":

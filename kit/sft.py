@@ -185,25 +185,6 @@ def build_model(recipe: Recipe, model_path: str, attention: str = "sdpa", cpu_bf
 # ---------------------------------------------------------------- the trainer and its guards
 
 
-def last_complete_checkpoint(folder: Path, remove_incomplete: bool) -> Path | None:
-    """The newest checkpoint whose trainer_state.json (the Trainer writes it last) is whole.
-
-    A run killed while saving leaves a newer, partial folder: it is removed (rank 0) rather than resumed from.
-    """
-    import shutil
-
-    complete = None
-    for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1])):
-        try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
-            complete = checkpoint
-        except (OSError, ValueError):
-            if remove_incomplete:
-                print(f"kit.sft: removing {checkpoint}: incomplete (the run was killed while saving it)", flush=True)
-                shutil.rmtree(checkpoint, ignore_errors=True)
-    return complete
-
-
 def _packing(recipe: Recipe, model) -> bool:
     if recipe.sft.packing is not None:
         return recipe.sft.packing
@@ -277,7 +258,8 @@ def run(recipe: Recipe, resume: bool = False, preflight_only: bool = False, call
 def train(recipe: Recipe, conversations: TrainingData, resume: bool = False, preflight_only: bool = False,
           callbacks=()) -> Path:
     """Fine-tune the recipe's model on `conversations`; writes the adapter or model, then the manifest."""
-    from kit.trainer import Guard, GuardCallback, KitSFTTrainer, training_arguments  # first: it quiets a notice
+    from kit.trainer import (Guard, GuardCallback, KitSFTTrainer, last_complete_checkpoint,  # first: it quiets a notice
+                             training_arguments)
 
     import torch
     from accelerate import PartialState
@@ -306,7 +288,7 @@ def train(recipe: Recipe, conversations: TrainingData, resume: bool = False, pre
             raise KitError(f"sft.report_to: {recipe.sft.report_to} is not installed; `pip install {recipe.sft.report_to}` "
                            "or use sft.report_to=tensorboard (or none)")
     checkpoints = run_dir / "checkpoints"
-    resume_from = last_complete_checkpoint(checkpoints, main) if resume else None
+    resume_from = last_complete_checkpoint(checkpoints, main, "kit.sft") if resume else None
     if resume and resume_from is None:
         raise KitError(f"--resume: no complete checkpoint in {checkpoints}; run without --resume to start")
     plan = speed.plan_for(recipe, model_path)

@@ -6,7 +6,8 @@
 - `lora_config(recipe)`: the one LoRA/DoRA config;
 - `KitSFTTrainer` (SFT) and `KDTrainer` (offline distillation): TRL's `SFTTrainer` with public hooks
   overridden, as TRL's own trainers do (`create_optimizer`, `training_step`, `compute_loss`, `log`);
-- `Guard` + `GuardCallback`: the stop on a non-finite loss and on Ctrl-C, through the callback API;
+- `Guard` + `GuardCallback`: the stop on a non-finite loss and on Ctrl-C, through the callback API (also
+  `kit.prefer`'s), and `last_complete_checkpoint`, where `--resume` continues from (kit.sft, kit.prefer);
 - `write_manifest`: the manifest every stage writes last, so that its presence means the work is complete.
 
 Library internals and process-wide settings kit still touches during training, each because no public path
@@ -23,6 +24,8 @@ exists (all of them made from this module, except the malloc setting, which `kit
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +141,23 @@ def write_manifest(path: Path, stage: str, recipe: Recipe, started: float, **fie
     }
     write_json(path, manifest)
     return manifest
+
+
+def last_complete_checkpoint(folder: Path, remove_incomplete: bool, stage: str) -> Path | None:
+    """The newest checkpoint whose trainer_state.json (the Trainer writes it last) is whole (kit.sft, kit.prefer).
+
+    A run killed while saving leaves a newer, partial folder: it is removed (rank 0) rather than resumed from.
+    """
+    complete = None
+    for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1])):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            complete = checkpoint
+        except (OSError, ValueError):
+            if remove_incomplete:
+                print(f"{stage}: removing {checkpoint}: incomplete (the run was killed while saving it)", flush=True)
+                shutil.rmtree(checkpoint, ignore_errors=True)
+    return complete
 
 
 # ---------------------------------------------------------------- guards

@@ -5,10 +5,10 @@ import socket
 
 import pytest
 
-from kit import chat, sft
-from kit.feedback import load_feedback, record_vote
+from kit import chat, models, prefer, sft
+from kit.feedback import PREFERENCES, feedback_dir, load_feedback, record_vote
 from kit.recipe import load_recipe
-from kit.runs import student_dir
+from kit.runs import preferred_adapter, student_dir
 from tests.conftest import build_tiny_model
 
 
@@ -37,6 +37,19 @@ def add_student(recipe) -> None:
     build_tiny_model(folder, seed=7, num_layers=1)
     (folder / "manifest.json").write_text("{}")
     assert student_dir(recipe) == folder
+
+
+def add_preferred(recipe) -> None:
+    """What kit.prefer leaves behind: a LoRA adapter on the base model (random, so it answers differently) with
+    its tokenizer, the manifest written last."""
+    from peft import LoraConfig, get_peft_model
+
+    folder = recipe.run_dir / "preferred"
+    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(models.load_model(recipe.model), config).save_pretrained(folder)
+    models.load_tokenizer(recipe.model).save_pretrained(folder)
+    (folder / "manifest.json").write_text(json.dumps({"stage": "prefer", "base": {"tuned_model": None}}))
+    assert preferred_adapter(recipe) == folder
 
 
 @pytest.fixture
@@ -260,6 +273,48 @@ def test_terminal_compares_streams_and_votes(student_recipe):
     row = json.loads((recipe.run_dir / "feedback" / "preferences.jsonl").read_text())
     assert row["prompt"][-1] == {"role": "user", "content": "where is my order"}
     assert row["metadata"]["source"] == "cli" and row["metadata"]["blind"] is True
+
+
+def test_the_preferred_model_is_a_pane_and_votes_on_it_train_the_next_prefer_run(tiny_recipe):
+    recipe = load_recipe(tiny_recipe(), ["chat.blind=true", "chat.max_new_tokens=12"])
+    add_preferred(recipe)
+    loaded = chat.load_models(recipe)
+    assert list(loaded) == ["base", "preferred"]
+    assert not all(p.equal(q) for p, q in zip(loaded["base"].model.parameters(), loaded["preferred"].model.parameters()))
+    out = io.StringIO()
+    chat.run_terminal(recipe, io.StringIO("where is my order\nA\n/new\n/quit\n"), out, loaded=loaded)
+    shown = out.getvalue().split("Last conversation: ")[1].splitlines()[0]  # "A = preferred, B = base" or the reverse
+    best = dict(pair.split(" = ") for pair in shown.split(", "))["A"]
+    votes = prefer.load_votes(feedback_dir(recipe) / PREFERENCES)
+    assert votes.corrupt == [] and len(votes.pairs) == 1, out.getvalue()
+    [pair] = votes.pairs
+    assert pair.prompt[-1] == {"role": "user", "content": "where is my order"}
+    row = json.loads((feedback_dir(recipe) / PREFERENCES).read_text())
+    assert {row["metadata"]["chosen_model"], row["metadata"]["rejected_model"]} == {"base", "preferred"}
+    assert row["metadata"]["chosen_model"] == best and pair.chosen != pair.rejected
+
+
+def test_model_promoted_chats_with_the_model_the_gate_promoted(tiny_recipe, capsys, monkeypatch):
+    from tests.test_runs import TUNED, write_gate
+
+    path = tiny_recipe()
+    recipe = load_recipe(path)
+    add_preferred(recipe)
+    write_gate(recipe, {**TUNED, "similarity": 0.6})
+    monkeypatch.setattr("sys.stdin", io.StringIO("where is my order\n\n/quit\n"))
+    chat.main([str(path), "--cli", "--model", "promoted"])
+    out = capsys.readouterr().out
+    assert "kit.chat: using preferred: kit.eval's gate promoted it over tuned" in out
+    assert "[preferred] " in out and "[base]" not in out
+
+    write_gate(recipe, {**TUNED, "fact_recall": 0.2})  # refused: tuned, which this run has not trained
+    with pytest.raises(SystemExit) as exit_info:
+        chat.main([str(path), "--cli", "--model", "promoted"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "kit.chat: using tuned: kit.eval's gate refused preferred (fact recall dropped: 0.200 < 0.400" in captured.out
+    assert captured.err.strip() == (f"error: --model: tuned: no tuned model in {recipe.run_dir}; run `python -m kit.sft "
+                                    "<recipe>` first")
 
 
 def test_votes_are_redacted_like_the_dataset(tiny_recipe):

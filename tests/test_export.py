@@ -594,3 +594,44 @@ def test_full_fine_tune_exports_its_whole_weights(tiny_recipe):
     trained = AutoModelForCausalLM.from_pretrained(recipe.run_dir / "model", dtype=torch.float32)
     for (name, a), (_, b) in zip(merged.state_dict().items(), trained.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_the_promoted_model_is_exported_by_default_and_model_overrides_it(tiny_recipe, capsys):
+    from tests.test_chat import add_preferred
+    from tests.test_runs import TUNED, write_gate
+
+    path = tiny_recipe(export={"formats": ["merged"]})
+    recipe = load_recipe(path, ["sft.max_steps=1"])
+    sft.run(recipe)
+    add_preferred(recipe)
+    root = recipe.run_dir / "export"
+
+    write_gate(recipe, {**TUNED, "similarity": 0.59})  # no worse anywhere: promoted
+    capsys.readouterr()
+    export.run(recipe)
+    assert "kit.export: using preferred: kit.eval's gate promoted it over tuned" in capsys.readouterr().out
+    assert not (root / "merged").exists()
+    folder = root / "preferred" / "merged"
+    assert json.loads((folder / "kit_export.json").read_text())["model"] == "preferred"
+    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    reference = models.load_preferred(recipe, dtype=torch.float32).eval()
+    ids = AutoTokenizer.from_pretrained(folder)("where is my order", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, reference(ids).logits, atol=1e-4)  # kit.prefer's weights, merged
+        assert not torch.allclose(merged(ids).logits, models.load_tuned(recipe, dtype=torch.float32)(ids).logits, atol=1e-3)
+
+    write_gate(recipe, {**TUNED, "invented_contacts": 5})  # refused: the tuned model, and the failed check named
+    export.run(recipe)
+    assert ("kit.export: using tuned: kit.eval's gate refused preferred (invented contacts rose: 5 > 3 (allowed <= 3))"
+            in capsys.readouterr().out)
+    assert json.loads((root / "merged" / "kit_export.json").read_text())["model"] == "tuned"
+
+    shutil.rmtree(root / "preferred")  # an explicit --model beats the gate, and says nothing about it
+    export.main([str(path), "--model", "preferred"])
+    assert "gate" not in capsys.readouterr().out
+    assert json.loads((root / "preferred" / "merged" / "kit_export.json").read_text())["model"] == "preferred"
+    with pytest.raises(SystemExit) as exit_info:
+        export.main([str(path), "--model", "student"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("no complete student in "
+                                                    f"{recipe.run_dir}; run `python -m kit.distill` with this recipe first")

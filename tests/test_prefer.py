@@ -83,7 +83,7 @@ def test_dpo_on_a_toy_pair_raises_the_chosen_answer_over_the_rejected_one(fresh)
 
     before = margin(models.load_tuned(recipe))
     target = prefer.run(recipe)
-    after = margin(prefer.load_preferred(recipe))
+    after = margin(models.load_preferred(recipe))
     assert after > before + 0.5, (before, after)
 
     manifest = json.loads((target / "manifest.json").read_text())
@@ -176,3 +176,83 @@ def test_cli_without_a_tuned_model_is_one_clear_line(tmp_path, tiny_model_dir):
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: prefer: no tuned model in {tmp_path / 'runs' / 'tiny'}; run `python -m kit.sft <recipe>` first"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_ends_where_an_uninterrupted_run_does(fresh):
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    recipe = fresh("prefer.sources=[votes]", "prefer.max_steps=3", "prefer.batch_size=1")
+    prompt = [SYSTEM, {"role": "user", "content": "is there a warranty"}]
+    write_votes(recipe, [vote(prompt, "Hi there, every device has a 1-year warranty.", "Hi there, 90 days."),
+                         vote(MULTI_TURN, "Hi there, unplug it for 30 seconds.", "Hi there, returns are free.")])
+    checkpoints = recipe.run_dir / "prefer_checkpoints"
+    with pytest.raises(prefer.KitError, match="--resume: no complete checkpoint in .*prefer_checkpoints"):
+        prefer.run(recipe, resume=True)
+
+    class CtrlC(TrainerCallback):  # the user presses Ctrl-C during step 1
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    class Steps(TrainerCallback):
+        def __init__(self):
+            self.seen = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seen.append(state.global_step)
+
+    with pytest.raises(KeyboardInterrupt):
+        prefer.run(recipe, callbacks=[CtrlC()])
+    assert [p.name for p in checkpoints.glob("checkpoint-*")] == ["checkpoint-1"]
+    assert not (recipe.run_dir / "preferred").exists()
+
+    steps = Steps()
+    target = prefer.run(recipe, callbacks=[steps], resume=True)
+    assert steps.seen == [2, 3], "resumed after step 1, not from the start"
+    assert json.loads((target / "manifest.json").read_text())["train_metrics"]["global_step"] == 3
+    assert not checkpoints.exists(), "checkpoints are removed once the adapter is written"
+    resumed = load_file(target / "adapter_model.safetensors")
+
+    prefer.run(recipe)  # the same three steps without a break
+    whole = load_file(target / "adapter_model.safetensors")
+    start = load_file(recipe.run_dir / "adapter" / "adapter_model.safetensors")
+    assert any(not torch.equal(whole[name], start[name]) for name in whole)
+    for name in whole:
+        assert torch.allclose(resumed[name], whole[name], atol=1e-5), name
+
+
+def test_kto_on_single_answers_raises_the_desirable_answer_over_the_undesirable_one(fresh):
+    recipe = fresh("prefer.method=kto", "prefer.sources=[votes]", "prefer.max_steps=6", "prefer.batch_size=2",
+                   "prefer.learning_rate=3e-2")
+    prompt = [SYSTEM, {"role": "user", "content": "is there a warranty"}]
+    good, bad = "Hi there, every device has a 1-year warranty.", "Hi there, call 1-800-223-7777 for a 90 days warranty."
+    write_votes(recipe, [vote(prompt, good, bad)])
+    all_bad = recipe.run_dir / "feedback" / "all_bad.jsonl"  # as kit.chat writes an all-bad vote
+    offline = [SYSTEM, {"role": "user", "content": "my plug is offline"}]
+    all_bad.write_text(json.dumps({"prompt": offline, "completion": [{"role": "assistant", "content": "Returns are free."}],
+                                   "label": False, "metadata": {"model": "tuned"}}) + "\n" + '{"prompt": "cut sh\n')
+    tokenizer = models.load_tokenizer(recipe.model)
+
+    def margin(model) -> float:
+        return prefer.completion_logprob(model, tokenizer, prompt, good) - prefer.completion_logprob(model, tokenizer, prompt, bad)
+
+    before = margin(models.load_tuned(recipe))
+    target = prefer.run(recipe)
+    after = margin(models.load_preferred(recipe))
+    assert after > before + 0.5, (before, after)
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert manifest["method"] == "kto" and manifest["rows"] == 3  # the pair's two answers and the all-bad one
+    assert manifest["pairs"]["all_bad"] == 1 and manifest["pairs"]["corrupt"] == ["all_bad.jsonl:2: not JSON"]
+    assert manifest["train_metrics"]["global_step"] == 6
+
+    rows = prefer.kto_rows(prefer.load_votes(recipe.run_dir / "feedback" / "preferences.jsonl").pairs,
+                           prefer.load_all_bad(all_bad).rows, seed=0)
+    assert sorted((row["completion"][0]["content"], row["label"]) for row in rows) == sorted(
+        [(good, True), (bad, False), ("Returns are free.", False)])
+
+    recipe.prefer.batch_size = 1
+    with pytest.raises(prefer.KitError, match="prefer.batch_size: KTO needs at least 2 answers a step"):
+        prefer.run(recipe)

@@ -27,14 +27,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def exported(recipe, tiny_model_dir, types=("f16",)):
-    """Write `<run>/export/gguf/` as kit.export does, with kit's own writer (no converter needed)."""
-    folder = recipe.run_dir / "export" / "gguf"
+def exported(recipe, tiny_model_dir, types=("f16",), model_name="tuned"):
+    """Write `<run>/export/gguf/` (`preferred/gguf/` for the preferred model) as kit.export does, with kit's own
+    writer (no converter needed)."""
+    folder = recipe.run_dir / "export" / ("gguf" if model_name == "tuned" else f"{model_name}/gguf")
+    stem = recipe.name if model_name == "tuned" else f"{recipe.name}-{model_name}"
     folder.mkdir(parents=True)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     for kind in types:
-        export.write_gguf(model, tokenizer, folder / f"{recipe.name}-{kind}.gguf", kind, name=recipe.name)
+        export.write_gguf(model, tokenizer, folder / f"{stem}-{kind}.gguf", kind, name=stem)
     (folder / "kit_export.json").write_text(json.dumps({"gguf_types": list(types)}))
     return folder
 
@@ -113,7 +115,7 @@ def test_api_key_is_required(server):
 
 def test_serve_needs_an_export_and_refuses_an_open_host_without_a_key(tiny_recipe, tiny_model_dir, monkeypatch):
     recipe = load_recipe(tiny_recipe())
-    with pytest.raises(KitError, match="no GGUF export .* run `python -m kit.export RECIPE --format gguf`"):
+    with pytest.raises(KitError, match="no GGUF export .* run `python -m kit.export RECIPE --format gguf --model tuned`"):
         serve.served_model(recipe)
     exported(recipe, tiny_model_dir, types=("f16", "q8_0"))
     assert serve.served_model(recipe).gguf.name == "tiny-q8_0.gguf"  # the smallest by default
@@ -134,20 +136,32 @@ def test_cli_error_is_one_line(tiny_recipe, capsys):
     assert error.startswith("error: serve.model: tuned: no GGUF export") and "\n" not in error
 
 
-def test_preferred_is_the_model_testers_picked_more_often(tiny_recipe):
-    from kit.chat import record_vote
+def test_the_promoted_model_is_served_by_default_and_model_overrides_it(tiny_recipe, tiny_model_dir, capsys):
+    from tests.test_runs import TUNED, fake_preferred, write_gate
 
-    recipe = load_recipe(tiny_recipe(), ["serve.model=preferred"])
-    assert serve.chosen_model(recipe) == "tuned"  # no votes: tuned
-    prompt = [{"role": "user", "content": "where is my order"}]
-    for best, answers in (("student", ("Soon.", "In 3-5 days.")), ("student", ("Tomorrow.", "Today.")),
-                          ("tuned", ("Next week.", "Monday."))):
-        turn = {"conversations": {"tuned": prompt, "student": prompt},
-                "answers": {"tuned": answers[0], "student": answers[1]}}
-        record_vote(recipe, turn, best, blind=True, source="test")
-    assert serve.chosen_model(recipe) == "student"
-    recipe.serve.model = "tuned"
-    assert serve.chosen_model(recipe) == "tuned"
+    recipe = load_recipe(tiny_recipe())
+    exported(recipe, tiny_model_dir)
+    exported(recipe, tiny_model_dir, model_name="preferred")
+    fake_preferred(recipe)
+    write_gate(recipe, {**TUNED, "fact_recall": 0.45})  # no worse anywhere: promoted
+    served = serve.served_model(recipe)
+    assert (served.model, served.name, served.gguf.name) == ("preferred", "tiny-preferred", "tiny-preferred-f16.gguf")
+    assert served.gguf.is_file() and served.note == "using preferred: kit.eval's gate promoted it over tuned"
+
+    write_gate(recipe, {**TUNED, "intent_accuracy": 0.31})  # refused: the tuned model, and the failed check named
+    served = serve.served_model(recipe)
+    assert (served.model, served.name, served.gguf.name) == ("tuned", "tiny", "tiny-f16.gguf")
+    assert served.note == ("using tuned: kit.eval's gate refused preferred (intent accuracy dropped: 0.310 < 0.740 "
+                           "(allowed >= 0.710))")
+
+    recipe.serve.model = "preferred"  # an explicit choice beats the gate
+    assert serve.served_model(recipe).name == "tiny-preferred" and serve.served_model(recipe).note is None
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        serve.main([str(tiny_recipe()), "--model", "student"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: serve.model: student: no GGUF export") and "--model student` first" in error
 
 
 def test_without_llama_cpps_server_the_error_names_the_install(tiny_recipe, tiny_model_dir, monkeypatch):

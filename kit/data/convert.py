@@ -876,9 +876,14 @@ class Assembler:
         for index, (key, metadata) in enumerate(zip(self.conversation_keys(part), part.metadata)):
             batch.assembled += 1
             turns: list[list] = []  # [role, [texts], [(number, loc)]]
-            for i in range(starts[index], starts[index + 1]):
+            first, last = starts[index], starts[index + 1] - 1
+            for i in range(first, last + 1):
                 number, role, loc = numbers[i], roles[i], locs[i]
                 text, auto_reply, redaction = texts[i], automatic[i], redacted[i]
+                if auto_reply and role == "user" and first < i < last:
+                    # A customer's mailbox answers at a thread's start or end; in the middle, a customer who
+                    # starts with "I am out of the office tomorrow" is talking, and the agent's next turn answers it.
+                    auto_reply = False
                 if text and not auto_reply and redaction is not None and not redaction[1]:
                     text = redaction[0]  # the common message: kept, nothing private in it
                 else:

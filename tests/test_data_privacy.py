@@ -170,3 +170,6 @@ def test_private_conversation_ids_never_reach_any_output_file(tmp_path, tiny_mod
     assert [row["id"] for name in data.DATASET_SPLITS for row in data.load_split(recipe, name)] == \
         [row["id"] for row in rows]
     assert again == folder
+    inline, forked = (data.convert(data.recipe_sources(recipe), None, data.Settings(workers=workers)) for workers in (0, 2))
+    assert [c.id for c in forked.conversations] == [c.id for c in inline.conversations]  # assembled in worker processes
+    assert forked.rejects == inline.rejects

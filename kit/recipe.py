@@ -78,10 +78,12 @@ class DataRules(Section):
         None, description="Cut signatures and sign-offs (`Best regards,` + name, `-- `, `Sent from my phone`) (default on)."
     )
     drop_auto_replies: bool | None = Field(
-        None, description="Reject messages that match `auto_reply_patterns` (out-of-office, auto-acknowledgements) (default on)."
+        None, description="Reject automatic replies (out-of-office notes, auto-acknowledgements): short messages (600 characters "
+        "at most) that start with one of `auto_reply_patterns`; a customer's only as the first or last message (default on)."
     )
     auto_reply_patterns: list[str] | None = Field(
-        None, description="Case-insensitive regexes that mark an automatic reply; replaces the built-in list."
+        None, description="Case-insensitive regexes that mark an automatic reply where one matches at the start of a message, "
+        "after at most a greeting and one thank-you sentence; replaces the built-in list."
     )
     remove_patterns: list[str] | None = Field(
         None, description="Regexes whose matches are deleted from every message (e.g. leading `@handles`) (default none)."

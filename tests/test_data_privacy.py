@@ -85,3 +85,91 @@ def test_canaries_never_reach_any_output_file(tmp_path, tiny_model_dir):
             assert canary.lower() not in text.lower(), f"{canary!r} leaked into {path.name}"
             if sum(c.isdigit() for c in canary) >= 7:
                 assert re.sub(r"[\s\-().]", "", canary) not in compact, f"{canary!r} (compacted) leaked into {path.name}"
+
+
+# Exports that group threads by the customer: the conversation id is an email, a phone number or a name.
+KEYS = ["nora.blake@example.com", "+1 415 555 0134", "Nora Blake", "raj@example.org", "(212) 555-0147", "Raj Patel",
+        "dana.x@example.net"]
+
+
+def write_keyed_sources(folder: Path) -> list[dict]:
+    rows = [["customer", "created_at", "author_role", "author_name", "visibility", "category", "subject", "body"]]
+
+    def thread(key: str, name: str, texts: list[tuple[str, str]]) -> None:
+        for minute, (role, text) in enumerate(texts):
+            rows.append([key, f"2026-03-01T10:0{minute}:00", role, name if role == "customer" else "Sam", "public",
+                         f"plan of {key}", f"order for {key}", text])
+
+    thread(KEYS[0], "Nora Blake", [("customer", "Where is my order?"), ("agent", "It ships today.")])
+    thread(KEYS[1], "Nora Blake", [("customer", "Can I change the address?"), ("agent", "Yes, under Account.")])
+    thread(KEYS[2], "Nora Blake", [("customer", "Is the lamp dimmable?"), ("agent", "Yes, with the app.")])
+    thread(KEYS[3], "Raj Patel", [("customer", "Hello? Anyone there?")])  # no agent answer: rejected
+    thread(KEYS[4], "Raj Patel", [("customer", "Do you ship to Canada?"), (KEYS[3], "Yes.")])  # unknown role: an email
+    thread(KEYS[5], "Raj Patel", [("customer", "Where is my order?"), ("agent", "It ships today.")])  # duplicate of the first
+    thread("T-1", "Raj Patel", [("customer", "What does Plus cost?"), ("agent", "$6.99 a month.")])  # an id kept as it is
+    thread(KEYS[6], "Dana X", [("customer", "Refund please."), ("agent", "Done, 5-7 days.")])
+    threads = folder / "by_customer.csv"
+    with threads.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(rows)
+    template = yaml.safe_load((Path(data.TEMPLATES_DIR) / "ticket_threads_csv.yaml").read_text())
+    template["fields"].update(conversation="customer", metadata=["category", "subject"], names=["author_name", "customer"])
+    (folder / "by_customer.yaml").write_text(yaml.safe_dump(template))
+    dialogues = folder / "by_email.json"  # a mapping keyed by the customer's email: the key is in every JSON path
+    dialogues.write_text(json.dumps({
+        KEYS[0]: {"services": ["Orders"], "complete": True, "turns": [
+            {"speaker": "USER", "utterance": "Has my refund arrived?"}, {"speaker": "SYSTEM", "utterance": "Yes, today."},
+            {"speaker": KEYS[6], "utterance": "Thanks!"}]},  # unknown role
+        KEYS[3]: {"services": ["Returns"], "complete": False, "turns": [{"speaker": "USER", "utterance": "Return?"}]},
+        KEYS[4]: {"services": ["Orders"], "complete": True, "turns": [  # a duplicate of the first
+            {"speaker": "USER", "utterance": "Has my refund arrived?"}, {"speaker": "SYSTEM", "utterance": "Yes, today."}]},
+    }), encoding="utf-8")
+    return [{"path": str(threads), "template": str(folder / "by_customer.yaml")},
+            {"path": str(dialogues), "template": "dialogues_by_id_json"}]
+
+
+def test_private_conversation_ids_never_reach_any_output_file(tmp_path, tiny_model_dir):
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump({
+        "name": "keyed", "output_dir": str(tmp_path / "runs"), "model": {"name": str(tiny_model_dir)},
+        "data": {"sources": write_keyed_sources(tmp_path), "validation_fraction": 0.2, "test_fraction": 0.2},
+    }))
+    recipe = load_recipe(recipe_path)
+    folder = data.build(recipe)
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"train.jsonl", "validation.jsonl", "test.jsonl", "rejects.jsonl", "stats.json", "README.md"}
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        compact = re.sub(r"[\s\-().+]", "", text)
+        for value in KEYS + ["Dana X"]:
+            assert value.lower() not in text.lower(), f"{value!r} leaked into {path.name}"
+            assert json.dumps(value)[1:-1].lower() not in text.lower(), f"{value!r} (escaped) leaked into {path.name}"
+            if sum(c.isdigit() for c in value) >= 7:
+                assert re.sub(r"[\s\-().+]", "", value) not in compact, f"{value!r} (compacted) leaked into {path.name}"
+
+    stats = json.loads((folder / "stats.json").read_text())
+    assert stats["input"] == 15 + 6 == stats["kept"] + stats["rejected"] + stats["duplicates"]
+    assert stats["rejected_by_reason"] == {"duplicate": 4, "excluded": 1, "no_agent_answer": 2, "unknown_role": 2}
+    rows = [row for name in data.DATASET_SPLITS for row in data.load_split(recipe, name)]
+    ids = {row["source"]["file"].rsplit("/", 1)[-1] + " " + str(row["source"]["record"]): row["id"] for row in rows}
+    assert len(set(ids.values())) == len(rows) == 6
+    # Redacted and suffixed with the conversation's first record number; an id with nothing private stays as it is.
+    assert ids == {"by_customer.csv 1": "by_customer.csv:{{EMAIL}}#1", "by_customer.csv 3": "by_customer.csv:{{PHONE}}#3",
+                   "by_customer.csv 5": "by_customer.csv:{{NAME}}#5", "by_customer.csv 12": "by_customer.csv:T-1",
+                   "by_customer.csv 14": "by_customer.csv:{{EMAIL}}#14",
+                   "by_email.json 1": "by_email.json:{{EMAIL}}#1"}
+    rejects = data.read_jsonl(folder / "rejects.jsonl")
+    reasons = {r["reason"] for r in rejects if r["code"] in ("no_agent_answer", "unknown_role")}
+    assert reasons == {"conversation has no agent answer (conversation {{EMAIL}}#7)",
+                       "conversation has no agent answer (conversation {{PHONE}}#8)",  # its agent row was rejected
+                       "unknown role '{{EMAIL}}': add it to the template's roles"}
+    # JSON paths: the unknown role, the incomplete dialogue, the duplicate's two turns
+    assert {r["path"] for r in rejects if "path" in r} == {'["{{EMAIL}}"].turns[2]', '["{{EMAIL}}"].turns[0]',
+                                                           '["{{PHONE}}"].turns[0]', '["{{PHONE}}"].turns[1]'}
+
+    again = data.build(recipe, force=True)  # ids and splits are the same on every build
+    assert [row["id"] for name in data.DATASET_SPLITS for row in data.load_split(recipe, name)] == \
+        [row["id"] for row in rows]
+    assert again == folder
+    inline, forked = (data.convert(data.recipe_sources(recipe), None, data.Settings(workers=workers)) for workers in (0, 2))
+    assert [c.id for c in forked.conversations] == [c.id for c in inline.conversations]  # assembled in worker processes
+    assert forked.rejects == inline.rejects

@@ -120,6 +120,53 @@ def test_auto_replies_default_and_configured():
     assert not clean.Cleaner(clean.resolve_rules(DataRules(drop_auto_replies=False))).is_auto_reply("out of office")
 
 
+@pytest.mark.parametrize("text, automatic", [
+    ("Thank you for your email. I am out of the office until Monday 3 March with limited access to email.", True),
+    ("Hello,\n\nThanks for your message!\nI am currently on annual leave and will reply when I am back.", True),
+    ("Automatic reply: Out of office", True),
+    ("Thank you for contacting Brightloop. We have received your request and will reply within one business day.", True),
+    # a person mentioning one: the pattern is not where the message starts
+    ("I'm out of the office tomorrow, please deliver Friday", False),
+    ("Sorry, I was out of the office. Did the refund go through?", False),
+    ("I got an auto-reply from you but no answer. We have received your invoice twice.", False),
+    ("Thanks for the tracking number! I am away next week, can it wait at the depot?", True),  # (the assembly keeps it mid-conversation)
+    ("We have received your request. " + "Here is what I found in your account. " * 20, False),  # a long answer
+])
+def test_auto_replies_start_with_the_pattern_and_are_short(text, automatic):
+    cleaner = clean.Cleaner(clean.Rules())
+    assert cleaner.is_auto_reply(text) is automatic
+    assert cleaner.auto_replies([text, "Where is my order?"]) == [automatic, False]
+
+
+def test_auto_replies_are_dropped_and_counted_but_not_a_customer_talking_mid_conversation(tmp_path):
+    _, tpl = template(tmp_path)
+    ooo = "Thank you for your email. I am out of the office until Monday. For urgent matters call our hotline."
+    path = write_rows(tmp_path / "r.csv", [
+        ["T1", "2026-03-01T10:00", "customer", "Where is my parcel?"],
+        ["T1", "2026-03-01T10:01", "agent", "It is at the depot. Shall we deliver tomorrow?"],
+        ["T1", "2026-03-01T10:02", "customer", "I'm out of the office tomorrow, please deliver Friday."],
+        ["T1", "2026-03-01T10:03", "agent", "Done: Friday it is."],
+        ["T1", "2026-03-01T10:04", "customer", "I am out of the office on Friday too, sorry! Saturday then?"],
+        ["T1", "2026-03-01T10:05", "agent", "Saturday it is."],
+        ["T2", "2026-03-01T11:00", "customer", "Can I change my delivery address?"],
+        ["T2", "2026-03-01T11:01", "agent", ooo],  # an agent's out-of-office note
+        ["T2", "2026-03-01T11:02", "agent", "Yes: under Account > Orders, before it ships."],
+        ["T3", "2026-03-01T12:00", "customer", "Is the lamp dimmable?"],
+        ["T3", "2026-03-01T12:01", "agent", "Yes, with the app. Anything else?"],
+        ["T3", "2026-03-01T12:02", "customer", ooo],  # the customer's mailbox answers the agent
+    ])
+    result = data.convert([(str(path), tpl, "t")], None, Settings(workers=0))
+    chats = {c.id: [m["content"] for m in c.messages] for c in result.conversations}
+    assert chats["r.csv:T1"] == ["Where is my parcel?", "It is at the depot. Shall we deliver tomorrow?",
+                                 "I'm out of the office tomorrow, please deliver Friday.", "Done: Friday it is.",
+                                 "I am out of the office on Friday too, sorry! Saturday then?", "Saturday it is."]
+    assert chats["r.csv:T2"] == ["Can I change my delivery address?", "Yes: under Account > Orders, before it ships."]
+    assert chats["r.csv:T3"] == ["Is the lamp dimmable?", "Yes, with the app. Anything else?"]
+    dropped = [(r["record"], r["code"]) for r in result.rejects]
+    assert dropped == [(8, "auto_reply"), (12, "auto_reply")]  # each counted (by_reason), none silently
+    assert result.by_reason() == {"auto_reply": 2} and result.input == result.kept + result.rejected + result.duplicates
+
+
 def test_whitespace_normalisation():
     assert clean.normalize_whitespace("  a\u00a0\u00a0b \t c \r\n\r\n\r\n\r\nd\u200b  ") == "a b c\n\nd"
     assert clean.normalize_whitespace("plain text") == "plain text"

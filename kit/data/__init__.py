@@ -56,7 +56,7 @@ __all__ = [
 
 DATASET_SPLITS = ("train", "validation", "test")
 # Bumped whenever the conversion itself changes, so that existing datasets are rebuilt.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Without token limits, token-length percentiles come from a seeded sample of this many conversations.
 TOKEN_STATS_SAMPLE = 2000
 WRITE_ROWS = 4096  # rows encoded (and hashed) at a time when writing a JSONL file

@@ -23,6 +23,17 @@ DEFAULT_AUTO_REPLY_PATTERNS = (
 )
 
 
+# An automatic reply says what it is in its first words ("Automatic reply: ...", "I am out of the office
+# until ...", "Thank you for contacting us. We have received your request ..."), and says little more; a person
+# who mentions an out-of-office day or an auto-reply does so within what they write ("I'm out of the office
+# tomorrow, please deliver Friday"). So a pattern counts only at the start of a message, after at most a
+# greeting and one thank-you sentence, and only in a short message: 600 characters hold an out-of-office note
+# with a return date and two alternative contacts; the shipped sample's acknowledgement has 137.
+AUTO_REPLY_MAX_CHARS = 600
+_AUTO_REPLY_LEAD = (r"(?:(?:hi|hello|dear|greetings|good (?:morning|afternoon|evening))\b[^\n.!?]{0,40}[,.!:]?\s+)?"
+                    r"(?:thanks?(?: you)?\b[^\n.!?]{0,100}[.!]\s*)?")
+
+
 def _maybe_default_auto_reply(lower: str) -> bool:
     # Each built-in pattern contains one of these words (a chain of `in` tests: no generator overhead).
     return "office" in lower or "auto" in lower or "do not reply" in lower or "received your" in lower or "i am " in lower
@@ -214,7 +225,8 @@ class Cleaner:
     def __init__(self, rules: Rules):
         self.rules = rules
         self.auto_reply = (
-            re.compile("|".join(f"(?:{p})" for p in rules.auto_reply_patterns), re.IGNORECASE)
+            re.compile(_AUTO_REPLY_LEAD + "(?:" + "|".join(f"(?:{p})" for p in rules.auto_reply_patterns) + ")",
+                       re.IGNORECASE)
             if rules.drop_auto_replies and rules.auto_reply_patterns
             else None
         )
@@ -269,12 +281,14 @@ class Cleaner:
         for word in _AUTO_REPLY_WORDS:
             if word in lower:
                 mark_texts(lambda position, word=word: lower.find(word, position), starts, marks)
-        search = self.auto_reply.search
-        return [marked and search(text) is not None for text, marked in zip(texts, marks)]
+        match = self.auto_reply.match
+        return [marked and len(text) <= AUTO_REPLY_MAX_CHARS and match(text) is not None for text, marked in zip(texts, marks)]
 
     def is_auto_reply(self, text: str) -> bool:
-        if self.auto_reply is None:
+        """A short text that starts (after a greeting and one thank-you sentence) with an auto-reply pattern. The
+        assembly also keeps a customer's such message in the middle of a conversation (`kit.data.convert`)."""
+        if self.auto_reply is None or len(text) > AUTO_REPLY_MAX_CHARS:
             return False
         if self.default_patterns and not _maybe_default_auto_reply(text.lower()):
             return False
-        return self.auto_reply.search(text) is not None
+        return self.auto_reply.match(text) is not None

@@ -42,6 +42,9 @@ from kit.data.template import Template
 from kit.errors import KitError
 
 REJECT_TEXT_CHARS = 400
+# A mapping key in a JSON path (`read.json_records`: `dialogues["dlg-1"].turns[0]`): the only part of a location
+# that comes from the export's data.
+_PATH_KEY = re.compile(r'\["(?:[^"\\]|\\.)*"\]')
 
 
 # Metadata keys that are lists of strings (kit.eval reads `required_phrases`); text cells split on "|".
@@ -703,6 +706,7 @@ class Assembler:
         self.system_prompt = system_prompt
         self.value_cache: dict[str, tuple] = {}
         self.remembered: dict[str, tuple] = {}  # raw text -> (cleaned, automatic reply, redaction), see `_groups`
+        self.has_paths = source.template.reader == "json"  # (locations of other readers are line numbers)
         self.serialize = serialize
 
     def _redact(self, text: str, batch: Batch) -> str:
@@ -712,6 +716,41 @@ class Assembler:
         if counts:
             batch.pii.update(counts)
         return out
+
+    def private_free(self, text: str) -> str:
+        """`text` redacted and not counted: ids, reasons and locations repeat values that the counts of message
+        texts and metadata already hold (or name a field that nothing counts). Reasons repeat: scanned once each."""
+        if self.scanner is None:
+            return text
+        cached = self.value_cache.get(text)
+        if cached is None:
+            cached = self.scanner.redact(text)
+            if len(self.value_cache) < 100_000:
+                self.value_cache[text] = cached
+        return cached[0]
+
+    def private_free_loc(self, loc):
+        """A record's location with the mapping keys in its JSON path redacted (lines and list indexes hold no data)."""
+        if loc.__class__ is str and '["' in loc and self.scanner is not None:
+            return _PATH_KEY.sub(lambda match: self.private_free(match.group()), loc)
+        return loc
+
+    def private_free_reject(self, entry: dict) -> dict:
+        """A reject made before the names were known (`Reader.reject`), with its reason and path redacted."""
+        entry["reason"] = self.private_free(entry["reason"])
+        if "path" in entry:
+            entry["path"] = self.private_free_loc(entry["path"])
+        return entry
+
+    def conversation_keys(self, part: Groups) -> list[str]:
+        """Each conversation id of a part as written: as it is, or, where the scanner finds private data in it (an
+        export that groups threads by the customer's email), redacted and suffixed with the conversation's first
+        record number (`{{EMAIL}}#17`): unique, stable across rebuilds, and nothing to reverse. docs/privacy.md."""
+        if self.scanner is None:
+            return part.keys
+        numbers, starts = part.numbers, part.starts
+        return [key if redacted == key else f"{redacted}#{min(numbers[starts[i]:starts[i + 1]])}"
+                for i, (key, (redacted, _)) in enumerate(zip(part.keys, self.scanner.redact_many(part.keys)))]
 
     def _redact_value(self, value: str, batch: Batch) -> str:
         """Metadata values repeat (categories, subjects, tags): each distinct value is scanned once."""
@@ -725,7 +764,8 @@ class Assembler:
         return cached[0]
 
     def _reject(self, batch: Batch, number: int, loc, code: str, reason: str, text: str | None) -> None:
-        entry = {**where(self.file, number, loc), "reason": reason, "code": code, "kind": "rejected"}
+        entry = {**where(self.file, number, self.private_free_loc(loc)), "reason": self.private_free(reason), "code": code,
+                 "kind": "rejected"}
         if text:
             entry["text"] = _shorten(text)
         batch.rejects.append(entry)
@@ -764,6 +804,8 @@ class Assembler:
 
     def _conversation(self, cid: str, messages: list[dict], metadata: dict, located: list, batch: Batch) -> Conversation:
         """A kept conversation; `_seal` adds its dedup key (and line)."""
+        if self.scanner is not None and self.has_paths:
+            located = [(n, self.private_free_loc(loc)) for n, loc in located]
         number, loc = located[0]
         records = [n for n, _ in located]
         if loc.__class__ is int:  # (a CSV or JSONL line: `where`, built directly)
@@ -831,12 +873,17 @@ class Assembler:
         texts, automatic, redacted = zip(*[remembered[raw] for raw in raws]) if raws else ((), (), ())
         numbers, roles, locs, starts = part.numbers, part.roles, part.locs, part.starts
         made = []
-        for index, (key, metadata) in enumerate(zip(part.keys, part.metadata)):
+        for index, (key, metadata) in enumerate(zip(self.conversation_keys(part), part.metadata)):
             batch.assembled += 1
             turns: list[list] = []  # [role, [texts], [(number, loc)]]
-            for i in range(starts[index], starts[index + 1]):
+            first, last = starts[index], starts[index + 1] - 1
+            for i in range(first, last + 1):
                 number, role, loc = numbers[i], roles[i], locs[i]
                 text, auto_reply, redaction = texts[i], automatic[i], redacted[i]
+                if auto_reply and role == "user" and first < i < last:
+                    # A customer's mailbox answers at a thread's start or end; in the middle, a customer who
+                    # starts with "I am out of the office tomorrow" is talking, and the agent's next turn answers it.
+                    auto_reply = False
                 if text and not auto_reply and redaction is not None and not redaction[1]:
                     text = redaction[0]  # the common message: kept, nothing private in it
                 else:
@@ -914,14 +961,14 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
                               f"{time.perf_counter() - started:.1f} s{f' ({reader.how})' if reader.how else ''}")
     scanner = _scanner(settings, sorted({name.strip() for name in names} - {""}))
     for source, rules, reader, items, records in read_sources:
-        # Early rejects kept their raw text until every name was known; redact them now.
+        assembler = Assembler(source, rules, scanner, settings.dedup, system_prompt, settings.serialize)
+        # Early rejects kept their raw text until every name was known; redact them now (reasons and paths too).
         early = [entry for entry in reader.rejects if "text" in entry]
         texts = [entry["text"] for entry in early]
         for entry, (text, counts) in zip(early, scanner.redact_many(texts) if scanner is not None else zip(texts, [{}] * len(texts))):
             result.pii.update(counts)
             entry["text"] = _shorten(text)
-        result.rejects.extend(reader.rejects)
-        assembler = Assembler(source, rules, scanner, settings.dedup, system_prompt, settings.serialize)
+        result.rejects.extend(map(assembler.private_free_reject, reader.rejects))
         method = "qa_pairs" if source.template.shape == "qa_pairs" else "groups"
         started = time.perf_counter()
         if settings.progress:

@@ -587,3 +587,11 @@ def test_unloadable_tokenizer_only_matters_for_token_limits(tiny_recipe, tmp_pat
     limited = load_recipe(tiny_recipe(model={"name": str(tmp_path / "no-such-model")}, data={"rules": {"max_tokens": 50}}))
     with pytest.raises(data.KitError, match="max_tokens/min_tokens need the model's tokenizer"):
         data.build(limited)
+
+
+def test_auto_reply_pattern_with_leading_global_flags_is_scoped():
+    from kit.data.clean import Cleaner, Rules
+
+    cleaner = Cleaner(Rules(auto_reply_patterns=("(?i)on vacation until",)))
+    assert cleaner.is_auto_reply("Hello, ON VACATION UNTIL Monday.")
+    assert not cleaner.is_auto_reply("We were on vacation until Monday, and the parcel never came.")

@@ -29,7 +29,7 @@ import xxhash
 
 from kit.data import tokens
 from kit.data.augment import augment
-from kit.data.clean import resolve_rules
+from kit.data.clean import auto_reply_regex, resolve_rules
 from kit.data.conversation import Conversation, dumps_line
 from kit.data.convert import Conversion, Settings, convert, no_gc, parse_time
 from kit.data.parallel import PARALLEL_MIN_BYTES
@@ -278,7 +278,7 @@ def check_settings(recipe) -> None:
                           ("data.rules.auto_reply_patterns", data.rules.auto_reply_patterns)):
         for i, pattern in enumerate(patterns or ()):
             try:
-                re.compile(pattern)
+                auto_reply_regex([pattern]) if key.endswith("auto_reply_patterns") else re.compile(pattern)
             except re.error as exc:
                 raise KitError(f"{key}[{i}]: {pattern!r} is not a valid regular expression ({exc}); fix it "
                                "(write a literal ( [ * + ? with a backslash before it)") from None

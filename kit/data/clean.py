@@ -34,6 +34,18 @@ _AUTO_REPLY_LEAD = (r"(?:(?:hi|hello|dear|greetings|good (?:morning|afternoon|ev
                     r"(?:thanks?(?: you)?\b[^\n.!?]{0,100}[.!]\s*)?")
 
 
+_GLOBAL_FLAGS = re.compile(r"^\(\?([imsx]+)\)")
+
+
+def auto_reply_regex(patterns) -> re.Pattern:
+    """One regex for the patterns, each matched at a message's start after the optional greeting and thank-you.
+
+    A pattern's leading global flags (`(?i)...`) become scoped ones (`(?i:...)`): behind the lead they would no
+    longer be at the start, which Python refuses."""
+    scoped = [_GLOBAL_FLAGS.sub(r"(?\1:", p, count=1) + ")" if _GLOBAL_FLAGS.match(p) else f"(?:{p})" for p in patterns]
+    return re.compile(_AUTO_REPLY_LEAD + "(?:" + "|".join(scoped) + ")", re.IGNORECASE)
+
+
 def _maybe_default_auto_reply(lower: str) -> bool:
     # Each built-in pattern contains one of these words (a chain of `in` tests: no generator overhead).
     return "office" in lower or "auto" in lower or "do not reply" in lower or "received your" in lower or "i am " in lower
@@ -225,8 +237,7 @@ class Cleaner:
     def __init__(self, rules: Rules):
         self.rules = rules
         self.auto_reply = (
-            re.compile(_AUTO_REPLY_LEAD + "(?:" + "|".join(f"(?:{p})" for p in rules.auto_reply_patterns) + ")",
-                       re.IGNORECASE)
+            auto_reply_regex(rules.auto_reply_patterns)
             if rules.drop_auto_replies and rules.auto_reply_patterns
             else None
         )

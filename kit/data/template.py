@@ -16,6 +16,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from kit.data.clean import auto_reply_regex
 from kit.errors import KitError
 from kit.recipe import DataRules, type_name
 from kit.shipped import shipped_dir
@@ -165,8 +166,10 @@ class Template(_Strict):
             raise ValueError("`records` and `messages` are JSON paths; a CSV has one record per row")
         if self.users and self.users.path is None and self.reader == "csv":
             pass  # the users table comes from data.sources[].users
-        for pattern in (self.rules.auto_reply_patterns or []) + (self.rules.remove_patterns or []):
+        for pattern in self.rules.remove_patterns or []:
             re.compile(pattern)
+        for pattern in self.rules.auto_reply_patterns or []:
+            auto_reply_regex([pattern])
         return self
 
     def metadata_fields(self) -> dict[str, str]:

@@ -22,17 +22,17 @@ def test_sample_log_accounts_for_every_record():
     assert by_record[222]["reason"] == "empty customer_question"  # whitespace only
     assert by_record[43]["reason"].startswith("duplicate of") and by_record[43]["kind"] == "duplicate"
     first = result.conversations[0]
-    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
-    assert first["metadata"]["category"] == "device_troubleshooting" and first["metadata"]["id"] == "T-100001"
-    multiline = next(c for c in result.conversations if c["source"]["record"] == 7)
-    assert "\n" in multiline["messages"][1]["content"] and multiline["source"]["line"] == 8
+    assert [m["role"] for m in first.messages] == ["system", "user", "assistant"]
+    assert first.metadata["category"] == "device_troubleshooting" and first.metadata["id"] == "T-100001"
+    multiline = next(c for c in result.conversations if c.source["record"] == 7)
+    assert "\n" in multiline.messages[1]["content"] and multiline.source["line"] == 8
 
 
 def test_sample_has_several_topics():
     result = data.convert([(str(SAMPLE), data.load_template("qa_csv"))], system_prompt=None)
-    categories = {c["metadata"]["category"] for c in result.conversations}
+    categories = {c.metadata["category"] for c in result.conversations}
     assert len(categories) >= 5
-    assert result.conversations[0]["messages"][0]["role"] == "user"  # no system prompt asked for
+    assert result.conversations[0].messages[0]["role"] == "user"  # no system prompt asked for
 
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "cp1252"])
@@ -41,8 +41,8 @@ def test_encodings_and_delimiters(tmp_path, encoding):
     text = "customer_question;agent_answer\ncafé is closed?;\"Hi there; we reopen at 8.\"\n"
     path.write_bytes(text.encode(encoding))
     result = data.convert([(str(path), data.load_template("qa_csv").model_copy(update={"fields": data.TemplateFields(question="customer_question", answer="agent_answer")}))], None)
-    assert result.input == 1 and result.conversations[0]["messages"][0]["content"] == "café is closed?"
-    assert result.conversations[0]["messages"][1]["content"] == "Hi there; we reopen at 8."
+    assert result.input == 1 and result.conversations[0].messages[0]["content"] == "café is closed?"
+    assert result.conversations[0].messages[1]["content"] == "Hi there; we reopen at 8."
 
 
 def test_missing_column_is_a_clear_error(tmp_path):

@@ -19,7 +19,8 @@ import importlib
 from kit import data
 from kit.data import columnar
 from kit.data.clean import resolve_rules
-from kit.data.convert import Conversion, Groups, Settings, _Reader, _Source
+from kit.data.conversation import Groups
+from kit.data.convert import Conversion, Reader, Settings, Source
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 TEMPLATE = data.load_template("ticket_threads_csv")
@@ -39,13 +40,13 @@ rows = st.lists(st.tuples(tickets, times, roles, cells, visibility, st.sampled_f
                 min_size=1, max_size=12)
 
 
-def _source(path: Path) -> _Source:
-    return _Source(str(path), TEMPLATE, "ticket_threads_csv", None)
+def _source(path: Path) -> Source:
+    return Source(str(path), TEMPLATE, "ticket_threads_csv", None)
 
 
 def _read(path: Path, by_columns: bool):
     source = _source(path)
-    reader = _Reader(Conversion(), source, resolve_rules(TEMPLATE.rules, None))
+    reader = Reader(Conversion(), source, resolve_rules(TEMPLATE.rules, None))
     groups = columnar.read_messages(reader) if by_columns else reader.messages()
     return groups, reader
 
@@ -170,7 +171,7 @@ def test_iso_times_are_read_as_fromisoformat_reads_them():
     values += ["2024-02-29T12:00:00", "2023-02-29T12:00:00", "1900-02-29T00:00:00", "2000-02-29T00:00:00",
                "0000-01-01T00:00:00", "2026-04-31T00:00:00", "2026-01-01T23:59:60", "2026-01-01t10:00:00",
                "2026-01-01T1a:00:00", "20260101T10:00:00", "2026-01-01T10:00:0"]
-    seconds, done = columnar._iso_seconds(pa.chunked_array([pa.array(values)]))
+    seconds, done = columnar.iso_seconds(pa.chunked_array([pa.array(values)]))
     for value, read, moment in zip(values, done.tolist(), seconds.tolist()):
         try:
             expected = (datetime.fromisoformat(value) - epoch).total_seconds()

@@ -36,7 +36,7 @@ def account(result, extra_check=None):
     assert result.input == result.kept + result.rejected + result.duplicates
     seen = Counter()
     for conversation in result.conversations:
-        seen.update((conversation["source"]["file"], n) for n in conversation["source"]["records"])
+        seen.update((conversation.source["file"], n) for n in conversation.source["records"])
     seen.update((r["file"], r["record"]) for r in result.rejects)
     files = {f for f, _ in seen}
     expected = Counter()
@@ -146,7 +146,7 @@ def test_nested_json_documents(items, broken):
             assert result.input == sum(
                 len(item["comments"]) if isinstance(item, dict) and isinstance(item.get("comments"), list) and item["comments"]
                 else 1 for item in items)
-        assert "Dana" not in json.dumps(result.conversations)
+        assert "Dana" not in json.dumps([c.row() for c in result.conversations])
 
 
 THREADS = data.Template(

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from kit import data
 from kit.data import clean
-from kit.data.convert import Settings
+from kit.data import parallel
+from kit.data.convert import Assembler, Reader, Settings
 from kit.recipe import DataRules, load_recipe
 
 THREAD_TEMPLATE = {
@@ -168,11 +169,11 @@ ROWS = [
 
 def test_default_conversation_rules(tmp_path):
     result = convert(tmp_path, ROWS)
-    t1 = result.conversations[0]["messages"]
+    t1 = result.conversations[0].messages
     assert t1 == [{"role": "user", "content": "My plug is offline.\n\nSince the update."},
                   {"role": "assistant", "content": "We can help."}]
     assert result.by_reason() == {"after_last_answer": 1, "no_agent_answer": 1}
-    assert [m["role"] for m in result.conversations[1]["messages"]] == ["assistant", "user", "assistant"]  # bot -> assistant
+    assert [m["role"] for m in result.conversations[1].messages] == ["assistant", "user", "assistant"]  # bot -> assistant
 
 
 def test_conversation_rules_switched_off(tmp_path):
@@ -180,10 +181,10 @@ def test_conversation_rules_switched_off(tmp_path):
                       strip_signatures=False, bot_role="user")
     result = convert(tmp_path, ROWS, rules=rules)
     assert result.rejected == 0 and len(result.conversations) == 3
-    t1 = result.conversations[0]["messages"]
+    t1 = result.conversations[0].messages
     assert [m["role"] for m in t1] == ["user", "user", "assistant", "user"]
     assert t1[2]["content"].endswith("Best regards,\n{{NAME}}")  # kept, and the name in it redacted
-    assert [m["role"] for m in result.conversations[2]["messages"]] == ["user", "user", "assistant"]
+    assert [m["role"] for m in result.conversations[2].messages] == ["user", "user", "assistant"]
 
 
 def test_exclude_rules_equals_and_matches(tmp_path):
@@ -201,7 +202,7 @@ def test_remove_patterns_and_unknown_roles(tmp_path):
             ["T1", "2026-03-01T10:01", "agent", "@user1 Restart it ^AB"], ["T1", "2026-03-01T10:02", "narrator", "..."]]
     rules = DataRules(remove_patterns=[r"^@\w+\s*", r"\s*https://t\.co/\w+", r"\s*\^[A-Z]{2}$"])
     result = convert(tmp_path, rows, rules=rules)
-    assert [m["content"] for m in result.conversations[0]["messages"]] == ["my cam is off", "Restart it"]
+    assert [m["content"] for m in result.conversations[0].messages] == ["my cam is off", "Restart it"]
     assert result.rejects[0]["reason"] == "unknown role 'narrator': add it to the template's roles"
 
 
@@ -226,36 +227,60 @@ def test_token_limits_use_the_model_tokenizer(tiny_recipe):
 
 @pytest.mark.parametrize("yield_cpu", [False, True])
 def test_token_helper_counts_as_the_in_process_tokenizer(tiny_recipe, monkeypatch, yield_cpu):
-    # The helper loads the tokenizer with torch hidden (and, for large exports, at a lower priority), and
-    # answers while the caller writes files: its counts must be those of a plain in-process load.
+    # The helper reads tokenizer.json with `tokenizers` and renders the chat template with jinja2 (no
+    # transformers; for large exports at a lower priority), and answers while the caller writes files: its
+    # counts must be those of the tokenizer kit.sft loads (transformers), the chat template's overhead included.
     recipe = load_recipe(tiny_recipe())
-    conversations = [{"messages": [{"role": "user", "content": "My Loop Cam is offline again?"},
-                                   {"role": "assistant", "content": f"Restart it {n} times, then re-add it."}]}
-                     for n in range(300)]  # a question larger than a pipe's buffer
+    texts = [["My Loop Cam is offline again?", f"Restart it {n} times, then re-add it. <|im_end|> café 😀"]
+             for n in range(300)]  # a question larger than a pipe's buffer
+    from kit import models
+    from kit.data import tokens
+
+    assert tokens.fast_encoder(recipe.model)[1] > 0  # the tiny model's chat template adds tokens per message
     counter = data.TokenCounter(recipe.model, yield_cpu=yield_cpu)
     assert counter.process is not None
-    asked = counter.ask(conversations)
+    asked = counter.ask(texts)
     lengths, problem = counter.collect(asked)
     counter.close()
     assert problem is None and counter.process is None
-    from kit import models
-
+    conversations = [{"messages": [{"role": "user", "content": a}, {"role": "assistant", "content": b}]} for a, b in texts]
     assert lengths == data.token_lengths(conversations, models.load_tokenizer(recipe.model))
-    monkeypatch.setattr(data.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
-    assert data.TokenCounter(recipe.model).lengths(conversations) == (lengths, None)  # in-process
+    monkeypatch.setattr(tokens.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    assert data.TokenCounter(recipe.model).lengths(texts) == (lengths, None)  # in-process, with transformers
+
+
+def test_token_helper_falls_back_to_transformers_where_it_could_differ(tiny_recipe, tmp_path, tiny_model_dir):
+    # A tokenizer config that transformers applies on top of tokenizer.json: the helper declines, and the
+    # counts come from transformers in the calling process.
+    import shutil
+
+    from kit import models
+    from kit.data import tokens
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "add_prefix_space": False}))
+    recipe = load_recipe(tiny_recipe(model={"name": str(folder)}))
+    assert tokens.fast_encoder(recipe.model) is None
+    counter = data.TokenCounter(recipe.model)
+    lengths, problem = counter.lengths([["hello there", "hi"]])
+    counter.close()
+    assert problem is None and lengths == tokens.count(models.load_tokenizer(recipe.model), [["hello there", "hi"]])
 
 
 def test_jsonl_files_are_hashed_as_written(tmp_path, monkeypatch):
-    # _write_jsonl encodes a few thousand lines at a time and hashes those bytes: the file must be what
+    # write_jsonl encodes a few thousand lines at a time and hashes those bytes: the file must be what
     # text mode writes (UTF-8, the platform's line ends) and the digest that of the file read back.
     import hashlib
 
-    rows = [{"id": n, "text": f"caf\u00e9 \u2028 {n}\n"} for n in range(5000)] + [{"_line": '{"id": "pre"}'}]
+    serialized = data.Conversation("pre", None, {}, {}, line='{"id": "pre"}')  # its line made where it was assembled
+    rows = [{"id": n, "text": f"caf\u00e9 \u2028 {n}\n"} for n in range(5000)] + [serialized]
     monkeypatch.setattr(data, "WRITE_ROWS", 7)
     for end in ("\n", "\r\n"):
         monkeypatch.setattr(data.os, "linesep", end)
         digest = hashlib.sha256()
-        data._write_jsonl(tmp_path / "rows.jsonl", rows, digest)
+        data.write_jsonl(tmp_path / "rows.jsonl", rows, digest)
         written = (tmp_path / "rows.jsonl").read_bytes()
         expected = "".join(data.dumps_line(row) + end for row in rows[:-1]) + '{"id": "pre"}' + end
         assert written == expected.encode("utf-8") and digest.hexdigest() == hashlib.sha256(written).hexdigest()
@@ -271,14 +296,14 @@ def test_encodings_are_detected(tmp_path, encoding, text):
     path.write_bytes(f"customer_question,agent_answer\n{text},fine\n".encode(encoding))
     tpl = data.load_template("qa_csv").model_copy(update={"fields": data.TemplateFields(question="customer_question", answer="agent_answer")})
     result = data.convert([(str(path), tpl, "qa")], None)
-    assert result.conversations[0]["messages"][0]["content"] == text
+    assert result.conversations[0].messages[0]["content"] == text
 
 
 def test_encoding_detection_skips_ascii_chunks_only_between_characters(tmp_path, monkeypatch):
     # ASCII chunks are not decoded; a character cut by a chunk edge must still be checked whole
     from kit.data import read
 
-    monkeypatch.setattr(read, "_CHUNK", 4)
+    monkeypatch.setattr(read, "CHUNK_BYTES", 4)
     path = tmp_path / "e.csv"
     for raw, expected in [(b"abc\xc3" + b"abcd" + b"\xa9xyz", "cp1252"), ("abcé".encode() + b"abcd" + "é".encode(), "utf-8"),
                           (b"abc\xc3\xa9defg", "utf-8"), (b"abcdefgh", "utf-8")]:
@@ -319,7 +344,7 @@ def test_users_table_from_a_separate_file(tmp_path):
     path = write_rows(tmp_path / "e.csv", [["T1", "2026-03-01T10:00", "1", "Hi, Dana here"], ["T1", "2026-03-01T10:01", "2", "Hi Dana, Sam here"],
                                            ["T1", "2026-03-01T10:02", "3", "who am I"]], header=("ticket", "time", "author", "body"))
     result = data.convert([(str(path), tpl, "t", str(users))], None)
-    assert [m["content"] for m in result.conversations[0]["messages"]] == ["Hi, {{NAME}} here", "Hi {{NAME}}, {{NAME}} here"]
+    assert [m["content"] for m in result.conversations[0].messages] == ["Hi, {{NAME}} here", "Hi {{NAME}}, {{NAME}} here"]
     assert result.rejects[0]["reason"] == "author 3 is not in the users table"
     with pytest.raises(data.KitError, match="set data.sources\\[\\].users"):
         data.convert([(str(path), tpl, "t")], None)
@@ -416,8 +441,7 @@ def test_workers_give_the_same_result_as_in_process(tmp_path, monkeypatch):
     _, tpl = template(tmp_path)
     path = write_rows(tmp_path / "w.csv", rows)
     inline = data.convert([(str(path), tpl, "t")], None, Settings(workers=0))
-    convert = importlib.import_module("kit.data.convert")
-    monkeypatch.setattr(convert, "CHUNK_RECORDS", 4)  # many chunks, taken in turn by both processes
+    monkeypatch.setattr(parallel, "CHUNK_RECORDS", 4)  # many chunks, taken in turn by both processes
     forked = data.convert([(str(path), tpl, "t")], None, Settings(workers=2))
     assert forked.conversations == inline.conversations and forked.rejects == inline.rejects
     assert forked.pii == inline.pii and inline.pii["EMAIL"] == 60
@@ -448,9 +472,8 @@ def test_a_failing_assembly_process_fails_the_conversion(tmp_path, monkeypatch, 
     rows = [[f"T{i // 2}", f"2026-03-01T10:0{i % 2}", "customer" if i % 2 == 0 else "agent", f"message {i}"] for i in range(40)]
     _, tpl = template(tmp_path)
     path = write_rows(tmp_path / "w.csv", rows)
-    convert = importlib.import_module("kit.data.convert")
-    monkeypatch.setattr(convert, "CHUNK_RECORDS", 2)
-    parent, groups = os.getpid(), convert._Assembler.groups
+    monkeypatch.setattr(parallel, "CHUNK_RECORDS", 2)
+    parent, groups = os.getpid(), Assembler.groups
 
     def failing(self, items):
         if os.getpid() == parent:
@@ -460,7 +483,7 @@ def test_a_failing_assembly_process_fails_the_conversion(tmp_path, monkeypatch, 
             os._exit(3)
         raise ValueError("bad chunk")
 
-    monkeypatch.setattr(convert._Assembler, "groups", failing)
+    monkeypatch.setattr(Assembler, "groups", failing)
     with pytest.raises(ValueError if failure == "error" else RuntimeError, match="bad chunk|ended without its results"):
         data.convert([(str(path), tpl, "t")], None, Settings(workers=2))
 
@@ -475,8 +498,6 @@ def _thread_lines(n: int) -> list[str]:
 
 @pytest.mark.parametrize("case", ["standard", "stray_quote", "blank_and_broken", "cp1252", "no_timestamp"])
 def test_reading_in_two_processes_gives_the_one_pass_result(tmp_path, monkeypatch, case):
-    from kit.data.convert import _Reader
-
     lines = _thread_lines(400)
     encoding, changes = "utf-8", {}
     if case == "stray_quote":  # a quote inside an unquoted field fools the quote-parity split: read on alone
@@ -493,12 +514,12 @@ def test_reading_in_two_processes_gives_the_one_pass_result(tmp_path, monkeypatc
     _, tpl = template(tmp_path, **changes)
     one_pass = data.convert([(str(path), tpl, "t")], None, Settings(workers=0))
     calls = []
-    group = _Reader._group
-    monkeypatch.setattr(_Reader, "_group", lambda self, *args, **kw: calls.append(1) or group(self, *args, **kw))
+    group = Reader.group
+    monkeypatch.setattr(Reader, "group", lambda self, *args, **kw: calls.append(1) or group(self, *args, **kw))
     split = data.convert([(str(path), tpl, "t")], None, Settings(workers=2))
     assert split.conversations == one_pass.conversations and split.rejects == one_pass.rejects
     assert (split.input, split.pii) == (one_pass.input, one_pass.pii) and one_pass.input >= 400
-    # The parent reads alone (a second `_group` call) only when the split offset was not a record boundary.
+    # The parent reads alone (a second `group` call) only when the split offset was not a record boundary.
     assert len(calls) == (2 if case == "stray_quote" else 1)
 
 
@@ -509,7 +530,7 @@ def test_required_phrases_metadata_is_a_list(tmp_path):
     tpl = data.Template(description="x", reader="csv",
                         fields=data.TemplateFields(question="question", answer="answer", metadata={"required_phrases": "phrases"}))
     result = data.convert([(str(path), tpl, "x")], None)
-    assert result.conversations[0]["metadata"]["required_phrases"] == ["ships today", "tracking link"]
+    assert result.conversations[0].metadata["required_phrases"] == ["ships today", "tracking link"]
 
 
 def test_unloadable_tokenizer_only_matters_for_token_limits(tiny_recipe, tmp_path):

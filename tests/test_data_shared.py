@@ -22,9 +22,9 @@ def test_twcs_sample_rebuilds_threads():
     assert result.input == 93 and result.input == result.kept + result.rejected + result.duplicates
     assert result.threads["threads"] >= 25 and len(result.conversations) >= 20
     for conversation in result.conversations:
-        roles = [m["role"] for m in conversation["messages"]]
+        roles = [m["role"] for m in conversation.messages]
         assert "user" in roles and roles[-1] == "assistant"
-        assert not any(m["content"].startswith("@") for m in conversation["messages"])
+        assert not any(m["content"].startswith("@") for m in conversation.messages)
 
 
 @pytest.mark.slow
@@ -35,9 +35,9 @@ def test_abcd_sample_drops_actions_and_redacts_scenario_people():
     assert result.input == sum(len(d["original"]) for d in dialogues)
     assert len(result.conversations) == len(dialogues) and result.by_reason()["excluded"] == sum(
         1 for d in dialogues for speaker, _ in d["original"] if speaker == "action")
-    text = json.dumps(result.conversations).lower()
+    text = json.dumps([c.row() for c in result.conversations]).lower()
     for dialogue in dialogues:
         personal = dialogue["scenario"]["personal"]
-        for key in ("customer_name", "email", "phone"):
+        for key in ("customer_name", "username", "email", "phone"):
             if personal.get(key):
                 assert personal[key].lower() not in text, key

@@ -45,8 +45,8 @@ def test_qa_jsonl_keeps_intent_and_rejects_broken_lines():
     assert rejects[7]["reason"] == "empty answer" and rejects[7]["line"] == 8  # a blank line before it is layout
     assert rejects[8]["kind"] == "duplicate"
     first = result.conversations[0]
-    assert first["metadata"] == {"intent": "track_order", "category": "orders_shipping", "id": "F-1"}
-    assert "{{EMAIL}}" in result.conversations[3]["messages"][0]["content"]
+    assert first.metadata == {"intent": "track_order", "category": "orders_shipping", "id": "F-1"}
+    assert "{{EMAIL}}" in result.conversations[3].messages[0]["content"]
 
 
 def test_qa_json_reads_a_dotted_record_path_and_nested_fields():
@@ -56,8 +56,8 @@ def test_qa_json_reads_a_dotted_record_path_and_nested_fields():
     assert missing["path"] == "export.items[4]" and missing["reason"] == "missing field 'reply.text'"
     # KB-106 differs from KB-101 only in case and punctuation: a normalized duplicate
     assert next(r for r in result.rejects if r["kind"] == "duplicate")["path"] == "export.items[5]"
-    assert result.conversations[0]["metadata"] == {"intent": "shipping_cost", "category": "orders_shipping", "id": "KB-101"}
-    assert "{{CARD}}" in result.conversations[3]["messages"][0]["content"]
+    assert result.conversations[0].metadata == {"intent": "shipping_cost", "category": "orders_shipping", "id": "KB-101"}
+    assert "{{CARD}}" in result.conversations[3].messages[0]["content"]
     assert run("qa_json", "brightloop_faq_export.json", dedup="exact").duplicates == 0
 
 
@@ -66,18 +66,18 @@ def test_ticket_threads_ordered_merged_and_internal_notes_excluded():
     assert (result.input, result.kept, result.rejected, result.duplicates) == (22, 15, 7, 0)
     assert by_code(result) == {"after_last_answer": 1, "auto_reply": 1, "bad_row": 1, "excluded": 2,
                                "no_agent_answer": 1, "no_customer_turn": 1}
-    tickets = {c["id"].split(":")[1]: c for c in result.conversations}
-    late = tickets["TK-2001"]["messages"]  # rows arrive shuffled; time order restored
+    tickets = {c.id.split(":")[1]: c for c in result.conversations}
+    late = tickets["TK-2001"].messages  # rows arrive shuffled; time order restored
     assert [m["role"] for m in late] == ["user", "assistant", "user", "assistant"]
     assert late[0]["content"].startswith("Hello, my order BL-771204") and "Thanks" not in late[0]["content"]  # sign-off cut
     assert late[1]["content"].endswith("arrives tomorrow before 6 pm.")  # "Best regards, Priya" cut
     assert late[2]["content"] == "Great, thank you!"  # quoted reply cut
-    assert "label damaged" not in json.dumps(result.conversations)  # the internal note
-    charged = tickets["TK-2002"]["messages"]  # two customer rows merged; the auto-reply rejected
+    assert "label damaged" not in json.dumps([c.row() for c in result.conversations])  # the internal note
+    charged = tickets["TK-2002"].messages  # two customer rows merged; the auto-reply rejected
     assert charged[0]["content"].count("\n\n") == 1 and len(charged) == 2
     assert "{{CARD}}" in charged[0]["content"] and "leo.martins" not in charged[1]["content"]  # "--" signature cut
-    assert tickets["TK-2001"]["source"]["records"] == [3, 6, 8, 16]
-    assert tickets["TK-2001"]["metadata"] == {"category": "orders_shipping", "subject": "Late delivery"}
+    assert tickets["TK-2001"].source["records"] == [3, 6, 8, 16]
+    assert tickets["TK-2001"].metadata == {"category": "orders_shipping", "subject": "Late delivery"}
     bad_row = next(r for r in result.rejects if r["code"] == "bad_row")
     assert bad_row["line"] == 35 and "{{NAME}}" in bad_row["text"] and "Omar" not in bad_row["text"]
 
@@ -87,14 +87,14 @@ def test_helpdesk_json_resolves_roles_and_names_through_the_users_table():
     assert (result.input, result.kept, result.rejected, result.duplicates) == (12, 8, 4, 0)
     assert by_code(result) == {"excluded": 1, "missing_field": 1, "no_messages": 1, "unknown_author": 1}
     bulb = result.conversations[0]
-    assert [m["role"] for m in bulb["messages"]] == ["user", "assistant", "user", "assistant"]
-    assert bulb["messages"][0]["content"] == "Hello,\n\nMy Glow Bulb shows green when I pick warm white.\n\n{{NAME}}\n{{PHONE}}"
-    assert bulb["messages"][2]["content"] == "Updated and fixed, thank you & have a nice day."  # HTML, entity, blockquote
-    assert bulb["metadata"]["tags"] == ["glow_bulb", "colour"] and bulb["metadata"]["category"] == "device_troubleshooting"
-    assert bulb["source"]["path"] == "tickets[0].comments[0]"
-    plus = result.conversations[1]["messages"]  # comments listed out of order
+    assert [m["role"] for m in bulb.messages] == ["user", "assistant", "user", "assistant"]
+    assert bulb.messages[0]["content"] == "Hello,\n\nMy Glow Bulb shows green when I pick warm white.\n\n{{NAME}}\n{{PHONE}}"
+    assert bulb.messages[2]["content"] == "Updated and fixed, thank you & have a nice day."  # HTML, entity, blockquote
+    assert bulb.metadata["tags"] == ["glow_bulb", "colour"] and bulb.metadata["category"] == "device_troubleshooting"
+    assert bulb.source["path"] == "tickets[0].comments[0]"
+    plus = result.conversations[1].messages  # comments listed out of order
     assert plus[0]["role"] == "user" and plus[0]["content"].startswith("Why did my Plus")
-    text = json.dumps(result.conversations) + json.dumps(result.rejects)
+    text = json.dumps([c.row() for c in result.conversations]) + json.dumps(result.rejects)
     for name in ("Grace", "Ndlovu", "Hiroshi", "Carmen", "Ortiz"):
         assert name not in text
 
@@ -103,14 +103,14 @@ def test_chat_transcripts_bot_role_is_configurable():
     result = run("chat_transcripts_csv", "brightloop_chat_transcripts.csv")
     assert (result.input, result.kept, result.rejected) == (14, 12, 2)
     assert by_code(result) == {"bad_timestamp": 1, "no_customer_turn": 1}
-    pairing = result.conversations[0]["messages"]
+    pairing = result.conversations[0].messages
     assert pairing[0] == {"role": "assistant", "content": "Hi! I'm the Brightloop assistant. What can I help you with?"}
     assert pairing[3]["content"] == "yes, it is\n\noh wait, the password has a & in it"
     template = data.load_template("chat_transcripts_csv")
     dropped = data.convert([(str(SAMPLES / "brightloop_chat_transcripts.csv"), template, "x")], None,
                            Settings(rules=DataRules(bot_role="drop")))
     assert by_code(dropped)["excluded"] == 4  # bot and operator messages
-    assert dropped.conversations[0]["messages"][0]["role"] == "user"
+    assert dropped.conversations[0].messages[0]["role"] == "user"
     assert dropped.input == dropped.kept + dropped.rejected + dropped.duplicates
 
 
@@ -119,24 +119,27 @@ def test_reply_threads_rebuilt_with_orphans_counted():
     assert (result.input, result.kept, result.rejected) == (17, 11, 6)
     assert dict(result.threads) == {"threads": 7, "orphans": 2, "broken_threads": 2}
     lamp = result.conversations[0]
-    assert lamp["source"]["records"] == [1, 2, 3, 4, 5]  # rows 2 and 3 arrive swapped
-    assert [m["role"] for m in lamp["messages"]] == ["user", "assistant", "user", "assistant"]
-    assert lamp["messages"][0]["content"] == "my glow lamp keeps flickering since the update"  # @handle, link cut
-    assert lamp["messages"][3]["content"].count("\n\n") == 1 and "^PR" not in lamp["messages"][3]["content"]
-    assert result.conversations[-1]["source"]["records"] == [16, 17]  # "5060.0" in_response_to still links
+    assert lamp.source["records"] == [1, 2, 3, 4, 5]  # rows 2 and 3 arrive swapped
+    assert [m["role"] for m in lamp.messages] == ["user", "assistant", "user", "assistant"]
+    assert lamp.messages[0]["content"] == "my glow lamp keeps flickering since the update"  # @handle, link cut
+    assert lamp.messages[3]["content"].count("\n\n") == 1 and "^PR" not in lamp.messages[3]["content"]
+    assert result.conversations[-1].source["records"] == [16, 17]  # "5060.0" in_response_to still links
 
 
 def test_dialogue_json_drops_action_events_and_redacts_scenario_names():
     result = run("dialogue_json", "brightloop_dialogues.json")
-    assert (result.input, result.kept, result.rejected) == (26, 16, 10)
+    assert (result.input, result.kept, result.rejected) == (27, 17, 10)
     assert by_code(result) == {"after_last_answer": 1, "excluded": 5, "no_agent_answer": 2, "no_messages": 1,
                                "unknown_role": 1}
     first = result.conversations[0]
-    assert first["metadata"] == {"intent": "shipping_issue", "subflow": "status_delayed"}
-    assert [m["content"] for m in first["messages"][3:6]] == ["{{NAME}}", "Thanks {{NAME}}. Could you confirm your email?", "{{EMAIL}}"]
-    assert first["source"]["path"] == "[0].original[0]" and 6 not in first["source"]["records"]  # the action
+    assert first.metadata == {"intent": "shipping_issue", "subflow": "status_delayed"}
+    assert [m["content"] for m in first.messages[3:6]] == ["{{NAME}}", "Thanks {{NAME}}. Could you confirm your email?", "{{EMAIL}}"]
+    assert first.source["path"] == "[0].original[0]" and 6 not in first.source["records"]  # the action
     action = next(r for r in result.rejects if r["record"] == 6)
     assert action["text"] == "Account has been pulled up for {{NAME}}."
+    # a username typed on its own line (as in ABCD) matches no detector; the scenario's username field names it
+    assert result.conversations[1].messages[2]["content"] == "{{NAME}}\n\n{{PHONE}}"
+    assert "rpatel646" not in json.dumps([c.row() for c in result.conversations] + result.rejects)
 
 
 def test_qa_csv_reads_tsv_and_semicolons(tmp_path):
@@ -149,9 +152,9 @@ def test_qa_csv_reads_tsv_and_semicolons(tmp_path):
             writer.writerow(["T2", "2026", "general", "and the lamp", "Also today."])
         result = data.convert([(str(path), data.load_template("qa_csv"), "qa_csv")], None)
         assert result.input == 2 and not result.rejects, delimiter
-        assert result.conversations[0]["messages"][0]["content"] == "where is\nmy order"
-        assert result.conversations[0]["messages"][1]["content"] == "It ships today | sorry; twice ok", delimiter
-        assert result.conversations[1]["source"]["line"] == 4
+        assert result.conversations[0].messages[0]["content"] == "where is\nmy order"
+        assert result.conversations[0].messages[1]["content"] == "It ships today | sorry; twice ok", delimiter
+        assert result.conversations[1].source["line"] == 4
 
 
 def test_cli_preview_shows_source_and_records(tmp_path, capsys):
@@ -224,13 +227,13 @@ def test_a_folder_of_one_ticket_per_file_each_file_accounted_for(tmp_path):
     assert [(Path(r["file"]).name, r["path"]) for r in spam] == [("T-1002.json", "$.comments[0]"), ("T-1002.json", "$.comments[1]")]
     first = result.conversations[0]
     # subject + body paragraphs (a list) make the text; JSON numbers stay numbers in metadata
-    assert first["messages"][0]["content"] == ("Loop Plug offline\n\nMy Loop Plug goes offline every night.\n"
+    assert first.messages[0]["content"] == ("Loop Plug offline\n\nMy Loop Plug goes offline every night.\n"
                                                "I already restarted the router twice.")
-    assert first["metadata"] == {"status": "solved", "csat": 5, "tags": ["wifi", "plug"]}
-    assert first["source"]["path"] == "$.comments[0]"
+    assert first.metadata == {"status": "solved", "csat": 5, "tags": ["wifi", "plug"]}
+    assert first.source["path"] == "$.comments[0]"
     # a glob gives the same files
     globbed = run_files("ticket_files_json", str(SAMPLES / "brightloop_ticket_files" / "T-*.json"))
-    assert [c["messages"] for c in globbed.conversations] == [c["messages"] for c in result.conversations]
+    assert [c.messages for c in globbed.conversations] == [c.messages for c in result.conversations]
     with pytest.raises(KitError, match="no file matches"):
         run_files("ticket_files_json", str(tmp_path / "*.json"))
 
@@ -238,12 +241,14 @@ def test_a_folder_of_one_ticket_per_file_each_file_accounted_for(tmp_path):
 def test_records_in_a_mapping_keyed_by_id_with_list_valued_text():
     result = run("dialogues_by_id_json", "brightloop_dialogues_by_id.json")
     account(result)
-    assert (result.input, result.kept, result.rejected) == (8, 6, 2)
-    assert [c["id"].split(":")[-1] for c in result.conversations] == ["dlg-001", "dlg-003"]  # the key is the id
-    assert result.conversations[0]["messages"][1]["content"] == "It left the depot this morning.\nIt arrives tomorrow before 6 pm."
+    assert (result.input, result.kept, result.rejected) == (12, 10, 2)
+    assert [c.id.split(":")[-1] for c in result.conversations] == ["dlg-001", "dlg-003", "dlg-004"]  # the key is the id
+    # dialogue corpora have no auto-replies: "I am on leave" is the customer talking, kept mid-dialogue
+    assert result.conversations[2].messages[2]["content"] == "I am on leave next week.\nPlease deliver after the 20th."
+    assert result.conversations[0].messages[1]["content"] == "It left the depot this morning.\nIt arrives tomorrow before 6 pm."
     incomplete = next(r for r in result.rejects if r["code"] == "excluded")
     assert incomplete["path"] == '["dlg-002"].turns[0]' and incomplete["reason"] == "incomplete dialogue"
-    assert "{{NAME}}" in result.conversations[1]["messages"][0]["content"]
+    assert "{{NAME}}" in result.conversations[1].messages[0]["content"]
 
 
 def _template(tmp_path, **changes) -> str:
@@ -277,7 +282,7 @@ def test_keep_and_exclude_compare_typed_values(tmp_path):
     for csat in ([5], ["5"], [5.0]):
         result = run_files(_template(tmp_path, keep=[{"field": "csat", "equals": csat, "level": "conversation"}]), folder)
         account(result)
-        assert [c["id"].split(":")[-1] for c in result.conversations] == ["1001"]
+        assert [c.id.split(":")[-1] for c in result.conversations] == ["1001"]
     # roles given as JSON booleans / numbers in the export and as YAML keys
     path = tmp_path / "typed.json"
     path.write_text(json.dumps({"d1": {"turns": [{"agent": False, "text": "Where is my order?"},
@@ -285,7 +290,7 @@ def test_keep_and_exclude_compare_typed_values(tmp_path):
     template = _template(tmp_path, records_as="mapping", key_field="cid", messages="turns", keep=[], exclude=[],
                          fields={"conversation": "cid", "role": "agent", "text": "text"}, roles={False: "user", True: "assistant"})
     result = run_files(template, str(path))
-    assert [m["role"] for m in result.conversations[0]["messages"]] == ["user", "assistant"]
+    assert [m["role"] for m in result.conversations[0].messages] == ["user", "assistant"]
 
 
 def test_a_json_file_that_is_one_record_and_records_as_errors(tmp_path):
@@ -294,7 +299,7 @@ def test_a_json_file_that_is_one_record_and_records_as_errors(tmp_path):
         {"author_type": "end_user", "public": True, "created_at": "2026-03-02T09:00:00Z", "body": "Hi, is it shipped?"},
         {"author_type": "agent", "public": True, "created_at": "2026-03-02T09:01:00Z", "body": "Yes, today."}]}))
     result = run_files("ticket_files_json", str(path))
-    assert len(result.conversations) == 1 and result.conversations[0]["source"]["path"] == "$.comments[0]"
+    assert len(result.conversations) == 1 and result.conversations[0].source["path"] == "$.comments[0]"
     with pytest.raises(KitError, match="no object at the top level"):
         (tmp_path / "list.json").write_text("[]")
         run_files("ticket_files_json", str(tmp_path / "list.json"))
@@ -311,7 +316,7 @@ def test_csv_rows_with_unquoted_delimiters_in_the_last_column_are_joined_and_cou
     account(result)
     assert (result.input, result.kept, result.rejected) == (7, 6, 1)
     assert result.sources[0]["joined_rows"] == 4
-    assert result.conversations[0]["messages"][0]["content"] == "Hi, my Loop Plug, the white one, keeps going offline."
+    assert result.conversations[0].messages[0]["content"] == "Hi, my Loop Plug, the white one, keeps going offline."
     short = next(r for r in result.rejects if r["code"] == "bad_row")
     assert short["line"] == 8 and short["reason"] == "expected 4 fields, got 2"  # too few fields: still rejected
     # without the setting the same rows are rejected, as before
@@ -333,13 +338,16 @@ def test_the_template_reference_in_docs_is_generated_from_the_schema():
 def test_turns_json_reads_schema_guided_dialogue_lists(tmp_path):
     result = run("turns_json", "brightloop_turns.json")
     account(result)
-    assert (result.input, result.kept, result.rejected, result.duplicates) == (11, 6, 1, 4)
+    assert (result.input, result.kept, result.rejected, result.duplicates) == (17, 12, 1, 4)
     assert by_code(result) == {"empty_text": 1, "duplicate": 4}  # 1_00003 repeats 1_00001
     first = result.conversations[0]
-    assert first["metadata"] == {"services": ["Orders_1"]} and first["messages"][2]["content"] == "{{ADDRESS}} please."
+    assert first.metadata == {"services": ["Orders_1"]} and first.messages[2]["content"] == "{{ADDRESS}} please."
+    # an event named "Out of office" (Schema-Guided Dialogue's calendar) is no auto-reply: both turns stay in order
+    schedule = result.conversations[2].messages
+    assert len(schedule) == 6 and schedule[2]["content"] == "Call it Out of office and keep it at 16 degrees."
     # many files of the same layout: a folder
     for i in range(2):
         (tmp_path / f"dialogues_00{i}.json").write_text((SAMPLES / "brightloop_turns.json").read_text())
     many = run_files("turns_json", str(tmp_path))
     account(many)
-    assert len(many.sources) == 2 and many.duplicates == 4 + 11 - 1  # the second file repeats the first (its empty turn is rejected)
+    assert len(many.sources) == 2 and many.duplicates == 4 + 17 - 1  # the second file repeats the first (its empty turn is rejected)

@@ -456,7 +456,7 @@ def test_sigkill_during_dataset_build_keeps_the_old_dataset_and_the_rerun_comple
     recipe = crash_recipe("seed=1")  # another seed: another split, so the dataset is rebuilt
 
     def work():
-        kill_at(data, "_write_jsonl", lambda path, *rest: path.name == "validation.jsonl")  # train.jsonl is written
+        kill_at(data, "write_jsonl", lambda path, *rest: path.name == "validation.jsonl")  # train.jsonl is written
         data.build(recipe)
 
     assert killed(work) == -signal.SIGKILL

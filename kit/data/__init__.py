@@ -17,25 +17,25 @@ The folder is written whole or not at all.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import random
 import statistics
-import threading
 import sys
 from pathlib import Path
 
 import xxhash
 
+from kit.data import tokens
 from kit.data.augment import augment
 from kit.data.clean import resolve_rules
-from kit.data.convert import PARALLEL_MIN_BYTES, Conversion, Settings, convert, messages_of, no_gc, parse_time
-from kit.data.convert import dumps_line
+from kit.data.conversation import Conversation, dumps_line
+from kit.data.convert import Conversion, Settings, convert, no_gc, parse_time
+from kit.data.parallel import PARALLEL_MIN_BYTES
 from kit.data.read import source_files
 from kit.data.splits import folds, split
+from kit.data.tokens import TokenCounter
 from kit.data.template import (
     TEMPLATES_DIR,
     Template,
@@ -48,9 +48,10 @@ from kit.data.template import (
 from kit.errors import KitError
 
 __all__ = [
-    "DATASET_SPLITS", "TEMPLATES_DIR", "Conversion", "Settings", "Template", "TemplateFields", "build", "convert",
-    "dataset_dir", "find_template", "fingerprint", "folds", "load_split", "load_template", "main", "parse_time",
-    "read_jsonl", "recipe_sources", "settings_from", "split", "template_reference", "token_lengths",
+    "DATASET_SPLITS", "TEMPLATES_DIR", "Conversation", "Conversion", "Settings", "Template", "TemplateFields",
+    "TokenCounter", "build", "convert", "dataset_dir", "dumps_line", "find_template", "fingerprint", "folds",
+    "load_split", "load_template", "main", "parse_time", "read_jsonl", "recipe_sources", "settings_from", "split",
+    "template_reference", "token_lengths", "write_jsonl",
 ]
 
 DATASET_SPLITS = ("train", "validation", "test")
@@ -59,7 +60,6 @@ FORMAT_VERSION = 3
 # Without token limits, token-length percentiles come from a seeded sample of this many conversations.
 TOKEN_STATS_SAMPLE = 2000
 WRITE_ROWS = 4096  # rows encoded (and hashed) at a time when writing a JSONL file
-HELPER_NICENESS = 10  # the tokenizer helper's priority below the conversion's
 
 
 def recipe_sources(recipe) -> list[tuple]:
@@ -116,11 +116,10 @@ def dataset_dir(recipe) -> Path:
     return recipe.run_dir / "dataset"
 
 
-def _write_jsonl(path: Path, rows: list[dict], digest=None) -> None:
-    """One JSON line per row, as a text file in UTF-8 with the platform's line ends; `digest` (a hashlib
-    object) is updated with the bytes written, so that the file need not be read back to hash it."""
-    # Conversations arrive with their line already serialized (`_line`, made by the conversion workers).
-    encode = dumps_line
+def write_jsonl(path: Path, rows: list[Conversation] | list[dict], digest=None) -> None:
+    """One JSON line per conversation or dict (a reject), as a text file in UTF-8 with the platform's line
+    ends; `digest` (a hashlib object) is updated with the bytes written, so that the file need not be read
+    back to hash it."""
     end = os.linesep
 
     def emit(data: bytes) -> None:
@@ -132,7 +131,8 @@ def _write_jsonl(path: Path, rows: list[dict], digest=None) -> None:
     with path.open("wb") as handle, concurrent.futures.ThreadPoolExecutor(1) as writer:
         pending = None
         for start in range(0, len(rows), WRITE_ROWS):
-            data = "\n".join([row.get("_line") or encode(row) for row in rows[start : start + WRITE_ROWS]]) + "\n"
+            data = "\n".join([row.dumps() if row.__class__ is Conversation else dumps_line(row)
+                              for row in rows[start : start + WRITE_ROWS]]) + "\n"
             data = (data if end == "\n" else data.replace("\n", end)).encode("utf-8")  # as text mode writes
             if pending is not None:
                 pending.result()
@@ -146,44 +146,9 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def _template_overhead(tokenizer) -> int:
-    """Tokens a chat template adds around one message (role markers, end-of-turn), measured once."""
-    try:
-        count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], tokenize=False
-        )
-        return max(0, round((count(rendered) - count("x") - count("y")) / 2))
-    except Exception:  # a tokenizer without a chat template: count the contents only
-        return 0
-
-
-def token_lengths(conversations: list[dict], tokenizer, batch_size: int = 2048) -> list[int]:
-    """Tokens per conversation: its messages' contents plus the chat template's per-message overhead."""
-    return _lengths(tokenizer, [[m["content"] for m in messages_of(c)] for c in conversations], batch_size)
-
-
-def _lengths(tokenizer, conversations: list[list[str]], batch_size: int = 2048) -> list[int]:
-    overhead = _template_overhead(tokenizer)
-    lengths = [overhead * len(contents) for contents in conversations]
-    texts: list[str] = []
-    owners: list[int] = []
-
-    def flush() -> None:
-        ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        for owner, row in zip(owners, ids):
-            lengths[owner] += len(row)
-        texts.clear()
-        owners.clear()
-
-    for index, contents in enumerate(conversations):
-        texts.extend(contents)
-        owners.extend([index] * len(contents))
-        if len(texts) >= batch_size:
-            flush()
-    if texts:
-        flush()
-    return lengths
+def token_lengths(conversations: list[dict], tokenizer) -> list[int]:
+    """Tokens per conversation (rows with `messages`), counted with a transformers tokenizer (`tokens.count`)."""
+    return tokens.count(tokenizer, [[m["content"] for m in c["messages"]] for c in conversations])
 
 
 def _token_limits(recipe) -> dict[str, tuple[int, int]]:
@@ -200,7 +165,7 @@ def _apply_token_limits(result: Conversion, lengths: list[int], limits: dict[str
     """Reject conversations outside their source's limits; the lengths of those kept."""
     kept, kept_lengths = [], []
     for conversation, length in zip(result.conversations, lengths):
-        source = conversation["source"]
+        source = conversation.source
         low, high = limits.get(source["file"], (0, 0))
         problem = None
         if high and length > high:
@@ -228,123 +193,6 @@ def _percentiles(values: list[int]) -> dict | None:
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
     return {"p50": pick(0.5), "p90": pick(0.9), "p95": pick(0.95), "p99": pick(0.99), "max": ordered[-1],
             "mean": round(statistics.fmean(ordered), 1)}
-
-
-def _count_tokens_serve(section, connection, yield_cpu: bool, parent_end=None) -> None:
-    """The helper process: load the tokenizer, then answer lists of conversations with their lengths."""
-    from kit import models
-
-    if parent_end is not None:
-        # The fork copied the parent's end of the pipe: close it, so that when the parent dies (a SIGKILL
-        # gives it no time to say goodbye) `recv` ends with EOFError instead of waiting forever.
-        parent_end.close()
-
-    # On a large export the load takes CPU time that the conversion would otherwise share its cores with:
-    # take what they leave idle (the answer is needed only at the end: after the conversion, or while
-    # files are written). A small export waits for the tokenizer at once, so it loads at full priority.
-    if yield_cpu:
-        with contextlib.suppress(OSError):
-            os.nice(HELPER_NICENESS)
-    # Tokenizing needs no torch, but transformers imports it when it is installed: ~1.4 of the ~2.3 CPU-s
-    # the load takes. Hide it here (only in this process). If the tokenizer then fails to load, the
-    # parent loads it in-process, with torch: a problem is reported only as a plain load gives it.
-    hidden = "torch" not in sys.modules
-    if hidden:
-        sys.modules["torch"] = None  # `import torch` raises ImportError; transformers runs tokenizer-only
-        os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"  # its "PyTorch was not found" notice
-    try:
-        tokenizer, problem = models.load_tokenizer(section), None
-    except KitError as exc:
-        tokenizer, problem = None, str(exc).splitlines()[0]
-    except Exception as exc:  # reported to the parent, which decides whether it matters
-        tokenizer, problem = None, f"{type(exc).__name__}: {exc}"
-    status = "retry" if hidden and tokenizer is None else "error"
-    with contextlib.suppress(EOFError, OSError):  # EOF: the parent is gone
-        while (conversations := connection.recv()) is not None:
-            connection.send((status, problem) if tokenizer is None else ("ok", _lengths(tokenizer, conversations)))
-
-
-class TokenCounter:
-    """The model's tokenizer, loaded in a forked helper process while the conversion runs: importing
-    transformers and loading a tokenizer takes seconds, and the conversion keeps the main process busy.
-    Without fork (or on error) it loads in-process. `yield_cpu`: load at a lower priority than the
-    conversion (worth it when the conversion takes longer than the load)."""
-
-    def __init__(self, section, yield_cpu: bool = False):
-        self.section = section
-        self.connection = self.process = None
-        if "fork" in multiprocessing.get_all_start_methods():
-            context = multiprocessing.get_context("fork")
-            self.connection, child = context.Pipe()
-            self.process = context.Process(
-                target=_count_tokens_serve, args=(section, child, yield_cpu, self.connection), daemon=True
-            )
-            self.process.start()
-            child.close()
-
-    def lengths(self, conversations: list[dict]) -> tuple[list[int] | None, str | None]:
-        """(tokens per conversation, None), or (None, why the tokenizer is unavailable)."""
-        return self.collect(self.ask(conversations))
-
-    def ask(self, conversations: list[dict]):
-        """Send the conversations to the helper and return at once; `collect` waits for the answer, so the
-        caller can work meanwhile. Without a helper, the conversations' contents to count in `collect`."""
-        contents = [[m["content"] for m in messages_of(c)] for c in conversations]
-        if self.process is None:
-            return contents
-        # A big question fills the pipe, and the helper reads it only once its tokenizer is loaded: send
-        # from a thread so that this one goes on.
-        failed: list[str] = []
-
-        def send() -> None:
-            try:
-                self.connection.send(contents)
-            except (EOFError, OSError) as exc:
-                failed.append(f"the tokenizer process ended ({exc})")
-
-        sender = threading.Thread(target=send, daemon=True)
-        sender.start()
-        return sender, failed, contents
-
-    def collect(self, asked) -> tuple[list[int] | None, str | None]:
-        """The answer to `ask` (which returned `asked`): as `lengths`."""
-        if self.process is not None:
-            sender, failed, contents = asked
-            sender.join()
-            if failed:
-                return None, failed[0]
-            try:
-                status, payload = self.connection.recv()
-            except (EOFError, OSError) as exc:
-                return None, f"the tokenizer process ended ({exc})"
-            if status != "retry":
-                return (payload, None) if status == "ok" else (None, payload)
-        else:
-            contents = asked
-        from kit import models
-
-        try:
-            return _lengths(models.load_tokenizer(self.section), contents), None
-        except KitError as exc:
-            return None, str(exc).splitlines()[0]
-        except Exception as exc:
-            if self.process is None:
-                raise
-            return None, f"{type(exc).__name__}: {exc}"  # as the helper reports it
-
-    def close(self, wait: bool = True) -> None:
-        """Stop the helper: politely when its work is done, at once (`wait=False`) when the build failed."""
-        if self.process is None:
-            return
-        if wait:
-            with contextlib.suppress(OSError):
-                self.connection.send(None)
-            self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self.connection.close()
-        self.process = None
 
 
 def _card(recipe, stats: dict, templates: dict[str, str]) -> str:
@@ -475,7 +323,7 @@ def _build(recipe, force: bool) -> Path:
         result = convert(sources, recipe.data.system_prompt, settings)
         sampled = None
         if limited:  # every conversation is measured against its limits
-            lengths, tokenizer_problem = counter.lengths(result.conversations)
+            lengths, tokenizer_problem = counter.lengths(_texts(result.conversations))
             if lengths is None:
                 raise KitError(f"data.rules.max_tokens/min_tokens need the model's tokenizer: {tokenizer_problem}")
             lengths = _apply_token_limits(result, lengths, limits)
@@ -485,11 +333,15 @@ def _build(recipe, force: bool) -> Path:
                 sample = random.Random(recipe.seed).sample(sample, TOKEN_STATS_SAMPLE)
                 sampled = len(sample)
             # Counted (and the tokenizer maybe still loaded) while the dataset files are written.
-            asked = counter.ask(sample)
+            asked = counter.ask(_texts(sample))
         return _finish(recipe, target, stamp, result, counter, lengths if limited else None,
                        None if limited else asked, sampled, settings.progress)
     finally:
         counter.close(wait=False)
+
+
+def _texts(conversations: list[Conversation]) -> list[list[str]]:
+    return [[m["content"] for m in c.chat()] for c in conversations]
 
 
 def _progress(line: str) -> None:
@@ -513,23 +365,23 @@ def _finish(recipe, target: Path, stamp: str, result: Conversion, counter: Token
         if result.rejects:
             path = dataset_dir(recipe).parent / "rejects.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_jsonl(path, result.rejects)
+            write_jsonl(path, result.rejects)
             saved = f"; every record left out is in {path}"
         raise KitError(
             f"data.sources: no usable conversation in {result.input} records ({reasons or 'none read'}){said}{saved}; "
             f"check the template's field names and roles, or see `python -m kit.data preview`"
         )
     data = recipe.data
-    if data.stratify_by and not any(data.stratify_by in c["metadata"] for c in result.conversations):
-        fields = sorted({key for c in result.conversations for key in c["metadata"]})
+    if data.stratify_by and not any(data.stratify_by in c.metadata for c in result.conversations):
+        fields = sorted({key for c in result.conversations for key in c.metadata})
         raise KitError(f"data.stratify_by: no conversation has the metadata field {data.stratify_by!r}; use one of "
                        f"{', '.join(fields) or '(none: the template keeps no metadata)'} or unset it")
     splits = split(result.conversations, data.validation_fraction, data.test_fraction, recipe.seed, data.stratify_by)
     augmented = []
     if data.augment.enabled:
-        augmented = augment([{**c, "messages": messages_of(c)} for c in splits["train"]], data.augment, recipe.seed)
+        augmented = [Conversation(**copy) for copy in augment([c.row() for c in splits["train"]], data.augment, recipe.seed)]
     splits["train"] = splits["train"] + augmented
-    kept_records = sum(len(c["source"]["records"]) for c in result.conversations)
+    kept_records = sum(len(c.source["records"]) for c in result.conversations)
     stats = {
         "input": result.input,
         "kept": kept_records,
@@ -557,8 +409,8 @@ def _finish(recipe, target: Path, stamp: str, result: Conversion, counter: Token
     with atomic_dir(target) as scratch:
         digest = hashlib.sha256()
         for name in DATASET_SPLITS:
-            _write_jsonl(scratch / f"{name}.jsonl", splits[name], digest)
-        _write_jsonl(scratch / "rejects.jsonl", result.rejects)
+            write_jsonl(scratch / f"{name}.jsonl", splits[name], digest)
+        write_jsonl(scratch / "rejects.jsonl", result.rejects)
         if lengths is None:
             lengths, tokenizer_problem = counter.collect(asked)
             lengths = lengths or []
@@ -568,11 +420,11 @@ def _finish(recipe, target: Path, stamp: str, result: Conversion, counter: Token
         if tokenizer_problem:
             stats["token_lengths_unavailable"] = tokenizer_problem
         if data.folds:
-            originals = [c for name in ("train", "validation") for c in splits[name] if "augmented" not in c["metadata"]]
+            originals = [c for name in ("train", "validation") for c in splits[name] if "augmented" not in c.metadata]
             parts = folds(originals, data.folds, recipe.seed, data.stratify_by)
             (scratch / "folds").mkdir()
             for k, part in enumerate(parts):
-                _write_jsonl(scratch / "folds" / f"fold_{k}.jsonl", part)
+                write_jsonl(scratch / "folds" / f"fold_{k}.jsonl", part)
             stats["folds"] = [len(part) for part in parts]
         stats["sha256"] = digest.hexdigest()
         stats["fingerprint"] = stamp
@@ -608,10 +460,10 @@ def preview(recipe, n: int = 5) -> str:
     result = convert(recipe_sources(recipe), recipe.data.system_prompt, settings_from(recipe))
     lines = []
     for conversation in result.conversations[:n]:
-        lines.append(f"--- {_describe_source(conversation['source'])} [{conversation['source']['template']}]")
-        if conversation["metadata"]:
-            lines.append(f"metadata: {json.dumps(conversation['metadata'], ensure_ascii=False)}")
-        for message in conversation["messages"]:
+        lines.append(f"--- {_describe_source(conversation.source)} [{conversation.source['template']}]")
+        if conversation.metadata:
+            lines.append(f"metadata: {json.dumps(conversation.metadata, ensure_ascii=False)}")
+        for message in conversation.chat():
             lines.append(f"[{message['role']}] {message['content']}")
     reasons = ", ".join(f"{code} {count}" for code, count in result.by_reason().items())
     lines.append(

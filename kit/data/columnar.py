@@ -1,6 +1,6 @@
 """Phase 1 for large CSV message exports, a column at a time: pyarrow parses, numpy groups and sorts.
 
-`read_messages(reader)` gives exactly what `_Reader.messages` gives (the same conversations in the same
+`read_messages(reader)` gives exactly what `Reader.messages` (kit/data/convert.py) gives (the same conversations in the same
 order, the same rejects, record and line numbers, names and record count), in well under half the
 time on a big ticket export, or None when the file is outside what it can match exactly; then the
 caller reads the file record by record as before. It declines:
@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from kit.data import read
+from kit.data.conversation import Groups
 
 _TIME_LAYOUT = b"0000-00-00T00:00:00"  # digits where 0, the separators as they must be (T or a space)
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
@@ -36,8 +37,8 @@ _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 def read_messages(reader):
     """`reader.messages()`'s `Groups`, read by columns; None (and the reader unchanged) when declined."""
     source = reader.source
-    data, source.data = source.data, None  # (the bytes `_Source` read, if any: freed once parsed)
-    if reader.get_role is None or source.header is None or codecs.lookup(source.encoding).name not in read._SPLITTABLE:
+    data, source.data = source.data, None  # (the bytes `Source` read, if any: freed once parsed)
+    if reader.get_role is None or source.header is None or codecs.lookup(source.encoding).name not in read.SPLITTABLE_ENCODINGS:
         return None
     data = data or source.path.read_bytes()
     if data.startswith(codecs.BOM_UTF8):
@@ -110,9 +111,7 @@ class ColumnGroups:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, part: slice):
-        from kit.data.convert import Groups
-
+    def __getitem__(self, part: slice) -> Groups:
         first, last = part.start or 0, len(self.keys) if part.stop is None else part.stop
         lo, hi = self.starts[first], self.starts[last]
         rows = self.rows[lo:hi]
@@ -137,8 +136,6 @@ def _column(reader, name: str | None, columns: list):
 
 
 def _group(reader, columns: list, lines, n: int):
-    from kit.data.convert import _id
-
     source = reader.source
     fields = source.template.fields
     text_column = _column(reader, fields.text, columns)
@@ -177,7 +174,7 @@ def _group(reader, columns: list, lines, n: int):
     times = np.arange(1, n + 1, dtype=np.float64)  # without a timestamp column, a message's time is its number
     time_column = _column(reader, fields.timestamp, columns)
     if time_column is not None:
-        parsed = _iso_seconds(time_column) if reader.iso_times else None
+        parsed = iso_seconds(time_column) if reader.iso_times else None
         if parsed is None:
             parsed = (np.zeros(n), np.zeros(n, dtype=bool))
         times, done = parsed
@@ -198,7 +195,7 @@ def _group(reader, columns: list, lines, n: int):
     distinct = pc.unique(column)
     codes = pc.index_in(column, value_set=distinct).to_numpy()
     if pc.any(pc.match_substring_regex(distinct, r"^$|^ | $|\.0$")).as_py():  # ids the reader would tidy up
-        keys = [key if key and key[0] != " " and key[-1] != " " and key[-2:] != ".0" else _id(key)
+        keys = [key if key and key[0] != " " and key[-1] != " " and key[-2:] != ".0" else read.id_of(key)
                 for key in distinct.to_pylist()]
         empty_keys = np.array([not key for key in keys], dtype=bool)
         mark(empty_keys[codes], "missing_field", f"missing field {fields.conversation!r}")
@@ -270,7 +267,7 @@ def _metadata(reader, columns: list, rows) -> list[dict]:
     return [dict(made[i]) for i in combination.reshape(-1).tolist()]
 
 
-def _iso_seconds(column):
+def iso_seconds(column):
     """(seconds since the epoch, which rows were read) for values in the exact form YYYY-MM-DDTHH:MM:SS
     (or with a space for T) with a valid date and time: what `datetime.fromisoformat` gives them. Other
     rows are left to the caller."""

@@ -1,39 +1,31 @@
-"""Records -> conversations for every template shape, with every input record accounted for.
+"""The reference path: records -> conversations for every template shape, every input record accounted for.
 
 Each input record (a CSV row, a JSONL line, a JSON item, or one message of a nested list) ends as
 exactly one of: part of a kept conversation, a reject (with file, record, line or JSON path, reason
 and a short code), or a duplicate. So `input == kept + rejected + duplicates` counts records, and the
 record numbers across the dataset and `rejects.jsonl` are exactly the input's.
 
-Two phases per source file:
-1. read (streaming, one pass): parse each record, apply the template's field mapping, exclusion
-   rules and role mapping, parse timestamps, and group messages by conversation (rows may arrive in
-   any order, so groups are complete only at the end of the file). People's names are collected.
-   A large CSV of messages is first read by columns (`kit.data.columnar`), which gives exactly this
-   pass's result or declines; declined, it is read in two processes: a forked child reads from a line
-   near the middle while this process reads up to it, and the child's groups are merged in only when
-   this process reaches a record boundary exactly there (see `_Reader._group_split`): the result is
-   the one pass's. Either way phase 2 gets the conversations as `Groups` (flat lists).
-2. assemble (per conversation, independent): clean each text, drop auto-replies, redact private data
-   (phase 1 ran for every source first, so every name in the recipe's exports is known), order by
-   time, merge consecutive turns, apply the conversation rules, compute the dedup key. Large exports
-   run this phase in chunks that this process and forked worker processes (`data.workers`) take in
-   turn from a shared counter; the workers read the groups they inherited and send back conversations.
-Dedup across all sources runs last, in input order, so the first copy is the one kept.
+Read in order, one source file at a time (`convert`):
+1. read, map, filter (`Source`, `Reader`): parse each record (`kit.data.read`), map the template's fields,
+   apply its `exclude` / `keep` rules and role mapping, parse timestamps, and group messages by
+   conversation (`Groups`; rows may arrive in any order). People's names are collected.
+2. clean, redact, assemble (`Assembler`; phase 1 ran for every source first, so every name in the
+   recipe's exports is known): clean each text, drop auto-replies, redact private data, order by time,
+   merge consecutive turns, apply the conversation rules, compute the dedup key (`Conversation`).
+3. dedup across all sources, in input order, so the first copy is the one kept (`_dedup`).
+Splitting and writing follow in `kit.data.build`.
+
+Large exports take the same path faster, with the same result: a large CSV of messages is read by
+columns (`kit.data.columnar`) or, where that declines, in two processes, and assembled in worker
+processes (`kit.data.parallel`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import io
-import itertools
 import json
-import multiprocessing
 import operator
-import os
-import pickle
-import queue
 import re
 import time
 from collections import Counter
@@ -41,10 +33,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import orjson
-
 from kit import pii
-from kit.data import read
+from kit.data import columnar, parallel, read
+from kit.data.conversation import Batch, Conversation, Groups, where
 from kit.data.clean import Cleaner, Rules, resolve_rules
 from kit.data.dedup import NearDuplicates, exact_key, normalized_keys
 from kit.data.template import Template
@@ -53,24 +44,10 @@ from kit.errors import KitError
 REJECT_TEXT_CHARS = 400
 
 
-def dumps_line(value) -> str:
-    """One line of a JSONL file: compact JSON, not ASCII-escaped (orjson: about ten times faster than
-    `json` on a dataset line). Text that UTF-8 cannot hold (a lone surrogate from a JSON export's
-    escapes) or numbers orjson does not take are written by `json`, escaped."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # orjson.JSONEncodeError
-        return json.dumps(value, separators=(",", ":"))
 # Metadata keys that are lists of strings (kit.eval reads `required_phrases`); text cells split on "|".
 LIST_METADATA = frozenset({"required_phrases"})
-# Below this many records a source is assembled in-process: starting workers costs more than it saves.
-PARALLEL_MIN_RECORDS = 50_000
-# CSV exports from this size on that are not read by columns are read in two processes (about 50,000
-# records of ticket threads).
-PARALLEL_MIN_BYTES = 8 << 20
 # CSV message exports from this size on are first read by columns (`kit.data.columnar`).
 COLUMNAR_MIN_BYTES = 8 << 20
-CHUNK_RECORDS = 4_000
 GROUP_TEXTS = 4_096  # messages cleaned as one batch (`Cleaner.clean_many`)
 TEXTS_REMEMBERED = 200_000  # distinct texts whose results an assembly process keeps for reuse
 
@@ -84,7 +61,7 @@ class Settings:
     dedup: str = "normalized"
     near_threshold: float = 0.8
     workers: int | None = None  # None: one per CPU core for large sources; 0 or 1: in-process
-    # Also serialize each conversation's JSON line (`_line`) where it is assembled, i.e. in the workers.
+    # Also serialize each conversation's JSON line (`Conversation.line`) where it is assembled, i.e. in the workers.
     serialize: bool = False
     progress: object = None  # a callable given one line of progress per phase and source (large builds)
 
@@ -93,7 +70,7 @@ class Settings:
 class Conversion:
     """What a set of sources turned into. Counts are in records unless named `conversations`."""
 
-    conversations: list[dict] = field(default_factory=list)
+    conversations: list[Conversation] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
     input: int = 0
     duplicates: int = 0
@@ -114,28 +91,6 @@ class Conversion:
 
     def by_reason(self) -> dict[str, int]:
         return dict(sorted(Counter(r["code"] for r in self.rejects).items()))
-
-
-def messages_of(conversation: dict) -> list[dict]:
-    """A conversation's messages, also when only its serialized line was kept (`Settings.serialize`)."""
-    messages = conversation.get("messages")
-    return messages if messages is not None else json.loads(conversation["_line"])["messages"]
-
-
-def _where(file: str, number: int, loc) -> dict:
-    if loc.__class__ is int:
-        return {"file": file, "record": number, "line": loc}
-    if isinstance(loc, tuple):
-        return {"file": file, "record": number, "line": loc[0], "path": loc[1]}
-    return {"file": file, "record": number, "path": loc}
-
-
-def _text(value) -> str | None:
-    if value.__class__ is str:
-        return value
-    if value is read.MISSING or value is None or isinstance(value, (list, dict)):
-        return None
-    return str(value)
 
 
 def _filter_value(value) -> str:
@@ -162,7 +117,7 @@ def _message_text(value) -> str | None:
     if isinstance(value, list):
         parts = [part for part in map(_message_text, value) if part and part.strip()]
         return "\n".join(parts) if parts else None
-    return _text(value)
+    return read.text_of(value)
 
 
 def _joined(getters: list):
@@ -172,22 +127,6 @@ def _joined(getters: list):
         parts = [part for part in (_message_text(g(row)) for g in getters) if part and part.strip()]
         return "\n\n".join(parts) if parts else read.MISSING
     return get
-
-
-_FLOAT_ID = re.compile(r"^(\d+)\.0+$")
-
-
-def _id(value) -> str:
-    """Ids as strings; `2414304.0` (a pandas round trip) is `2414304`."""
-    text = _text(value)
-    if not text:
-        return ""
-    text = text.strip()
-    if text.endswith(".0") or text.endswith(".00"):
-        match = _FLOAT_ID.match(text)
-        if match:
-            return match.group(1)
-    return text
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -201,7 +140,7 @@ def parse_time(value, fmt: str | None) -> float | None:
     if value.__class__ is not str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value) / (1000.0 if value > 1e11 else 1.0)
-        value = _text(value)
+        value = read.text_of(value)
         if value is None:
             return None
     value = value.strip()
@@ -269,7 +208,7 @@ def _scanner(settings: Settings, names: list[str]) -> pii.Scanner | None:
 # -- phase 1: reading ---------------------------------------------------------------------------------
 
 
-class _Source:
+class Source:
     """One export file read through its template: records in file order, and field getters."""
 
     def __init__(self, path_text: str, template: Template, template_name: str, users_file: str | None):
@@ -349,8 +288,8 @@ class _Source:
         get_id = read.getter(table.id, None)
         getters = [read.getter(name, None) if name else None for name in (table.role, table.name, table.email)]
         for row in rows:
-            if isinstance(row, dict) and (key := _id(get_id(row))):
-                users[key] = tuple(_text(get(row)) if get else None for get in getters)
+            if isinstance(row, dict) and (key := read.id_of(get_id(row))):
+                users[key] = tuple(read.text_of(get(row)) if get else None for get in getters)
         return users
 
     def user_names(self) -> list[str]:
@@ -388,10 +327,10 @@ class _Source:
                 yield ((loc, sub) if isinstance(loc, int) else f"{loc}.{sub}"), item, None, row
 
 
-class _Reader:
+class Reader:
     """Phase 1 for one source: records -> work items (qa pairs or message groups) and early rejects."""
 
-    def __init__(self, result: Conversion, source: _Source, rules: Rules, split: bool = False):
+    def __init__(self, result: Conversion, source: Source, rules: Rules, split: bool = False):
         self.result = result
         self.source = source
         self.rules = rules
@@ -434,7 +373,7 @@ class _Reader:
         self.filter_present = [False] * len(self.exclude)  # the rule's field occurred in some record
 
     def reject(self, number: int, loc, code: str, reason: str, raw=None) -> None:
-        entry = {**_where(self.source.file, number, loc), "reason": reason, "code": code, "kind": "rejected"}
+        entry = {**where(self.source.file, number, loc), "reason": reason, "code": code, "kind": "rejected"}
         if raw is not None and raw is not read.MISSING:
             text = _raw_text(raw).strip()
             if text:
@@ -480,7 +419,7 @@ class _Reader:
             if problem is None:
                 self.fast_roles[value] = role
             return role, problem
-        author = _id(self.get_author(row))
+        author = read.id_of(self.get_author(row))
         user = self.source.users.get(author)
         if user is None or not user[0]:
             what = "has no role" if user else "is not in the users table"
@@ -535,7 +474,7 @@ class _Reader:
                     self.names_seen.add(value.strip())
             elif isinstance(value, list):
                 self.names_seen.update(str(v).strip() for v in value if v)
-            elif (text := _text(value)) is not None:
+            elif (text := read.text_of(value)) is not None:
                 self.names_seen.add(text.strip())
 
     # -- shapes --------------------------------------------------------------------------------------
@@ -561,7 +500,7 @@ class _Reader:
                 self.reject(number, loc, "missing_field", f"missing field {missing!r}", raw=row)
                 continue
             metadata = self.metadata_of(row)
-            if get_id is not None and (value := _text(get_id(row))) is not None:
+            if get_id is not None and (value := read.text_of(get_id(row))) is not None:
                 metadata["id"] = value.strip()
             items.append((number, loc, question, answer, metadata))
         self.result.input += number
@@ -605,7 +544,7 @@ class _Reader:
             if moment is None:
                 moment = parse_time(value, self.source.template.timestamp_format)
             if moment is None:
-                value = _text(value)
+                value = read.text_of(value)
                 self.reject(number, loc, "bad_timestamp",
                             f"unreadable timestamp {value!r}" if value and value.strip() else "missing timestamp", raw=text)
                 return None
@@ -629,98 +568,22 @@ class _Reader:
         metadata: dict[str, dict] = {}
         source = self.source
         if source.by_columns and source.header is not None:
-            from kit.data.columnar import read_messages
-
-            items = read_messages(self)  # (it takes `source.data`, so that the bytes go when it is done with them)
+            items = columnar.read_messages(self)  # (it takes `source.data`, so that the bytes go when it is done with them)
             if items is not None:
                 self.how = "by columns"
                 return items
         source.data = None
         split = read.split_offset(source.path, source.encoding) if self.split and source.header is not None else None
         if split is None:
-            number = self._group(source.records(), groups, metadata)
+            number = self.group(source.records(), groups, metadata)
         else:
-            number = self._group_split(split, groups, metadata)
+            number = parallel.group_in_two(self, split, groups, metadata)
         self.result.input += number
         if source.header is None:  # (a CSV's rule fields were checked against its header)
             self.check_filters(number)
         return Groups.of([(key, group, metadata[key]) for key, group in groups.items()])
 
-    def _group_split(self, split: tuple[int, int], groups: dict, metadata: dict) -> int:
-        """`_group` for a CSV read in two processes: a forked child reads from the split offset on while
-        this process reads up to it. The child's part is used only when this process's reading reaches
-        a record boundary exactly at the split (else it reads on by itself), so the result is the one
-        a single pass gives: the same groups in the same order, the same record numbers and rejects."""
-        offset, lines_before = split
-        context = multiprocessing.get_context("fork")
-        connection, child_end = context.Pipe(duplex=False)
-        child = context.Process(target=self._group_tail, args=(offset, lines_before, child_end), daemon=True)
-        child.start()
-        child_end.close()
-        records = self.source.records()
-        boundary: list = []
-
-        def head():
-            for item in records:
-                if item[0] > lines_before:  # the first record that starts after the split
-                    boundary.append(item)
-                    return
-                yield item
-
-        try:
-            number = self._group(head(), groups, metadata)
-            tail = None
-            if boundary and boundary[0][0] == lines_before + 1:
-                try:
-                    tail = pickle.loads(connection.recv_bytes())
-                except (EOFError, OSError, pickle.UnpicklingError):
-                    tail = None
-        finally:
-            connection.close()
-            if child.is_alive():
-                child.kill()
-            child.join()
-        if tail is None:  # the split was not a record boundary (or the child failed): read on here
-            return self._group(itertools.chain(boundary, records), groups, metadata, start=number + 1)
-        self.how = "in 2 processes"
-        count, tail_groups, tail_metadata, rejects, names = tail
-        untimed = self.get_time is None  # then a message's time is its record number
-        for group in tail_groups.values():
-            for message in group:
-                message[1] += number
-                if untimed:
-                    message[0] += number
-        for entry in rejects:
-            entry["record"] += number
-        self.rejects.extend(rejects)
-        self.names_seen.update(names)
-        for key, group in tail_groups.items():
-            mine = groups.get(key)
-            if mine is None:
-                groups[key] = group
-                metadata[key] = tail_metadata[key]
-            else:
-                mine.extend(group)
-        return number + count
-
-    def _group_tail(self, offset: int, lines_before: int, connection) -> None:
-        """In the child: group the records from `offset` on (record numbers from 1) and send them back."""
-        try:
-            source = self.source
-            self.rejects, self.names_seen = [], set()
-            records = ((line, row, problem, row) for line, row, problem in
-                       read.csv_records(source.path, source.encoding, source.delimiter, offset, lines_before))
-            groups: dict[str, list] = {}
-            metadata: dict[str, dict] = {}
-            count = self._group(records, groups, metadata)
-            connection.send_bytes(_dumps_tree((count, groups, metadata, self.rejects, self.names_seen)))
-        except Exception:  # the parent reads on by itself
-            pass
-        finally:
-            connection.close()
-            os._exit(0)
-
-    def _group(self, records, groups: dict, metadata: dict, start: int = 1) -> int:
+    def group(self, records, groups: dict, metadata: dict, start: int = 1) -> int:
         """Add each record's message to its conversation's group; the number of the last record."""
         get_conversation = self.get_conversation
         container_level = self.container_level
@@ -733,7 +596,7 @@ class _Reader:
             holder = container if container_level else row
             key = get_conversation(holder)
             if key.__class__ is not str or not key or key[0] == " " or key[-1] == " " or key[-2:] == ".0":
-                key = _id(key)
+                key = read.id_of(key)
             if not key:
                 self.reject(number, loc, "missing_field", f"missing field {self.source.template.fields.conversation!r}",
                             raw=message[3])
@@ -757,19 +620,19 @@ class _Reader:
             message = self._message(number, loc, row, problem, container)
             if message is None:
                 continue
-            key = _id(self.get_message_id(row))
+            key = read.id_of(self.get_message_id(row))
             if not key or key in nodes:
                 code, reason = ("missing_field", "missing message id") if not key else ("bad_thread", f"message id {key} appears twice")
                 self.reject(number, loc, code, reason, raw=message[3])
                 continue
             nodes[key] = message
             holders[key] = container if self.container_level else row
-            parent = _id(self.get_reply_to(row))
+            parent = read.id_of(self.get_reply_to(row))
             if parent:
                 parents[key] = parent
             if self.get_replies is not None:
-                for child in (_text(self.get_replies(row)) or "").replace(";", ",").split(","):
-                    if child := _id(child):
+                for child in (read.text_of(self.get_replies(row)) or "").replace(";", ",").split(","):
+                    if child := read.id_of(child):
                         listed.setdefault(child, key)
         self.result.input += number
         if self.source.header is None:
@@ -822,60 +685,11 @@ class _Reader:
 # -- phase 2: assembling ------------------------------------------------------------------------------
 
 
-@dataclass
-class _Batch:
-    conversations: list = field(default_factory=list)
-    rejects: list = field(default_factory=list)
-    pii: Counter = field(default_factory=Counter)
-    assembled: int = 0
-    rejected_conversations: int = 0
-
-
-class Groups:
-    """Phase 1's conversations for `_Assembler.groups`, in flat lists: conversation i (`keys[i]`,
-    `metadata[i]`) has the messages `starts[i]` to `starts[i + 1]` of `numbers`, `roles`, `texts` and
-    `locs`, in order (by time, then record number)."""
-
-    __slots__ = ("keys", "metadata", "starts", "numbers", "roles", "texts", "locs")
-
-    def __init__(self, keys: list, metadata: list, starts: list, numbers: list, roles: list, texts: list, locs: list):
-        self.keys, self.metadata, self.starts = keys, metadata, starts
-        self.numbers, self.roles, self.texts, self.locs = numbers, roles, texts, locs
-
-    @classmethod
-    def of(cls, items: list) -> Groups:
-        """From (key, [[time, number, role, text, loc], ...], metadata) work items, each group sorted."""
-        keys, metadata, starts, numbers, roles, texts, locs = [], [], [0], [], [], [], []
-        for key, group, meta in items:
-            group.sort()  # by time, then by record number (unique)
-            keys.append(key)
-            metadata.append(meta)
-            for _, number, role, text, loc in group:
-                numbers.append(number)
-                roles.append(role)
-                texts.append(text)
-                locs.append(loc)
-            starts.append(len(numbers))
-        return cls(keys, metadata, starts, numbers, roles, texts, locs)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, part: slice) -> Groups:
-        first, last = part.start or 0, len(self.keys) if part.stop is None else part.stop
-        lo, hi = self.starts[first], self.starts[last]
-        return Groups(self.keys[first:last], self.metadata[first:last], [s - lo for s in self.starts[first : last + 1]],
-                      self.numbers[lo:hi], self.roles[lo:hi], self.texts[lo:hi], self.locs[lo:hi])
-
-    def sizes(self) -> list[int]:
-        return [b - a for a, b in zip(self.starts, self.starts[1:])]
-
-
-class _Assembler:
+class Assembler:
     """Phase 2: clean, redact, order, merge and check. Holds no per-run state (only caches of results that
     depend on a text alone), so workers can run it."""
 
-    def __init__(self, source: _Source, rules: Rules, scanner: pii.Scanner | None, dedup: str, system_prompt: str | None,
+    def __init__(self, source: Source, rules: Rules, scanner: pii.Scanner | None, dedup: str, system_prompt: str | None,
                  serialize: bool = False):
         self.file = source.file
         self.file_name = source.path.name
@@ -891,7 +705,7 @@ class _Assembler:
         self.remembered: dict[str, tuple] = {}  # raw text -> (cleaned, automatic reply, redaction), see `_groups`
         self.serialize = serialize
 
-    def _redact(self, text: str, batch: _Batch) -> str:
+    def _redact(self, text: str, batch: Batch) -> str:
         if self.scanner is None:
             return text
         out, counts = self.scanner.redact(text)
@@ -899,7 +713,7 @@ class _Assembler:
             batch.pii.update(counts)
         return out
 
-    def _redact_value(self, value: str, batch: _Batch) -> str:
+    def _redact_value(self, value: str, batch: Batch) -> str:
         """Metadata values repeat (categories, subjects, tags): each distinct value is scanned once."""
         cached = self.value_cache.get(value)
         if cached is None:
@@ -910,18 +724,18 @@ class _Assembler:
             batch.pii.update(cached[1])
         return cached[0]
 
-    def _reject(self, batch: _Batch, number: int, loc, code: str, reason: str, text: str | None) -> None:
-        entry = {**_where(self.file, number, loc), "reason": reason, "code": code, "kind": "rejected"}
+    def _reject(self, batch: Batch, number: int, loc, code: str, reason: str, text: str | None) -> None:
+        entry = {**where(self.file, number, loc), "reason": reason, "code": code, "kind": "rejected"}
         if text:
             entry["text"] = _shorten(text)
         batch.rejects.append(entry)
 
-    def _clean(self, batch: _Batch, number: int, loc, raw: str, name: str) -> str | None:
+    def _clean(self, batch: Batch, number: int, loc, raw: str, name: str) -> str | None:
         """Cleaned, redacted text, or None after rejecting the record."""
         text = self.cleaner.clean(raw)
         return self._checked(batch, number, loc, raw, name, text, bool(text) and self.cleaner.is_auto_reply(text))
 
-    def _checked(self, batch: _Batch, number: int, loc, raw: str, name: str, text: str, automatic: bool,
+    def _checked(self, batch: Batch, number: int, loc, raw: str, name: str, text: str, automatic: bool,
                  redacted: tuple | None = None) -> str | None:
         """`_clean` once the text is cleaned and tested for an automatic reply (and maybe redacted:
         `redacted` is the scanner's (text, counts) for it)."""
@@ -940,7 +754,7 @@ class _Assembler:
             return None
         return text
 
-    def _metadata(self, metadata: dict, batch: _Batch) -> dict:
+    def _metadata(self, metadata: dict, batch: Batch) -> dict:
         if self.scanner is None:
             return metadata
         redact = self._redact_value
@@ -948,36 +762,32 @@ class _Assembler:
                 else [redact(v, batch) for v in value] if value.__class__ is list else value  # numbers, booleans
                 for key, value in metadata.items()}
 
-    def _conversation(self, cid: str, messages: list[dict], metadata: dict, located: list, batch: _Batch) -> dict:
-        """A kept conversation; `_seal` adds its dedup key and line."""
+    def _conversation(self, cid: str, messages: list[dict], metadata: dict, located: list, batch: Batch) -> Conversation:
+        """A kept conversation; `_seal` adds its dedup key (and line)."""
         number, loc = located[0]
         records = [n for n, _ in located]
-        if loc.__class__ is int:  # (a CSV or JSONL line: `_where`, built directly)
+        if loc.__class__ is int:  # (a CSV or JSONL line: `where`, built directly)
             source = {"file": self.file, "record": number, "line": loc, "records": records, "template": self.template_name}
         else:
-            source = {**_where(self.file, number, loc), "records": records, "template": self.template_name}
-        return {"id": cid, "messages": messages, "metadata": self._metadata(metadata, batch), "source": source,
-                "_locs": located}
+            source = {**where(self.file, number, loc), "records": records, "template": self.template_name}
+        return Conversation(cid, messages, self._metadata(metadata, batch), source, located)
 
-    def _seal(self, made: list[dict], batch: _Batch) -> None:
-        """Give a part's conversations their dedup keys (all at once: `normalized_keys`) and their lines,
-        and add them to the batch."""
+    def _seal(self, made: list[Conversation], batch: Batch) -> None:
+        """Give a part's conversations their dedup keys (all at once: `normalized_keys`) and add them to the batch."""
         if self.keys_of is not None:
-            for conversation, key in zip(made, self.keys_of([c["messages"] for c in made])):
-                conversation["_key"] = key  # (without the system prompt)
+            for conversation, key in zip(made, self.keys_of([c.messages for c in made])):
+                conversation.key = key  # (without the system prompt)
         for conversation in made:
-            messages = conversation["messages"]
             if self.system_prompt:
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
+                conversation.messages.insert(0, {"role": "system", "content": self.system_prompt})
             if self.serialize:
-                # The line carries the messages; the dict sent back to the main process does not (half the
-                # pickling). `messages_of` reads them back from the line when a later step needs them.
-                conversation["_line"] = dumps_line({k: conversation[k] for k in ("id", "messages", "metadata", "source")})
-                del conversation["messages"]
+                # The line carries the messages; what goes back to the main process does not (half the pickling).
+                conversation.line = conversation.dumps()
+                conversation.messages = None
         batch.conversations.extend(made)
 
-    def qa_pairs(self, items: list) -> _Batch:
-        batch = _Batch()
+    def qa_pairs(self, items: list) -> Batch:
+        batch = Batch()
         made = []
         question_name, answer_name = self.fields.question, self.fields.answer
         for number, loc, question, answer, metadata in items:
@@ -993,8 +803,8 @@ class _Assembler:
         self._seal(made, batch)
         return batch
 
-    def groups(self, groups: Groups) -> _Batch:
-        batch = _Batch()
+    def groups(self, groups: Groups) -> Batch:
+        batch = Batch()
         starts = groups.starts
         first = 0
         for end in range(1, len(groups) + 1):  # parts of about GROUP_TEXTS messages
@@ -1003,7 +813,7 @@ class _Assembler:
                 first = end
         return batch
 
-    def _groups(self, part: Groups, batch: _Batch) -> None:
+    def _groups(self, part: Groups, batch: Batch) -> None:
         rules = self.rules
         merge = rules.merge_consecutive
         text_name = self.fields.text
@@ -1066,119 +876,6 @@ class _Assembler:
         self._seal(made, batch)
 
 
-def _dumps_tree(value) -> bytes:
-    """Pickle plain data with no object met twice that matters (no cycles): without the memo, which on
-    half a million messages makes pickling and unpickling about a third slower (a repeated object, such
-    as a role string, is written each time and read back as equal copies)."""
-    buffer = io.BytesIO()
-    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.fast = True
-    pickler.dump(value)
-    return buffer.getvalue()
-
-
-def _take(counter, total: int) -> int | None:
-    """The next chunk to assemble, from the counter every assembly process shares; None when all are taken."""
-    with counter.get_lock():
-        index = counter.value
-        if index >= total:
-            return None
-        counter.value = index + 1
-    return index
-
-
-def _assemble_in_worker(assembler: _Assembler, method: str, items, bounds: list, counter, results) -> None:
-    """A forked assembly process: take chunks until none is left; send each batch back (pickled without
-    the memo, see `_dumps_tree`), then None. An error is sent back to be raised in the parent."""
-    try:
-        while (index := _take(counter, len(bounds))) is not None:
-            start, end = bounds[index]
-            results.put((index, _dumps_tree(getattr(assembler, method)(items[start:end]))))
-    except BaseException as exc:  # noqa: BLE001 - the parent raises it
-        results.put((-1, pickle.dumps(exc)))
-    finally:
-        results.put(None)
-        results.close()
-        results.join_thread()
-
-
-def _chunks(items: list, sizes: list[int], target: int) -> list[tuple[int, int]]:
-    bounds, start, count = [], 0, 0
-    for index, size in enumerate(sizes):
-        count += size
-        if count >= target:
-            bounds.append((start, index + 1))
-            start, count = index + 1, 0
-    if start < len(items):
-        bounds.append((start, len(items)))
-    return bounds
-
-
-def worker_count(settings: Settings, records: int, large: bool = False) -> int:
-    """Worker processes for phase 2: the setting, else one per CPU core for large sources (`large`: the
-    caller knows the source is large)."""
-    if "fork" not in multiprocessing.get_all_start_methods():
-        return 0  # workers inherit the groups by fork; without it, assemble in-process
-    if settings.workers is not None:
-        return settings.workers if settings.workers > 1 else 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cores, 8) if (large or records >= PARALLEL_MIN_RECORDS) and cores > 1 else 0
-
-
-def _assemble(assembler: _Assembler, method: str, items, records: int, settings: Settings) -> list[_Batch]:
-    workers = worker_count(settings, records)
-    if not workers:
-        return [getattr(assembler, method)(items)]
-    sizes = [1] * len(items) if method == "qa_pairs" else items.sizes()
-    bounds = _chunks(items, sizes, CHUNK_RECORDS)
-    # This process and `workers - 1` forked ones (which inherit the items) take the chunks in turn from a
-    # shared counter, so that none waits for another while chunks are left; a chunk done here is neither
-    # pickled nor copied.
-    context = multiprocessing.get_context("fork")
-    counter = context.Value("q", 0)
-    results = context.Queue()
-    processes = [context.Process(target=_assemble_in_worker, args=(assembler, method, items, bounds, counter, results),
-                                 daemon=True) for _ in range(workers - 1)]
-    for process in processes:
-        process.start()
-    batches: list = [None] * len(bounds)
-    running = len(processes)
-
-    def receive(block: bool) -> None:
-        nonlocal running
-        while running:
-            try:
-                item = results.get(block, 1.0)
-            except queue.Empty:
-                if not block:
-                    return
-                if any(p.exitcode not in (None, 0) for p in processes):
-                    raise RuntimeError("an assembly process ended without its results (out of memory?); "
-                                       "set data.workers: 0 to assemble in one process") from None
-                continue
-            if item is None:
-                running -= 1
-            elif item[0] < 0:
-                raise pickle.loads(item[1])
-            else:
-                batches[item[0]] = pickle.loads(item[1])
-
-    try:
-        while (index := _take(counter, len(bounds))) is not None:
-            start, end = bounds[index]
-            batches[index] = getattr(assembler, method)(items[start:end])
-            receive(block=False)
-        receive(block=True)
-    finally:
-        for process in processes:
-            process.join(timeout=5 if not running else 0)  # (done: they are exiting)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        results.close()
-    return batches
-
-
 # -- the whole conversion -----------------------------------------------------------------------------
 
 
@@ -1199,12 +896,12 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
     for item in sources:  # phase 1 for every source first: a name known anywhere is redacted everywhere
         path_text, template = item[0], item[1]
         template_name = item[2] if len(item) > 2 else "template"
-        source = _Source(path_text, template, template_name, item[3] if len(item) > 3 else None)
+        source = Source(path_text, template, template_name, item[3] if len(item) > 3 else None)
         rules = resolve_rules(template.rules, settings.rules)
-        split = (template.reader == "csv" and template.shape == "messages" and worker_count(settings, 0, True) > 1
+        split = (template.reader == "csv" and template.shape == "messages" and parallel.worker_count(settings, 0, True) > 1
                  and source.joined_lines is None
-                 and (settings.workers is not None or source.path.stat().st_size >= PARALLEL_MIN_BYTES))
-        reader = _Reader(result, source, rules, split)
+                 and (settings.workers is not None or source.path.stat().st_size >= parallel.PARALLEL_MIN_BYTES))
+        reader = Reader(result, source, rules, split)
         before = result.input
         if settings.progress:
             settings.progress(f"reading {source.path.name} ({source.path.stat().st_size / 2**20:,.0f} MiB)")
@@ -1224,15 +921,15 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
             result.pii.update(counts)
             entry["text"] = _shorten(text)
         result.rejects.extend(reader.rejects)
-        assembler = _Assembler(source, rules, scanner, settings.dedup, system_prompt, settings.serialize)
+        assembler = Assembler(source, rules, scanner, settings.dedup, system_prompt, settings.serialize)
         method = "qa_pairs" if source.template.shape == "qa_pairs" else "groups"
         started = time.perf_counter()
         if settings.progress:
-            workers = worker_count(settings, records)
+            workers = parallel.worker_count(settings, records)
             settings.progress(f"{source.path.name}: cleaning, redacting and assembling {len(items):,} "
                               f"{'pairs' if method == 'qa_pairs' else 'conversations'}"
                               f"{f' in {workers} processes' if workers else ''}")
-        for batch in _assemble(assembler, method, items, records, settings):
+        for batch in parallel.assemble(assembler, method, items, records, settings):
             result.conversations.extend(batch.conversations)
             result.rejects.extend(batch.rejects)
             result.pii.update(batch.pii)
@@ -1244,12 +941,11 @@ def _convert(sources: list[tuple], system_prompt: str | None, settings: Settings
         if settings.progress:
             settings.progress(f"{source.path.name}: assembled in {time.perf_counter() - started:.1f} s")
     _dedup(result, settings)
-    kept = Counter(c["source"]["file"] for c in result.conversations)
+    kept = Counter(c.source["file"] for c in result.conversations)
     for entry in result.sources:  # after dedup across sources (the same file listed twice shares its count)
         entry["conversations"] = kept[entry["file"]]
-    for conversation in result.conversations:
-        del conversation["_locs"]
-        conversation.pop("_key", None)
+    for conversation in result.conversations:  # needed by dedup only (a 1M-message export: ~100 MB)
+        conversation.records = conversation.key = None
     return result
 
 
@@ -1257,25 +953,25 @@ def _dedup(result: Conversion, settings: Settings) -> None:
     if settings.dedup == "none":
         return
     near = NearDuplicates(settings.near_threshold) if settings.dedup == "near" else None
-    seen: dict[bytes, dict] = {}  # key -> the first conversation with it
+    seen: dict[bytes, Conversation] = {}  # key -> the first conversation with it
     kept = []
-    label = lambda c: f"{c['source']['file']} record {c['source']['record']}"  # noqa: E731 (only when needed)
+    label = lambda c: f"{c.source['file']} record {c.source['record']}"  # noqa: E731 (only when needed)
     for conversation in result.conversations:
-        first = seen.get(conversation["_key"])
+        first = seen.get(conversation.key)
         original = None if first is None else label(first)
         kind = "duplicate"
         if original is None and near is not None:
-            text = "\n".join(m["content"] for m in messages_of(conversation) if m["role"] != "system")
+            text = "\n".join(m["content"] for m in conversation.chat() if m["role"] != "system")
             original = near.check_and_add(label(conversation), text)
             kind = "near_duplicate"
         if original is None:
-            seen[conversation["_key"]] = conversation
+            seen[conversation.key] = conversation
             kept.append(conversation)
             continue
-        source = conversation["source"]
+        source = conversation.source
         result.duplicate_conversations += 1
-        for number, loc in conversation["_locs"]:
-            result.rejects.append({**_where(source["file"], number, loc), "reason": f"{kind.replace('_', ' ')} of {original}",
+        for number, loc in conversation.records:
+            result.rejects.append({**where(source["file"], number, loc), "reason": f"{kind.replace('_', ' ')} of {original}",
                                    "code": kind, "kind": "duplicate"})
             result.duplicates += 1
     result.conversations = kept

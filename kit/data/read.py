@@ -13,6 +13,7 @@ import glob
 import io
 import json
 import operator
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +23,32 @@ from kit.errors import KitError
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # support bodies can be long; the default is 128 KiB
 
 MISSING = object()
-_CHUNK = 1 << 20
+CHUNK_BYTES = 1 << 20  # bytes read at a time when a file is scanned
+
+
+def text_of(value) -> str | None:
+    """A field's value as text: numbers and booleans as `str` writes them; None when missing or a list / object."""
+    if value.__class__ is str:
+        return value
+    if value is MISSING or value is None or isinstance(value, (list, dict)):
+        return None
+    return str(value)
+
+
+_FLOAT_ID = re.compile(r"^(\d+)\.0+$")
+
+
+def id_of(value) -> str:
+    """An id as a string, stripped; `2414304.0` (a pandas round trip) is `2414304`."""
+    text = text_of(value)
+    if not text:
+        return ""
+    text = text.strip()
+    if text.endswith(".0") or text.endswith(".00"):
+        match = _FLOAT_ID.match(text)
+        if match:
+            return match.group(1)
+    return text
 
 
 # The files a folder source holds, by the template's reader.
@@ -82,13 +108,13 @@ def detect_encoding(path: Path, declared: str = "auto", data: bytes | None = Non
 
 
 def _chunks(path: Path, data: bytes | None):
-    """The file's bytes, _CHUNK at a time (from `data` when given)."""
+    """The file's bytes, CHUNK_BYTES at a time (from `data` when given)."""
     if data is not None:
-        for start in range(0, len(data), _CHUNK):
-            yield data[start : start + _CHUNK]
+        for start in range(0, len(data), CHUNK_BYTES):
+            yield data[start : start + CHUNK_BYTES]
         return
     with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
+        while chunk := handle.read(CHUNK_BYTES):
             yield chunk
 
 
@@ -178,7 +204,7 @@ def csv_records(
 
 
 # Encodings in which the bytes of `"`, CR and LF always are those characters (never part of another one).
-_SPLITTABLE = frozenset({"utf-8", "utf-8-sig", "cp1252", "latin-1", "iso8859-1", "ascii"})
+SPLITTABLE_ENCODINGS = frozenset({"utf-8", "utf-8-sig", "cp1252", "latin-1", "iso8859-1", "ascii"})
 
 
 def split_offset(path: Path, encoding: str, fraction: float = 0.5) -> tuple[int, int] | None:
@@ -189,7 +215,7 @@ def split_offset(path: Path, encoding: str, fraction: float = 0.5) -> tuple[int,
     (a stray quote inside an unquoted field), so the caller must check that reading from the start
     reaches a record boundary exactly there before using the second half.
     """
-    if codecs.lookup(encoding).name not in _SPLITTABLE:
+    if codecs.lookup(encoding).name not in SPLITTABLE_ENCODINGS:
         return None
     size = path.stat().st_size
     target = int(size * fraction)
@@ -198,7 +224,7 @@ def split_offset(path: Path, encoding: str, fraction: float = 0.5) -> tuple[int,
     with path.open("rb") as handle:
         done = 0
         while done < target:  # the counts before `target`, a chunk at a time
-            chunk = handle.read(min(_CHUNK, target - done))
+            chunk = handle.read(min(CHUNK_BYTES, target - done))
             if not chunk:
                 return None
             quotes += chunk.count(b'"')
@@ -207,7 +233,7 @@ def split_offset(path: Path, encoding: str, fraction: float = 0.5) -> tuple[int,
             pairs += chunk.count(b"\r\n") + (previous == b"\r" and chunk[:1] == b"\n")
             previous = chunk[-1:]
             done += len(chunk)
-        window = handle.read(4 * _CHUNK)  # the boundary must come soon after `target`
+        window = handle.read(4 * CHUNK_BYTES)  # the boundary must come soon after `target`
     position = 0
     while (found := window.find(b"\n", position)) >= 0:
         after = found + 1

@@ -1,8 +1,14 @@
-"""Seeded splits by conversation, optionally stratified by a metadata field, and k-fold assignment."""
+"""Seeded splits by conversation (`Conversation`s, or the rows of a written split), optionally stratified by a
+metadata field, and k-fold assignment."""
 
 from __future__ import annotations
 
 import random
+
+
+def _metadata(conversation) -> dict:
+    """A `Conversation`'s metadata, or a written row's (kit.crossval splits the rows it reads back)."""
+    return conversation.get("metadata", {}) if isinstance(conversation, dict) else conversation.metadata
 
 
 def _stratified_order(conversations: list[dict], seed: int, stratify: str | None) -> list[dict]:
@@ -11,7 +17,7 @@ def _stratified_order(conversations: list[dict], seed: int, stratify: str | None
     if stratify:
         # Grouping by the field (stable, so each group stays shuffled) and then dealing positions out
         # evenly gives every group its share of each split, to within one conversation.
-        order.sort(key=lambda c: str(c.get("metadata", {}).get(stratify, "")))
+        order.sort(key=lambda c: str(_metadata(c).get(stratify, "")))
     return order
 
 

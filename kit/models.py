@@ -49,7 +49,7 @@ BUNDLED = {
     ),
 }
 BUNDLED_PREFIX = "bundled:"
-_MARKER = "kit_materialized.json"
+MATERIALIZED_MARKER = "kit_materialized.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Weight files that torch.load unpickles: loading one from an untrusted source can run arbitrary code.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -115,7 +115,7 @@ def materialize_bundled(key: str) -> Path:
         raise KitError(f"model.name: unknown bundled model {BUNDLED_PREFIX}{key}; known: {known}")
     spec = BUNDLED[key]
     target = cache_root() / "models" / f"{key}-{spec.sha256[:12]}"
-    if (target / _MARKER).is_file():
+    if (target / MATERIALIZED_MARKER).is_file():
         return target
     gguf_path = bundled_gguf(key)
     try:
@@ -123,7 +123,7 @@ def materialize_bundled(key: str) -> Path:
     except OSError as exc:
         raise KitError(f"KIT_CACHE: cannot create {target.parent} ({exc.strerror}); point KIT_CACHE at a writable folder") from None
     with _file_lock(target.parent / f".{target.name}.lock"):
-        if (target / _MARKER).is_file():  # another process finished while we waited
+        if (target / MATERIALIZED_MARKER).is_file():  # another process finished while we waited
             return target
         actual = _sha256(gguf_path)
         if actual != spec.sha256:
@@ -133,8 +133,8 @@ def materialize_bundled(key: str) -> Path:
         print(f"kit: materializing {BUNDLED_PREFIX}{key} into {target} (once)", flush=True)
         scratch = scratch_dir(target)  # a shared KIT_CACHE stays readable by the team
         try:
-            _gguf_to_folder(gguf_path, scratch)
-            (scratch / _MARKER).write_text(
+            gguf_to_folder(gguf_path, scratch)
+            (scratch / MATERIALIZED_MARKER).write_text(
                 json.dumps({"source": str(gguf_path), "sha256": actual, "upstream": spec.upstream}, indent=2)
             )
             if target.exists():  # a folder left by a killed run has no marker: replace it
@@ -145,7 +145,8 @@ def materialize_bundled(key: str) -> Path:
     return target
 
 
-def _gguf_to_folder(gguf_path: Path, folder: Path) -> None:
+def gguf_to_folder(gguf_path: Path, folder: Path) -> None:
+    """A GGUF checkpoint as a float32 safetensors folder with its tokenizer (how a bundled model is materialized)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

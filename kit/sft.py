@@ -423,8 +423,31 @@ def parse_sweep(items: list[str]) -> dict[str, list]:
     return grid
 
 
-def sweep(recipe_path: str, overrides: list[str], grid: dict[str, list]) -> Path:
-    """Train every combination with the same budget; write a table and a plot to `<run>/sweep/`."""
+def score_on_validation(recipe: Recipe) -> dict:
+    """What a support lead checks, on the validation split (the test split stays for kit.eval's final comparison):
+    fact recall, invented facts and contacts, ROUGE-L and similarity of the run's tuned model's greedy answers."""
+    from kit.generate import generate_answers
+    from kit.scoring import answer_metrics, make_judge
+
+    validation = [c for c in data.load_split(recipe, "validation") if c["messages"] and c["messages"][-1]["role"] == "assistant"]
+    if not validation:
+        return {}
+    judge = make_judge(recipe, validation, data.load_split(recipe, "train"))
+    tokenizer = models.load_tokenizer(recipe.model)
+    ensure_chat_template(tokenizer)
+    model = models.load_tuned(recipe).eval()
+    answers = generate_answers(model, tokenizer, judge.prompts, recipe.eval.max_new_tokens, recipe.eval.batch_size, recipe.seed).answers
+    scores, _ = answer_metrics(answers, judge)
+    return {key: scores.get(key) for key in SWEEP_ANSWER_METRICS}
+
+
+# The answer metrics of a sweep row (validation split), beside the losses.
+SWEEP_ANSWER_METRICS = ("fact_recall", "invented_facts", "invented_contacts", "rouge_l", "similarity")
+
+
+def sweep(recipe_path: str, overrides: list[str], grid: dict[str, list], score_answers: bool = True) -> Path:
+    """Train every combination with the same budget and, with `score_answers`, score each one's answers on the
+    validation split; write a table and a plot to `<run>/sweep/`."""
     base = load_recipe(recipe_path, overrides)
     target = base.run_dir / "sweep"
     keys = list(grid)
@@ -439,17 +462,31 @@ def sweep(recipe_path: str, overrides: list[str], grid: dict[str, list]) -> Path
         run(variant)
         manifest = json.loads((variant.run_dir / "manifest.json").read_text())
         metrics = manifest["train_metrics"]
-        rows.append({"variant": label, "eval_loss": metrics.get("eval_loss"), "train_loss": metrics.get("train_loss"),
-                     "trainable_parameters": manifest["parameters"]["trainable"], "wall_seconds": round(time.time() - started, 1)})
+        row = {"variant": label, "eval_loss": metrics.get("eval_loss"), "train_loss": metrics.get("train_loss"),
+               "trainable_parameters": manifest["parameters"]["trainable"], "wall_seconds": round(time.time() - started, 1)}
+        if score_answers:
+            print(f"kit.sft: sweep {label}: answering the validation split", flush=True)
+            row.update(score_on_validation(variant))
+        rows.append(row)
     write_json(target / "results.json", rows)
-    lines = ["| variant | validation loss | train loss | trainable parameters | wall s |", "| --- | --- | --- | --- | --- |"]
+    answer_columns = [key for key in SWEEP_ANSWER_METRICS if any(row.get(key) is not None for row in rows)]
+    header = ["variant", "validation loss", "train loss", *(key.replace("_", " ") for key in answer_columns),
+              "trainable parameters", "training s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
-        ev = f"{row['eval_loss']:.4f}" if row["eval_loss"] is not None else "n/a"
-        lines.append(f"| {row['variant']} | {ev} | {row['train_loss']:.4f} | {row['trainable_parameters']:,} | {row['wall_seconds']} |")
+        cells = [row["variant"], _cell(row["eval_loss"]), _cell(row["train_loss"]), *(_cell(row.get(k)) for k in answer_columns),
+                 f"{row['trainable_parameters']:,}", str(row["wall_seconds"])]
+        lines.append("| " + " | ".join(cells) + " |")
     (target / "table.md").write_text("\n".join(lines) + "\n")
     _plot_sweep(rows, target / "sweep.png")
     print("\n".join(lines) + f"\nkit.sft: sweep table {target / 'table.md'}, plot {target / 'sweep.png'}", flush=True)
     return target
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
 def _plot_sweep(rows: list[dict], path: Path) -> None:
@@ -459,9 +496,12 @@ def _plot_sweep(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [r["variant"] for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for axis, key, label in ((axes[0], "eval_loss", "validation loss"), (axes[1], "wall_seconds", "wall time (s)")):
-        values = [r[key] if r[key] is not None else float("nan") for r in rows]
+    panels = [("eval_loss", "validation loss"), ("fact_recall", "fact recall (validation answers)"),
+              ("invented_facts", "invented facts (validation answers)"), ("wall_seconds", "training time (s)")]
+    panels = [(key, label) for key, label in panels if any(r.get(key) is not None for r in rows)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for axis, (key, label) in zip(axes[0], panels):
+        values = [r[key] if r.get(key) is not None else float("nan") for r in rows]
         bars = axis.bar(range(len(names)), values, color="#2f80ed")
         axis.bar_label(bars, fmt="%.3g")
         axis.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)

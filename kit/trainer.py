@@ -40,8 +40,6 @@ from kit.errors import KitError  # noqa: E402
 from kit.recipe import Recipe  # noqa: E402
 from kit.runs import package_versions, write_json  # noqa: E402
 
-ADAPTER_METHODS = ("lora", "dora", "qlora")
-
 
 # ---------------------------------------------------------------- configuration
 

@@ -88,7 +88,7 @@ def _fake_bundle(monkeypatch, tmp_path, tiny_model_dir, content=b"gguf bytes"):
         for item in Path(tiny_model_dir).iterdir():
             shutil.copy(item, folder / item.name)
 
-    monkeypatch.setattr(models, "_gguf_to_folder", slow_convert)
+    monkeypatch.setattr(models, "gguf_to_folder", slow_convert)
     return calls
 
 
@@ -110,7 +110,7 @@ def test_concurrent_first_use_materializes_once(monkeypatch, tmp_path, tiny_mode
     assert not errors and len(calls) == 1
     assert len(set(results)) == 1
     folder = Path(results[0])
-    assert (folder / "config.json").is_file() and (folder / models._MARKER).is_file()
+    assert (folder / "config.json").is_file() and (folder / models.MATERIALIZED_MARKER).is_file()
     assert not [p for p in folder.parent.iterdir() if ".tmp-" in p.name]  # no scratch left behind
     models.load_model(ModelSection(name="bundled:fake"))
 
@@ -121,7 +121,7 @@ def test_incomplete_cache_folder_is_rebuilt_and_bad_checksum_refused(monkeypatch
     target.mkdir(parents=True)
     (target / "config.json").write_text("{half written")  # a killed run left this, without the marker
     models.resolve("bundled:fake")
-    assert len(calls) == 1 and (target / models._MARKER).is_file()
+    assert len(calls) == 1 and (target / models.MATERIALIZED_MARKER).is_file()
 
     calls = _fake_bundle(monkeypatch, tmp_path / "other", tiny_model_dir, content=b"tampered")
     with pytest.raises(KitError, match="sha256"):

@@ -238,7 +238,10 @@ def test_sweep_writes_table_and_plot(tiny_recipe):
     assert [r["variant"] for r in rows] == ["sft.method=freeze", "sft.method=lora", "sft.method=full"]
     assert all(math.isfinite(r["eval_loss"]) and r["wall_seconds"] > 0 for r in rows)
     assert rows[2]["trainable_parameters"] > rows[1]["trainable_parameters"]  # full trains more than LoRA
-    assert (target / "table.md").read_text().count("\n") == 5
+    # Each variant's answers on the validation split are scored as kit.eval scores them.
+    assert all(0.0 <= r["fact_recall"] <= 1.0 and r["invented_contacts"] >= 0 and 0.0 <= r["rouge_l"] <= 1.0 for r in rows)
+    table = (target / "table.md").read_text()
+    assert table.count("\n") == 5 and "| fact recall |" in table
     assert (target / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -6,8 +6,8 @@ Serves the run's exported GGUF (`python -m kit.export RECIPE --format gguf` writ
 OpenAI-compatible server from `llama-cpp-python[server]`: `POST /v1/chat/completions` (streamed or not),
 `POST /v1/completions`, `GET /v1/models`. By default (`serve.model: promoted`) it serves the preferred model
 (`kit.prefer`'s) when `kit.eval`'s gate promoted it over tuned, else the tuned model, and says why in one line.
-The model's name in the API is the recipe's name (`-preferred` for the preferred model, `-student` for the
-student). It listens on 127.0.0.1 unless `serve.host` says otherwise; when the environment variable named
+The model's name in the API is the recipe's name; chosen explicitly, the preferred model and the student are
+`<name>-preferred` and `<name>-student`. It listens on 127.0.0.1 unless `serve.host` says otherwise; when the environment variable named
 by `serve.api_key_env` (default `KIT_API_KEY`) is set, every request needs `Authorization: Bearer <key>`.
 Prompts are built with the chat template embedded in the GGUF, the one used in training, and a request without
 a system message gets the recipe's `data.system_prompt`, as every training conversation had.
@@ -55,7 +55,9 @@ def served_model(recipe: Recipe) -> Served:
     model = choice.model
     where, suffix = EXPORTS[model]
     folder = recipe.run_dir / "export" / f"{where}gguf"
-    name = recipe.name + suffix
+    stem = recipe.name + suffix  # the export's file names
+    # The promoted model keeps the recipe's name, so clients need no change when the gate promotes another one.
+    name = recipe.name if recipe.serve.model == "promoted" else stem
     info = folder / "kit_export.json"
     written = json.loads(info.read_text()).get("gguf_types", []) if info.is_file() else []
     command = f"python -m kit.export RECIPE --format gguf --model {model}"
@@ -67,7 +69,7 @@ def served_model(recipe: Recipe) -> Served:
             f"serve.gguf_type: {kind} was not exported (have {', '.join(written)}); add it to export.gguf_types "
             f"and run `{command}`"
         )
-    return Served(name=name, gguf=folder / f"{name}-{kind}.gguf", system_prompt=recipe.data.system_prompt,
+    return Served(name=name, gguf=folder / f"{stem}-{kind}.gguf", system_prompt=recipe.data.system_prompt,
                   model=model, note=choice.note)
 
 

@@ -145,7 +145,8 @@ def test_the_promoted_model_is_served_by_default_and_model_overrides_it(tiny_rec
     fake_preferred(recipe)
     write_gate(recipe, {**TUNED, "fact_recall": 0.45})  # no worse anywhere: promoted
     served = serve.served_model(recipe)
-    assert (served.model, served.name, served.gguf.name) == ("preferred", "tiny-preferred", "tiny-preferred-f16.gguf")
+    # promoted, it keeps the recipe's name: clients need no change when the gate's decision does
+    assert (served.model, served.name, served.gguf.name) == ("preferred", "tiny", "tiny-preferred-f16.gguf")
     assert served.gguf.is_file() and served.note == "using preferred: kit.eval's gate promoted it over tuned"
 
     write_gate(recipe, {**TUNED, "intent_accuracy": 0.31})  # refused: the tuned model, and the failed check named

@@ -10,7 +10,8 @@ Runs after `kit.sft`, on top of its adapter. The pairs come from (`prefer.source
 - `mistakes`: the tuned model answers a seeded sample of `prefer.max_prompts` training prompts; an answer that
   invents facts or contact details (`kit.facts`: values the training answers never state), contradicts a value
   its reference states (a "90 days" warranty where the reference says "1-year"), or scores below
-  `prefer.min_rouge_l` against the reference becomes `rejected`, the reference answer `chosen`. They are
+  `prefer.min_rouge_l` against the reference becomes `rejected`, the reference answer `chosen` (with
+  `prefer.samples`, the best of the model's own clean sampled answers when there is one). They are
   cached in `<run>/prefer_cache/mistakes.json`, keyed by the tuned weights, the data and the settings, so a
   rerun reuses them.
 
@@ -46,7 +47,7 @@ from kit.masking import ensure_chat_template, render
 from kit.recipe import Recipe, load_recipe
 from kit.runs import atomic_dir, package_versions, tuned_adapter, tuned_model_dir, write_json
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # ---------------------------------------------------------------- pairs
@@ -61,6 +62,7 @@ class Pair:
     rejected: list[dict]
     source: str  # "votes" or "mistakes"
     reasons: list[str] = field(default_factory=list)  # why the rejected answer was a mistake
+    chosen_from: str = "reference"  # mistakes: "reference" (the training answer) or "sample" (the model's own, clean)
 
     def row(self) -> dict:
         return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
@@ -151,23 +153,28 @@ def mistake_reasons(book: FactBook, answer: str, reference: str, prompt: str, mi
     An answer cut off by the length limit (`finished=False`) is scored against as many words of the reference:
     a low score must mean a wrong answer, not a long one (rejecting long answers would teach brevity).
     """
-    from rouge_score import rouge_scorer
-
     checked = book.check(answer, reference, prompt)
     reasons = [f"invented contact {f.kind}: {f.text}" for f in checked.invented_contacts]
     reasons += [f"invented {f.kind}: {f.text}" for f in checked.invented if not f.is_contact]
     reasons += [f"contradicts the reference {f.kind}: {f.text}" for f in checked.contradicted]
     compared = reference if finished else " ".join(reference.split()[: max(1, len(answer.split()))])
-    rouge = rouge_scorer.RougeScorer(["rougeL"]).score(compared, answer)["rougeL"].fmeasure
+    rouge = rouge_l(compared, answer)
     if rouge < min_rouge_l:
         reasons.append(f"ROUGE-L {rouge:.3f} < {min_rouge_l}")
     return reasons
 
 
+def rouge_l(reference: str, answer: str) -> float:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"]).score(reference, answer)["rougeL"].fmeasure
+
+
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
-             batch_size: int = 8) -> list[tuple[str, bool]]:
+             batch_size: int = 8, samples: int = 0, temperature: float = 1.0) -> list[tuple[str, bool]]:
     """Greedy (answer, finished) pairs, batched with left padding; `finished`: it ended on an end-of-turn token
-    rather than at `max_new_tokens`."""
+    rather than at `max_new_tokens`. With `samples`, that many sampled answers per prompt instead (prompt i's
+    are rows i*samples ... i*samples+samples-1; seed torch first for reproducible ones)."""
     import torch
 
     device = next(model.parameters()).device
@@ -175,19 +182,23 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
     configured = model.generation_config.eos_token_id
     eos = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     eos |= {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    answers: list[tuple[str, bool]] = [("", False)] * len(texts)
+    per_prompt = max(samples, 1)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0,
+                "num_return_sequences": samples} if samples else {"do_sample": False}
+    answers: list[tuple[str, bool]] = [("", False)] * (len(texts) * per_prompt)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
             with torch.no_grad():
-                output = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=tokenizer.pad_token_id)
+                output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                        **sampling)
             for i, row in enumerate(output[:, batch["input_ids"].shape[1]:]):
                 finished = any(int(token) in eos for token in row)
-                answers[start + i] = (tokenizer.decode(row, skip_special_tokens=True).strip(), finished)
-            print(f"kit.prefer: answered {min(start + batch_size, len(texts))} of {len(texts)} training prompts", flush=True)
+                answers[start * per_prompt + i] = (tokenizer.decode(row, skip_special_tokens=True).strip(), finished)
+            kind = f"{samples} sampled answers to" if samples else "answered"
+            print(f"kit.prefer: {kind} {min(start + batch_size, len(texts))} of {len(texts)} training prompts", flush=True)
     finally:
         tokenizer.padding_side = side
     return answers
@@ -205,7 +216,7 @@ def _cache_key(recipe: Recipe, weights: Path, allowlist: list[str]) -> str:
     manifest = (recipe.run_dir / "manifest.json").read_bytes()  # rewritten by every kit.sft run
     p = recipe.prefer
     payload = json.dumps([CACHE_VERSION, stats["sha256"], hashlib.sha256(manifest).hexdigest(), str(weights), recipe.seed,
-                          p.max_prompts, p.max_new_tokens, p.min_rouge_l, sorted(allowlist)])
+                          p.max_prompts, p.max_new_tokens, p.min_rouge_l, p.samples, p.temperature, sorted(allowlist)])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -237,17 +248,33 @@ def mistake_pairs(recipe: Recipe, tokenizer, load_tuned) -> Mistakes:
     prompts = [c["messages"][:-1] for c in sample]
     references = [c["messages"][-1]["content"] for c in sample]
     print(f"kit.prefer: the tuned model answers {len(sample)} training prompts to find its mistakes", flush=True)
+    import torch
+
+    p = recipe.prefer
     model = load_tuned()
-    answers = generate(model, tokenizer, prompts, recipe.prefer.max_new_tokens, recipe.eval.batch_size)
+    answers = generate(model, tokenizer, prompts, p.max_new_tokens, recipe.eval.batch_size)
+    sampled = []
+    if p.samples:
+        torch.manual_seed(recipe.seed)
+        sampled = generate(model, tokenizer, prompts, p.max_new_tokens, recipe.eval.batch_size, p.samples, p.temperature)
     del model
     book = FactBook((c["messages"][-1]["content"] for c in train), allowlist(recipe), recipe.data.pii.phone_regions)
     pairs = []
-    for prompt, reference, (answer, finished) in zip(prompts, references, answers):
+    for i, (prompt, reference) in enumerate(zip(prompts, references)):
         asked = " ".join(m["content"] for m in prompt if m["role"] == "user")
-        reasons = mistake_reasons(book, answer, reference, asked, recipe.prefer.min_rouge_l, finished)
-        if reasons and answer.strip() != reference.strip():
-            pairs.append(Pair(prompt, [{"role": "assistant", "content": reference}],
-                              [{"role": "assistant", "content": answer}], "mistakes", reasons))
+        own = [answers[i], *sampled[i * p.samples:(i + 1) * p.samples]]  # the greedy answer first
+        judged = [(text, finished, mistake_reasons(book, text, reference, asked, p.min_rouge_l, finished))
+                  for text, finished in own]
+        wrong = [(text, reasons) for text, _, reasons in judged if reasons and text.strip() != reference.strip()]
+        if not wrong:
+            continue
+        rejected, reasons = wrong[0]  # the greedy answer when it is wrong: what the model says by default
+        # On-policy: the best of the model's own clean, finished answers beats the reference as `chosen` (DPO
+        # between two answers the model gives moves it less than towards a text it would not write).
+        clean = [text for text, finished, why in judged if finished and not why and text.strip() != rejected.strip()]
+        chosen = max(clean, key=lambda text: rouge_l(reference, text)) if clean else reference
+        pairs.append(Pair(prompt, [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}],
+                          "mistakes", reasons, "sample" if clean else "reference"))
     write_json(cache, {"key": key, "checked": len(sample), "pairs": [asdict(p) for p in pairs]})
     return Mistakes(pairs, len(sample), cached=False)
 
@@ -398,7 +425,8 @@ def run(recipe: Recipe, callbacks: list | None = None, resume: bool = False) -> 
     if "mistakes" in sources:
         mistakes = mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe))
         pairs += mistakes.pairs
-        counts.update(mistakes=len(mistakes.pairs), mistakes_checked=mistakes.checked, mistakes_cached=mistakes.cached)
+        counts.update(mistakes=len(mistakes.pairs), mistakes_checked=mistakes.checked, mistakes_cached=mistakes.cached,
+                      mistakes_own_chosen=sum(pair.chosen_from == "sample" for pair in mistakes.pairs))
         print(f"kit.prefer: {len(mistakes.pairs)} of {mistakes.checked} answers on training prompts were mistakes", flush=True)
     if not pairs and not all_bad:
         raise KitError("prefer.sources: no preference pair to learn from; collect votes with `python -m kit.chat <recipe> "

@@ -535,6 +535,13 @@ class PreferSection(Section):
         0.1, ge=0.0, le=1.0, description="`mistakes`: an answer below this ROUGE-L against the reference is a mistake "
         "even when it invents nothing (the quickstart's tuned answers average about 0.19: 0.1 marks off-topic ones)."
     )
+    samples: int = Field(
+        0, ge=0, le=16, description="`mistakes`: answers sampled per training prompt (at `temperature`) besides the "
+        "greedy one. The first wrong answer (the greedy one when it is wrong) becomes `rejected`; the best of the clean, "
+        "finished ones becomes `chosen` in place of the reference answer (on-policy pairs); 0: greedy only, the "
+        "reference is always `chosen`."
+    )
+    temperature: float = Field(0.8, gt=0.0, description="`mistakes`: sampling temperature of the `samples` answers.")
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
         "sigmoid", description="TRL DPO loss: `sigmoid` (DPO), `ipo`, `hinge` or `robust` (noisy votes)."
     )

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from kit import eval as kit_eval
-from kit import models, prefer, sft
+from kit import data, models, prefer, sft
 from kit.facts import FactBook
 from kit.recipe import load_recipe
 from tests.conftest import write_qa_csv
@@ -152,6 +153,38 @@ def test_the_models_mistakes_become_pairs_and_reruns_reuse_them(fresh):
     recipe.prefer.max_prompts = 2  # other settings: the cache no longer applies
     tokenizer = models.load_tokenizer(recipe.model)
     assert prefer.mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe)).cached is False
+
+
+def test_sampled_answers_make_on_policy_pairs(fresh, monkeypatch):
+    """With prefer.samples, the model's own clean answer is `chosen` over its wrong one; without a clean one, the
+    reference is. Real sampling runs on the tiny model first; then hand-made answers pin down the pairing."""
+    recipe = fresh("prefer.sources=[mistakes]", "prefer.max_prompts=2", "prefer.samples=2")
+    tokenizer = models.load_tokenizer(recipe.model)
+    sampled = prefer.mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe))
+    assert sampled.checked == 2 and not sampled.cached and all(p.chosen_from in ("reference", "sample") for p in sampled.pairs)
+
+    train = [c for c in data.load_split(recipe, "train") if c["messages"][-1]["role"] == "assistant"]
+    picked = random.Random(recipe.seed).sample(train, 2)  # the prompts mistake_pairs samples
+    references = [c["messages"][-1]["content"] for c in picked]
+    wrong = "Call us on +44 (02) 7833 233, refunds take 90 days."
+    answers = {0: [(wrong, True), (wrong, True)], 2: [(references[0], True), (wrong, True), (references[1][:-1], True),
+                                                    (wrong, True)]}
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size=8, samples=0, temperature=1.0):
+        return answers[samples]
+
+    monkeypatch.setattr(prefer, "generate", fake_generate)
+    (recipe.run_dir / "prefer_cache" / "mistakes.json").unlink()
+    pairs = prefer.mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe)).pairs
+    assert [p.rejected[0]["content"] for p in pairs] == [wrong, wrong]  # the greedy answer, wrong both times
+    assert [p.chosen[0]["content"] for p in pairs] == [references[0], references[1][:-1]]  # the model's own clean ones
+    assert [p.chosen_from for p in pairs] == ["sample", "sample"]
+    assert any(r.startswith("invented contact PHONE") for r in pairs[0].reasons)
+
+    answers[2] = [(wrong, True)] * 4  # no clean answer sampled: the reference is chosen
+    (recipe.run_dir / "prefer_cache" / "mistakes.json").unlink()
+    pairs = prefer.mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe)).pairs
+    assert [p.chosen[0]["content"] for p in pairs] == references and {p.chosen_from for p in pairs} == {"reference"}
 
 
 def test_mistake_reasons_on_hand_made_answers():

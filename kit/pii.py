@@ -786,14 +786,18 @@ _IPV6_GATE = re.compile(r":[0-9A-Fa-f]{0,4}:")
 # A fused European street name ("Kerkstraat 5") is a word that ends in one of these (ASCII: straße is not).
 _EU_ENDINGS = (b"str", b"strasse", b"weg", b"gasse", b"platz", b"allee", b"laan", b"straat", b"gracht")
 _ONLY_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57 and b != 0)  # keeps digits and the separator
+# A run of 5 digits that `_postcode_like` accepts: not glued after a letter, digit or code mark, or after a
+# hyphen that follows a lower-case letter (`Saharanpur-286012`). `BL-719211` is an order number.
+_POSTCODE_GATE = re.compile(r"(?<![\w\-/.#])\d{5}|[a-z]-\d{5}")
 # The gates' marks, one bit per family of detectors; a text is scanned only by the detectors its marks allow.
 _GATE_EMAIL, _GATE_IP, _GATE_DIGIT_RUN, _GATE_IBAN, _GATE_ADDRESS, _GATE_NAME, _GATE_CONTEXT = 1, 2, 4, 8, 16, 32, 64
-_GATE_ALL = 127
-# The context detectors (names after a greeting, usernames after "login", numbers after "phone"...) look for
-# words too common to gate on ("hi", "this is", "I'm"): every text gets their mark.
+_GATE_USERNAME_CUE, _GATE_PHONE_CUE, _GATE_ID_CUE = 128, 256, 512
+_GATE_ALL = 1023
+# The names found by their context (after a greeting, "this is", "I'm") follow words too common to gate on:
+# every text gets that mark. The other context detectors need their cue words (`_USERNAME_GATE`...).
 _GATE_KINDS = {_GATE_EMAIL: ("EMAIL", "USERNAME"), _GATE_IP: ("IP",), _GATE_DIGIT_RUN: ("PHONE", "CARD", "NATIONAL_ID"),
-               _GATE_IBAN: ("IBAN",), _GATE_ADDRESS: ("ADDRESS",), _GATE_NAME: ("NAME",),
-               _GATE_CONTEXT: ("NAME", "USERNAME", "NATIONAL_ID", "PHONE")}
+               _GATE_IBAN: ("IBAN",), _GATE_ADDRESS: ("ADDRESS",), _GATE_NAME: ("NAME",), _GATE_CONTEXT: ("NAME",),
+               _GATE_USERNAME_CUE: ("USERNAME",), _GATE_PHONE_CUE: ("PHONE",), _GATE_ID_CUE: ("NATIONAL_ID",)}
 # The kinds a text with these marks may hold (all of them, CUSTOM included, for _GATE_ALL).
 _KINDS_OF_MARKS = [frozenset(kind for bit, kinds in _GATE_KINDS.items() if marks & bit for kind in kinds)
                    for marks in range(_GATE_ALL)] + [frozenset(KINDS)]
@@ -973,8 +977,9 @@ class Scanner:
 
         The texts are joined with NUL, and each detector's gate runs once over the batch: substring and
         C-level searches instead of a dozen steps per text. A gate is implied by what its detectors need
-        (an `@` for an email, 7 digits in phone punctuation for a phone or card, a street word as a whole
-        word for a street address, a word of a known name...), so a text without a detector's mark would
+        (an `@` for an email, 7 digits in phone punctuation for a phone or card, a cue word such as "login"
+        or "phone", a street word as a whole word or a postcode for an address, a word of a known name...),
+        so a text without a detector's mark would
         give it no finding. Texts that are not ASCII (lower() may change their length) or contain NUL get
         every mark; so do all texts when the recipe adds its own patterns."""
         n = len(texts)
@@ -1003,8 +1008,15 @@ class Scanner:
         digits = encoded.translate(None, _ONLY_DIGITS).split(b"\x00")
         for i in itertools.compress(range(n), map((10).__le__, map(len, digits))):  # IBAN
             marks[i] |= _GATE_IBAN
-        for i in itertools.compress(range(n), map((5).__le__, map(len, digits))):  # a postcode and maybe a house number
-            marks[i] |= _GATE_ADDRESS
+        mark_texts(searcher(_POSTCODE_GATE, joined), starts, marks, _GATE_ADDRESS)
+        # The cue words of usernames, phone numbers (with 7 digits) and national ids (with 6 digits).
+        mark_texts(searcher(_USERNAME_GATE, lower), starts, marks, _GATE_USERNAME_CUE)
+        for gate, mark, least in ((_PHONE_GATE, _GATE_PHONE_CUE, 7), (_ID_GATE, _GATE_ID_CUE, 6)):
+            cued = [0] * n
+            mark_texts(searcher(gate, lower), starts, cued, mark)
+            for i in itertools.compress(range(n), cued):
+                if len(digits[i]) >= least:
+                    marks[i] |= mark
         # Whole words (street words, "box", names, fused street names): in `padded`, each run of letters
         # stands between spaces, at its offset in `joined`; the batch's words are looked up first, then the
         # texts that hold them found.

@@ -254,6 +254,7 @@ _SIGN_OFF_TOKENS = frozenset(
     "grüße gruß grüßen cordialement merci danke gracias saludos saludo atentamente dhanyavaad shukriya".split())
 _MARKS = frozenset("-–—~^/*")
 _NAME_CANDIDATE = re.compile(_NAME_RUN)
+_NAME_WORD_PATTERN = re.compile(_NAME_WORD)
 _BEFORE_WORDS = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
 _TITLES = frozenset("mr mrs ms miss mx dr prof sir herr frau monsieur madame mme mlle señor señora sr sra srta shri smt "
                     "sri".split())
@@ -307,7 +308,7 @@ _CONTRACTIONS = tuple(q + end for q in "'’" for end in ("ve", "ll", "d", "re",
 def _name_span(text: str, start: int, end: int, stop: frozenset = _NOT_NAMES_IN_TEXT) -> tuple[int, int] | None:
     """The name in a capitalised run text[start:end]: leading words that are no one's name dropped, cut at
     the first lower-case word that is not a particle; None when nothing is left."""
-    words = [(m.start() + start, m.end() + start, m.group().rstrip(".")) for m in re.finditer(_NAME_WORD, text[start:end])]
+    words = [(m.start(), m.end(), m.group().rstrip(".")) for m in _NAME_WORD_PATTERN.finditer(text, start, end)]
     while words and (words[0][2].lower() in stop or words[0][2].lower() in _TITLES
                      or _CONTRACTION.search(words[0][2]) is not None):
         words.pop(0)
@@ -467,7 +468,8 @@ def context_names(text: str) -> list[tuple[int, int]]:
     end_word = last_line.rstrip(" \t.!")
     end_word = end_word[max(end_word.rfind(" "), end_word.rfind("\t")) + 1 :].lstrip("-–—~^/*")
     m = None
-    if end_word[:1].isupper():  # a text that ends with a name, after a sign-off word or a mark
+    # a text that ends with a name (a capital first, a letter last), after a sign-off word or a mark
+    if end_word[:1].isupper() and end_word[-1].isalnum():
         tokens = last_line.rsplit(None, 7)
         if (any(token.lower().strip(",.!") in _SIGN_OFF_TOKENS for token in tokens)
                 or any(token[:1] in _MARKS for token in tokens[-5:])):
@@ -788,7 +790,8 @@ _EU_ENDINGS = (b"str", b"strasse", b"weg", b"gasse", b"platz", b"allee", b"laan"
 _ONLY_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57 and b != 0)  # keeps digits and the separator
 # A run of 5 digits that `_postcode_like` accepts: not glued after a letter, digit or code mark, or after a
 # hyphen that follows a lower-case letter (`Saharanpur-286012`). `BL-719211` is an order number.
-_POSTCODE_GATE = re.compile(r"(?<![\w\-/.#])\d{5}|[a-z]-\d{5}")
+# (Both alternatives start with a digit and look behind it, so that `re` skips ahead to digits.)
+_POSTCODE_GATE = re.compile(r"\d(?<![\w\-/.#]\d)\d{4}|\d(?<=[a-z]-\d)\d{4}")
 # The gates' marks, one bit per family of detectors; a text is scanned only by the detectors its marks allow.
 _GATE_EMAIL, _GATE_IP, _GATE_DIGIT_RUN, _GATE_IBAN, _GATE_ADDRESS, _GATE_NAME, _GATE_CONTEXT = 1, 2, 4, 8, 16, 32, 64
 _GATE_USERNAME_CUE, _GATE_PHONE_CUE, _GATE_ID_CUE = 128, 256, 512

@@ -794,13 +794,13 @@ _ONLY_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57 and b != 0)  # k
 _POSTCODE_GATE = re.compile(r"\d(?<![\w\-/.#]\d)\d{4}|\d(?<=[a-z]-\d)\d{4}")
 # The gates' marks, one bit per family of detectors; a text is scanned only by the detectors its marks allow.
 _GATE_EMAIL, _GATE_IP, _GATE_DIGIT_RUN, _GATE_IBAN, _GATE_ADDRESS, _GATE_NAME, _GATE_CONTEXT = 1, 2, 4, 8, 16, 32, 64
-_GATE_USERNAME_CUE, _GATE_PHONE_CUE, _GATE_ID_CUE = 128, 256, 512
-_GATE_ALL = 1023
-# The names found by their context (after a greeting, "this is", "I'm") follow words too common to gate on:
-# every text gets that mark. The other context detectors need their cue words (`_USERNAME_GATE`...).
+_GATE_ALL = 127
+# The context detectors (names after a greeting, usernames after "login", numbers after "phone"...) look for
+# words too common to gate on ("hi", "this is", "I'm"): every text gets their mark. (Gating the usernames',
+# phones' and ids' cue words over the batch was tried: it cost what it saved.)
 _GATE_KINDS = {_GATE_EMAIL: ("EMAIL", "USERNAME"), _GATE_IP: ("IP",), _GATE_DIGIT_RUN: ("PHONE", "CARD", "NATIONAL_ID"),
-               _GATE_IBAN: ("IBAN",), _GATE_ADDRESS: ("ADDRESS",), _GATE_NAME: ("NAME",), _GATE_CONTEXT: ("NAME",),
-               _GATE_USERNAME_CUE: ("USERNAME",), _GATE_PHONE_CUE: ("PHONE",), _GATE_ID_CUE: ("NATIONAL_ID",)}
+               _GATE_IBAN: ("IBAN",), _GATE_ADDRESS: ("ADDRESS",), _GATE_NAME: ("NAME",),
+               _GATE_CONTEXT: ("NAME", "USERNAME", "NATIONAL_ID", "PHONE")}
 # The kinds a text with these marks may hold (all of them, CUSTOM included, for _GATE_ALL).
 _KINDS_OF_MARKS = [frozenset(kind for bit, kinds in _GATE_KINDS.items() if marks & bit for kind in kinds)
                    for marks in range(_GATE_ALL)] + [frozenset(KINDS)]
@@ -980,9 +980,8 @@ class Scanner:
 
         The texts are joined with NUL, and each detector's gate runs once over the batch: substring and
         C-level searches instead of a dozen steps per text. A gate is implied by what its detectors need
-        (an `@` for an email, 7 digits in phone punctuation for a phone or card, a cue word such as "login"
-        or "phone", a street word as a whole word or a postcode for an address, a word of a known name...),
-        so a text without a detector's mark would
+        (an `@` for an email, 7 digits in phone punctuation for a phone or card, a street word as a whole
+        word or a postcode for an address, a word of a known name...), so a text without a detector's mark would
         give it no finding. Texts that are not ASCII (lower() may change their length) or contain NUL get
         every mark; so do all texts when the recipe adds its own patterns."""
         n = len(texts)
@@ -1012,14 +1011,6 @@ class Scanner:
         for i in itertools.compress(range(n), map((10).__le__, map(len, digits))):  # IBAN
             marks[i] |= _GATE_IBAN
         mark_texts(searcher(_POSTCODE_GATE, joined), starts, marks, _GATE_ADDRESS)
-        # The cue words of usernames, phone numbers (with 7 digits) and national ids (with 6 digits).
-        mark_texts(searcher(_USERNAME_GATE, lower), starts, marks, _GATE_USERNAME_CUE)
-        for gate, mark, least in ((_PHONE_GATE, _GATE_PHONE_CUE, 7), (_ID_GATE, _GATE_ID_CUE, 6)):
-            cued = [0] * n
-            mark_texts(searcher(gate, lower), starts, cued, mark)
-            for i in itertools.compress(range(n), cued):
-                if len(digits[i]) >= least:
-                    marks[i] |= mark
         # Whole words (street words, "box", names, fused street names): in `padded`, each run of letters
         # stands between spaces, at its offset in `joined`; the batch's words are looked up first, then the
         # texts that hold them found.

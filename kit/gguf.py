@@ -34,8 +34,6 @@ INSTALL = (
     "pip install 'llama-cpp-python[server]==0.3.36' (compiles llama.cpp, about 8-25 minutes on 2 cores; on CPUs "
     "without AVX-512 set CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_OPENMP=OFF\")"
 )
-# Training tokens behind the importance matrix (see `importance_matrix`); measured in docs/export.md.
-IMATRIX_TOKENS = 8192
 # What the converter needs from the source distribution (MIT, llama.cpp's LICENSE comes along).
 _VENDOR = "vendor/llama.cpp/"
 _KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
@@ -135,82 +133,18 @@ def convert(model_folder: Path, target: Path, name: str, outtype: str = "f16") -
     return target
 
 
-def importance_matrix(model, conversations, gguf_file: Path, max_tokens: int = IMATRIX_TOKENS) -> dict:
-    """llama.cpp's importance matrix for the weights in `gguf_file`, measured on `model` (transformers).
-
-    For each weight matrix, the mean square of the activations entering each of its input columns, over the token
-    ids of `conversations` (lists of ints; whole conversations until `max_tokens`), keyed by the GGUF tensor name:
-    what llama.cpp's `llama-imatrix` tool computes, here from the training split. The quantizer then rounds each
-    row to minimize the error where activations are large, instead of the plain round-to-nearest it otherwise
-    uses for the legacy (32-value block) types. Matrices whose name or width does not match a tensor of the file
-    are left out (llama.cpp quantizes those without).
-    """
-    import gguf
-    import numpy as np
-    import torch
-
-    reader = gguf.GGUFReader(gguf_file)
-    widths = {tensor.name: int(tensor.shape[0]) for tensor in reader.tensors if len(tensor.shape) == 2}
-    architecture = reader.fields["general.architecture"].contents()
-    arches = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
-    if architecture not in arches:  # a gguf package older than the converter: no names to map to
-        return {}
-    blocks = reader.fields[f"{architecture}.block_count"].contents()
-    names = gguf.get_tensor_name_map(arches[architecture], blocks)
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def collect(name: str):
-        def hook(module, inputs, output):
-            rows = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
-            sums[name] = sums.get(name, 0) + (rows * rows).sum(0)
-            counts[name] = counts.get(name, 0) + rows.shape[0]
-        return hook
-
-    handles = []
-    for module_name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        name = names.get_name(module_name)
-        if name == "output" and "output.weight" not in widths:  # tied: the head is the token embedding
-            name = "token_embd"
-        if name and widths.get(f"{name}.weight") == module.in_features:
-            handles.append(module.register_forward_hook(collect(f"{name}.weight")))
-    seen = 0
-    try:
-        with torch.no_grad():
-            for ids in conversations:
-                if seen >= max_tokens:
-                    break
-                model(torch.tensor([ids], device=model.device))
-                seen += len(ids)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: (sums[name] / counts[name]).float().cpu().numpy().astype(np.float32) for name in sums}
-
-
-def quantize(source: Path, target: Path, kind: str, threads: int | None = None, imatrix: dict | None = None) -> Path:
+def quantize(source: Path, target: Path, kind: str, threads: int | None = None) -> Path:
     """`source` (an f16 GGUF) -> `target` of type `kind` (q8_0, Q4_K_M, ...) with llama.cpp's quantizer.
 
     llama.cpp picks per tensor, as `llama-quantize` does: the _M types keep some attention value and FFN
     down projections one step higher, and rows too short for 256-value k-blocks fall back to a legacy type.
-    `imatrix` (see `importance_matrix`) is handed over as `llama-quantize --imatrix` would.
     """
     require_llama_cpp(f"GGUF type {kind}")
     import llama_cpp
-    import numpy as np
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[kind]
     params.nthread = threads or min(4, os.cpu_count() or 1)
-    if imatrix:
-        # llama.cpp copies the arrays during the call; `keep` holds them (and their names) alive until then
-        keep = {name.encode(): np.ascontiguousarray(values, dtype=np.float32) for name, values in imatrix.items()}
-        entries = (llama_cpp.llama_model_imatrix_data * (len(keep) + 1))()  # the last one, all null, ends it
-        for entry, (name, values) in zip(entries, keep.items()):
-            entry.name, entry.data, entry.size = name, values.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), values.size
-        params.imatrix = entries
     log = logging.getLogger("llama-cpp-python")  # llama-cpp-python's bridge for llama.cpp's own log
     level = log.level
     # not a line per tensor: llama-cpp-python maps ggml's INFO to WARNING (its enum predates ggml's DEBUG level)

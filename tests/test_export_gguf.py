@@ -169,36 +169,6 @@ def test_llama_cpp_loads_the_mixed_q8_0_file(tiny_model_dir, tmp_path, tied):
     assert agree / positions >= 0.95, (agree, positions)
 
 
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_importance_matrix_is_the_mean_square_input_of_each_gguf_matrix(tiny_model_dir, tmp_path, tied):
-    import gguf
-
-    from kit import gguf as llama_cpp_gguf
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = llama(tokenizer, tied)
-    path = export.write_gguf(model, tokenizer, tmp_path / "tiny-f16.gguf", "f16", name="tiny")
-    conversations = [tokenizer(text)["input_ids"] for text in TEXTS]
-    imatrix = llama_cpp_gguf.importance_matrix(model, conversations, path)
-
-    widths = {t.name: int(t.shape[0]) for t in gguf.GGUFReader(path).tensors if len(t.shape) == 2}
-    # every matrix a Linear reads; the token embedding only when it doubles as the output head
-    assert set(imatrix) == set(widths) - ({"token_embd.weight"} if not tied else set()), sorted(imatrix)
-    assert {name: len(values) for name, values in imatrix.items()} == {name: widths[name] for name in imatrix}
-    with torch.no_grad():  # block 0's q, k and v projections read its first norm of the embeddings
-        rows = torch.cat([model.model.layers[0].input_layernorm(model.model.embed_tokens(torch.tensor(ids)))
-                          for ids in conversations])
-    expected = (rows.double() ** 2).mean(0).numpy()
-    for name in ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight"):
-        np.testing.assert_allclose(imatrix[name], expected, rtol=1e-5)
-
-    # whole conversations until the token budget is spent: here the first one alone
-    first = llama_cpp_gguf.importance_matrix(model, conversations, path, max_tokens=len(conversations[0]))
-    with torch.no_grad():
-        rows = model.model.layers[0].input_layernorm(model.model.embed_tokens(torch.tensor(conversations[0])))
-    np.testing.assert_allclose(first["blk.0.attn_q.weight"], (rows.double() ** 2).mean(0).numpy(), rtol=1e-5)
-
-
 def test_rotary_layout_is_llama_cpps(tiny_model_dir, tmp_path):
     """q/k rows are permuted as llama.cpp expects; written unpermuted, the reloaded model would disagree."""
     import gguf

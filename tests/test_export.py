@@ -594,3 +594,10 @@ def test_full_fine_tune_exports_its_whole_weights(tiny_recipe):
     trained = AutoModelForCausalLM.from_pretrained(recipe.run_dir / "model", dtype=torch.float32)
     for (name, a), (_, b) in zip(merged.state_dict().items(), trained.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_gguf_card_says_why_q5_k_m_stores_narrow_rows_as_q5_0(tiny_recipe):
+    recipe = load_recipe(tiny_recipe(), [])
+    with_q5 = export.gguf_card(recipe, "tiny", ["f16", "Q5_K_M"], "kit")
+    assert "stored as Q5_0 rather than llama.cpp's own fallback, Q5_1" in with_q5
+    assert "Q5_0" not in export.gguf_card(recipe, "tiny", ["f16", "Q4_K_M"], "kit")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -164,8 +165,6 @@ def quantize(source: Path, target: Path, kind: str, threads: int | None = None) 
     except where NARROW_FALLBACK names a better one (handed over as `llama-quantize --tensor-type` would).
     """
     require_llama_cpp(f"GGUF type {kind}")
-    import re
-
     import gguf
     import llama_cpp
 

@@ -512,8 +512,13 @@ def gguf_card(recipe: Recipe, stem: str, types, writer: str) -> str:
     metrics = _read_json(recipe.run_dir / "eval" / "metrics.json")
     by = {"kit": "kit's own GGUF writer (f16, q8_0) and llama.cpp's quantizer (k-quants)",
           "llama.cpp": "llama.cpp's convert_hf_to_gguf.py (f16) and quantizer (the other types)"}[writer]
+    narrow = []
+    if "Q5_K_M" in types:
+        narrow = ["Q5_K_M: matrices whose rows are not a multiple of 256 wide (too narrow for k-quant blocks) are "
+                  "stored as Q5_0 rather than llama.cpp's own fallback, Q5_1, which kept less of the model "
+                  "(`NARROW_FALLBACK` in kit's kit/gguf.py; measured in its docs/export.md).", ""]
     lines = [card_front_matter(recipe, None, metrics), "", f"# {recipe.name}: GGUF files for llama.cpp, Ollama and LM Studio", "",
-             f"Written by {by}, tokenizer and training chat template embedded.", "", "| file | type |", "| --- | --- |"]
+             f"Written by {by}, tokenizer and training chat template embedded.", "", *narrow, "| file | type |", "| --- | --- |"]
     lines += [f"| {stem}-{kind}.gguf | {kind} |" for kind in types]
     lines += ["", "## Run", "", "```bash", f"llama-server -m {stem}-{types[-1]}.gguf --jinja",
               f"ollama create {stem} -f Modelfile   # when exported with the `ollama` format",

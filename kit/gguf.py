@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,14 @@ INSTALL = (
     "pip install 'llama-cpp-python[server]==0.3.36' (compiles llama.cpp, about 8-25 minutes on 2 cores; on CPUs "
     "without AVX-512 set CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_OPENMP=OFF\")"
 )
+# Rows that are not a multiple of 256 values wide do not fit k-quant blocks, and llama.cpp stores such tensors in
+# a legacy 32-value type instead: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0 (`tensor_type_fallback` in its
+# src/llama-quant.cpp). That is most of a small model: SmolLM2-135M is 576 wide, so all its attention and MLP
+# gate/up matrices. Q5_1 (a scale and a minimum per block) rounded that way did worse than Q5_0 (a scale): on the
+# quickstart model, Q5_K_M's test perplexity 21.66 with Q5_1 and 18.47 with Q5_0, in a file 4% smaller, with the
+# same next-token agreement (36/50; docs/export.md, "Measured"). So Q5_K_M's narrow q, k, attention output, gate
+# and up matrices take Q5_0; the value projections stay llama.cpp's choice (it keeps some at Q6_K, hence Q8_0).
+NARROW_FALLBACK = {"Q5_K_M": {role: "Q5_0" for role in ("attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up")}}
 # What the converter needs from the source distribution (MIT, llama.cpp's LICENSE comes along).
 _VENDOR = "vendor/llama.cpp/"
 _KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/gguf/", "LICENSE")
@@ -133,18 +142,43 @@ def convert(model_folder: Path, target: Path, name: str, outtype: str = "f16") -
     return target
 
 
+def narrow_fallbacks(source: Path, kind: str) -> dict[str, str]:
+    """{tensor name: ggml type} for the block matrices of `source` whose rows do not fit k-quant blocks and
+    whose legacy fallback kit chooses instead of llama.cpp (see NARROW_FALLBACK)."""
+    import gguf
+
+    roles = NARROW_FALLBACK.get(kind, {})
+    chosen = {}
+    for tensor in gguf.GGUFReader(source).tensors:
+        parts = tensor.name.split(".")  # blk.<n>.<role>.weight
+        if len(parts) == 4 and parts[0] == "blk" and len(tensor.shape) >= 2 and tensor.shape[0] % 256 != 0:
+            if parts[2] in roles:
+                chosen[tensor.name] = roles[parts[2]]
+    return chosen
+
+
 def quantize(source: Path, target: Path, kind: str, threads: int | None = None) -> Path:
     """`source` (an f16 GGUF) -> `target` of type `kind` (q8_0, Q4_K_M, ...) with llama.cpp's quantizer.
 
     llama.cpp picks per tensor, as `llama-quantize` does: the _M types keep some attention value and FFN
-    down projections one step higher, and rows too short for 256-value k-blocks fall back to a legacy type.
+    down projections one step higher, and rows too short for 256-value k-blocks fall back to a legacy type,
+    except where NARROW_FALLBACK names a better one (handed over as `llama-quantize --tensor-type` would).
     """
     require_llama_cpp(f"GGUF type {kind}")
+    import gguf
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[kind]
     params.nthread = threads or min(4, os.cpu_count() or 1)
+    chosen = narrow_fallbacks(source, kind)
+    if chosen:
+        # one exact pattern per tensor; llama.cpp copies them during the call, `patterns` keeps them alive till then
+        patterns = [f"^{re.escape(name)}$".encode() for name in chosen]
+        overrides = (llama_cpp.llama_model_tensor_override * (len(chosen) + 1))()  # a null pattern ends the list
+        for override, pattern, kind_name in zip(overrides, patterns, chosen.values()):
+            override.pattern, override.type = pattern, gguf.GGMLQuantizationType[kind_name].value
+        params.tt_overrides = overrides
     log = logging.getLogger("llama-cpp-python")  # llama-cpp-python's bridge for llama.cpp's own log
     level = log.level
     # not a line per tensor: llama-cpp-python maps ggml's INFO to WARNING (its enum predates ggml's DEBUG level)

@@ -635,3 +635,10 @@ def test_the_promoted_model_is_exported_by_default_and_model_overrides_it(tiny_r
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().endswith("no complete student in "
                                                     f"{recipe.run_dir}; run `python -m kit.distill` with this recipe first")
+
+
+def test_gguf_card_says_why_q5_k_m_stores_narrow_rows_as_q5_0(tiny_recipe):
+    recipe = load_recipe(tiny_recipe(), [])
+    with_q5 = export.gguf_card(recipe, "tiny", ["f16", "Q5_K_M"], "kit")
+    assert "stored as Q5_0 rather than llama.cpp's own fallback, Q5_1" in with_q5
+    assert "Q5_0" not in export.gguf_card(recipe, "tiny", ["f16", "Q4_K_M"], "kit")

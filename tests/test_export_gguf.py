@@ -169,6 +169,34 @@ def test_llama_cpp_loads_the_mixed_q8_0_file(tiny_model_dir, tmp_path, tied):
     assert agree / positions >= 0.95, (agree, positions)
 
 
+def test_q5_k_m_stores_rows_too_narrow_for_k_blocks_as_q5_0(tiny_model_dir, tmp_path):
+    """Rows 64 wide do not fit 256-value k-blocks: llama.cpp would store Q5_K_M's as Q5_1; kit hands it Q5_0
+    for the q, k, attention output, gate and up matrices (kit.gguf.NARROW_FALLBACK), and the file still
+    predicts what the model does."""
+    import gguf
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = llama(tokenizer, tied=True)
+    [_, path] = export.write_gguf_files(model, tokenizer, tmp_path, "tiny", ["f16", "Q5_K_M"], writer="kit")
+    stored = {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    for role in ("attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up"):
+        assert {stored[f"blk.{i}.{role}.weight"] for i in (0, 1)} == {"Q5_0"}, (role, stored)
+    # the value projections stay llama.cpp's: Q5_K's fallback Q5_1, and Q6_K's (Q8_0) in the layer it keeps higher
+    assert [stored[f"blk.{i}.attn_v.weight"] for i in (0, 1)] == ["Q5_1", "Q8_0"], stored
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=1, logits_all=True, verbose=False)
+    agree = positions = 0
+    for ids in batch(tokenizer):
+        llm.reset()
+        llm.eval(ids[0].tolist())
+        with torch.no_grad():
+            expected = model(ids).logits[0].argmax(-1).numpy()
+        agree += int((np.asarray(llm.scores[: llm.n_tokens]).argmax(-1) == expected).sum())
+        positions += len(expected)
+    llm.close()
+    assert agree / positions >= 0.9, (agree, positions)  # seed 0: 614/614; a misread tensor gives ~1/400
+
+
 def test_rotary_layout_is_llama_cpps(tiny_model_dir, tmp_path):
     """q/k rows are permuted as llama.cpp expects; written unpermuted, the reloaded model would disagree."""
     import gguf

@@ -145,37 +145,45 @@ def is_messages(value) -> bool:
                     for m in value))
 
 
+NOT_JSON = object()  # what `jsonl_rows` gives for a line that does not parse
+
+
+def jsonl_rows(path: Path):
+    """(line number, parsed row or NOT_JSON) for each non-blank line of a feedback file; nothing if it is missing.
+    Read with errors="replace": a line cut short by a crash is one corrupt line, never an exception."""
+    if not path.is_file():
+        return
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError:
+                yield number, NOT_JSON
+
+
 def load_feedback(recipe: Recipe) -> Feedback:
     """Read both feedback files; a line that is not a valid row is counted in `corrupt` and skipped."""
     feedback = Feedback()
     seen: set[str] = set()
     for filename in (PREFERENCES, ALL_BAD):
-        path = feedback_dir(recipe) / filename
-        if not path.is_file():
-            continue
-        with path.open(encoding="utf-8", errors="replace") as handle:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    row = None
-                if filename == PREFERENCES:
-                    valid = isinstance(row, dict) and all(is_messages(row.get(k)) for k in ("prompt", "chosen", "rejected"))
-                else:
-                    valid = (isinstance(row, dict) and is_messages(row.get("prompt"))
-                             and is_messages(row.get("completion")) and isinstance(row.get("label"), bool))
-                if not valid:
-                    feedback.corrupt.append(f"{filename}:{number}")
-                    continue
-                meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
-                vote = str(meta.get("vote") or f"{filename}:{number}")
-                if filename == PREFERENCES:
-                    feedback.pairs += 1
-                    if vote not in seen:
-                        feedback.best[str(meta.get("chosen_model", "unknown"))] += 1
-                elif vote not in seen:
-                    feedback.all_bad += 1
-                seen.add(vote)
+        for number, row in jsonl_rows(feedback_dir(recipe) / filename):
+            if filename == PREFERENCES:
+                valid = isinstance(row, dict) and all(is_messages(row.get(k)) for k in ("prompt", "chosen", "rejected"))
+            else:
+                valid = (isinstance(row, dict) and is_messages(row.get("prompt"))
+                         and is_messages(row.get("completion")) and isinstance(row.get("label"), bool))
+            if not valid:
+                feedback.corrupt.append(f"{filename}:{number}")
+                continue
+            meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+            vote = str(meta.get("vote") or f"{filename}:{number}")
+            if filename == PREFERENCES:
+                feedback.pairs += 1
+                if vote not in seen:
+                    feedback.best[str(meta.get("chosen_model", "unknown"))] += 1
+            elif vote not in seen:
+                feedback.all_bad += 1
+            seen.add(vote)
     return feedback

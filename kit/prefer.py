@@ -33,7 +33,6 @@ import json
 import math
 import random
 import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +41,7 @@ from kit import data, models
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.facts import FactBook
-from kit.feedback import ALL_BAD, PREFERENCES, feedback_dir, is_messages
+from kit.feedback import ALL_BAD, NOT_JSON, PREFERENCES, feedback_dir, is_messages, jsonl_rows
 from kit.masking import ensure_chat_template, render
 from kit.recipe import Recipe, load_recipe
 from kit.runs import atomic_dir, package_versions, tuned_adapter, tuned_model_dir, write_json
@@ -79,25 +78,18 @@ class Votes:
 def load_votes(path: Path) -> Votes:
     """Read a preferences.jsonl; each unreadable line is listed in `corrupt` and skipped."""
     votes = Votes()
-    if not path.is_file():
-        return votes
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                votes.corrupt.append(f"{path.name}:{number}: not JSON")
-                continue
-            bad = [key for key in ("prompt", "chosen", "rejected") if not isinstance(row, dict) or not is_messages(row.get(key))]
-            if bad:
-                votes.corrupt.append(f"{path.name}:{number}: {', '.join(bad)} missing or not a list of messages")
-                continue
-            if row["prompt"][-1]["role"] != "user":
-                votes.corrupt.append(f"{path.name}:{number}: prompt does not end with a user message")
-                continue
-            votes.pairs.append(Pair(row["prompt"], row["chosen"], row["rejected"], "votes"))
+    for number, row in jsonl_rows(path):
+        if row is NOT_JSON:
+            votes.corrupt.append(f"{path.name}:{number}: not JSON")
+            continue
+        bad = [key for key in ("prompt", "chosen", "rejected") if not isinstance(row, dict) or not is_messages(row.get(key))]
+        if bad:
+            votes.corrupt.append(f"{path.name}:{number}: {', '.join(bad)} missing or not a list of messages")
+            continue
+        if row["prompt"][-1]["role"] != "user":
+            votes.corrupt.append(f"{path.name}:{number}: prompt does not end with a user message")
+            continue
+        votes.pairs.append(Pair(row["prompt"], row["chosen"], row["rejected"], "votes"))
     return votes
 
 
@@ -113,25 +105,18 @@ class AllBad:
 def load_all_bad(path: Path) -> AllBad:
     """Read an all_bad.jsonl; each unreadable line is listed in `corrupt` and skipped."""
     found = AllBad()
-    if not path.is_file():
-        return found
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                found.corrupt.append(f"{path.name}:{number}: not JSON")
-                continue
-            bad = [key for key in ("prompt", "completion") if not isinstance(row, dict) or not is_messages(row.get(key))]
-            if bad or row.get("label") is not False:
-                found.corrupt.append(f"{path.name}:{number}: {', '.join(bad) or 'label'} missing or malformed")
-                continue
-            if row["prompt"][-1]["role"] != "user":
-                found.corrupt.append(f"{path.name}:{number}: prompt does not end with a user message")
-                continue
-            found.rows.append({"prompt": row["prompt"], "completion": row["completion"], "label": False})
+    for number, row in jsonl_rows(path):
+        if row is NOT_JSON:
+            found.corrupt.append(f"{path.name}:{number}: not JSON")
+            continue
+        bad = [key for key in ("prompt", "completion") if not isinstance(row, dict) or not is_messages(row.get(key))]
+        if bad or row.get("label") is not False:
+            found.corrupt.append(f"{path.name}:{number}: {', '.join(bad) or 'label'} missing or malformed")
+            continue
+        if row["prompt"][-1]["role"] != "user":
+            found.corrupt.append(f"{path.name}:{number}: prompt does not end with a user message")
+            continue
+        found.rows.append({"prompt": row["prompt"], "completion": row["completion"], "label": False})
     return found
 
 
@@ -378,7 +363,7 @@ def run(recipe: Recipe, callbacks: list | None = None, resume: bool = False) -> 
     from transformers import set_seed
     from trl import DPOTrainer, KTOTrainer
 
-    from kit.trainer import Guard, GuardCallback, last_complete_checkpoint
+    from kit.trainer import Guard, GuardCallback, last_complete_checkpoint, stop_on_interrupt
 
     started = time.time()
     print("kit.prefer: resolved recipe\n" + recipe.to_yaml(), flush=True)
@@ -449,20 +434,8 @@ def run(recipe: Recipe, callbacks: list | None = None, resume: bool = False) -> 
                        f"{recipe.sft.max_length} tokens, leaving no answer to compare; raise it")
     method = f"KTO (beta {recipe.prefer.beta})" if kto else f"DPO ({recipe.prefer.loss_type}, beta {recipe.prefer.beta})"
     print(f"kit.prefer: {method} on {len(trainer.train_dataset)} {what}", flush=True)
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_interrupt(signum, frame):
-        if guard.interrupted:  # a second Ctrl-C stops at once
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
-        guard.interrupted = True
-        print("\nkit.prefer: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
-
-    signal.signal(signal.SIGINT, on_interrupt)
-    try:
+    with stop_on_interrupt(guard, "prefer"):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if guard.interrupted:
         print(f"kit.prefer: interrupted at step {trainer.state.global_step}; checkpoint saved in {checkpoints}; "
               "continue with: python -m kit.prefer <recipe> --resume", flush=True)

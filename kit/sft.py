@@ -20,7 +20,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,7 +258,7 @@ def train(recipe: Recipe, conversations: TrainingData, resume: bool = False, pre
           callbacks=()) -> Path:
     """Fine-tune the recipe's model on `conversations`; writes the adapter or model, then the manifest."""
     from kit.trainer import (Guard, GuardCallback, KitSFTTrainer, last_complete_checkpoint,  # first: it quiets a notice
-                             training_arguments)
+                             stop_on_interrupt, training_arguments)
 
     import torch
     from accelerate import PartialState
@@ -328,22 +327,8 @@ def train(recipe: Recipe, conversations: TrainingData, resume: bool = False, pre
         print(f"kit.sft: {recipe.sft.method}: training {trainable:,} of {total:,} parameters; packing "
               f"{'on' if packing else 'off'}; {state.num_processes} process(es) on {state.device}", flush=True)
 
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_interrupt(signum, frame):
-        if guard.interrupted:  # a second Ctrl-C stops at once
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
-        guard.interrupted = True
-        print("\nkit.sft: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
-
-    if state.num_processes == 1:
-        signal.signal(signal.SIGINT, on_interrupt)
-    try:
+    with stop_on_interrupt(guard, "sft", enabled=state.num_processes == 1):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    finally:
-        if state.num_processes == 1:
-            signal.signal(signal.SIGINT, previous)
     history = [entry for entry in trainer.state.log_history if "loss" in entry or "eval_loss" in entry]
     if guard.nonfinite_step is not None:
         kept = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))

@@ -6,8 +6,8 @@
 - `lora_config(recipe)`: the one LoRA/DoRA config;
 - `KitSFTTrainer` (SFT) and `KDTrainer` (offline distillation): TRL's `SFTTrainer` with public hooks
   overridden, as TRL's own trainers do (`create_optimizer`, `training_step`, `compute_loss`, `log`);
-- `Guard` + `GuardCallback`: the stop on a non-finite loss and on Ctrl-C, through the callback API (also
-  `kit.prefer`'s), and `last_complete_checkpoint`, where `--resume` continues from (kit.sft, kit.prefer);
+- `Guard` + `GuardCallback` + `stop_on_interrupt`: the stop on a non-finite loss and on Ctrl-C, through the
+  callback API (also `kit.prefer`'s), and `last_complete_checkpoint`, where `--resume` continues from (kit.sft, kit.prefer);
 - `write_manifest`: the manifest every stage writes last, so that its presence means the work is complete.
 
 Library internals and process-wide settings kit still touches during training, each because no public path
@@ -26,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +169,29 @@ class Guard:
 
     interrupted: bool = False
     nonfinite_step: int | None = None
+
+
+@contextmanager
+def stop_on_interrupt(guard: Guard, stage: str, enabled: bool = True):
+    """While training: the first Ctrl-C sets `guard.interrupted` (GuardCallback then saves a checkpoint and stops
+    at the step's end); a second one aborts at once. `enabled` False (a multi-process launch) leaves SIGINT alone."""
+    if not enabled:
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame):
+        if guard.interrupted:  # a second Ctrl-C stops at once
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        guard.interrupted = True
+        print(f"\nkit.{stage}: stopping after this step and saving a checkpoint (Ctrl-C again to abort)", flush=True)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class GuardCallback(TrainerCallback):

@@ -116,6 +116,17 @@ _ORG_WORDS = frozenset(
     "company co group store shop official help billing sales accounts agent virtual".split())
 # Words are runs of letters: "O'Neil's" is o / neil / s, so a possessive never hides a name.
 _WORD = re.compile(r"[^\W\d_]+")
+# A capitalised run with one of these words names a place or a business, not a person ("this is Fulton Street
+# Cafe", "Marriott Downtown"): real dialogue data (SGD's hotels, restaurants and salons) is full of them.
+_PLACE_WORDS = frozenset(
+    "hotel hotels inn motel hostel resort suites lodge cafe café coffee restaurant restaurants bar grill pizzeria bistro "
+    "diner pub tavern kitchen bakery brewery steakhouse sushi airlines airline airways airport street avenue road "
+    "boulevard downtown uptown plaza mall cinema cinemas theatre theater museum salon spa gym fitness hospital "
+    "clinic pharmacy station apartments bank".split())
+# Sentence-initial nouns that a support message follows with a verb of speech ("Booking confirmed", "Visit confirmed").
+_NOT_SPEAKERS = frozenset(
+    "booking bookings reservation reservations appointment appointments shipping shipment delivery payment payments "
+    "transfer purchase subscription cancellation flight flights ride train bus room table event tickets visit".split())
 # ASCII text splits into the same words with C-level bytes methods (every non-letter byte -> space).
 _ASCII_NON_LETTERS = bytes(c if chr(c).isalpha() and c < 128 else 32 for c in range(256))
 # Between the words of one full name: spaces, or the joiners of "Jean-Luc" and "O'Neil".
@@ -438,6 +449,8 @@ def context_names(text: str) -> list[tuple[int, int]]:
             multi = False
         if not _may_be_named(text, start, end):
             continue
+        if (lower in _NOT_SPEAKERS and not multi) or not _PLACE_WORDS.isdisjoint(w.lower() for w in _WORD.findall(value)):
+            continue  # "Booking confirmed"; a hotel, a restaurant, a street: no one's name
         if multi:
             span = _name_span(text, start, end)
             if span is None:

@@ -165,6 +165,7 @@ def test_batch_gate_marks_every_text_with_a_finding_and_redacts_the_same(setup):
         ("Can Grace call me back?", ["Grace"]),
         ("Hi Will,\nthe order shipped.", ["Will"]),
         ("Hi Dana, as I said, Dana's order shipped.", ["Dana", "Dana"]),  # every occurrence once one is found
+        ("I spoke with Tom at the Hilton Hotel.", ["Tom"]),  # the person, not the hotel
     ],
 )
 def test_names_in_free_text_are_found_by_their_context(text, names):
@@ -198,6 +199,10 @@ CLEAN = [
     "Nothing at the moment. Okay. Thanks. Bye!",
     "I found 1 song: Dirt Road Anthem from the Jason Aldean album.",
     "Log in with your login credentials; once your account is successfully created, we handle refunds.",
+    "Booking confirmed. Their address is on the confirmation.",  # a noun before a verb of speech
+    "Visit confirmed. Property has a garage.",
+    "Hi, this is Fulton Street Cafe, how can we help?",  # a business introducing itself
+    "This is Marriott Downtown, a 3 star hotel.",
 ]
 
 

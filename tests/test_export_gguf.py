@@ -145,16 +145,8 @@ def test_q8_0_blocks_are_the_bytes_ggml_writes(tiny_model_dir, tmp_path):
     assert np.array_equal(stored["blk.0.ffn_down.weight"], down.astype(np.float16).reshape(-1))
 
 
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_llama_cpp_loads_the_mixed_q8_0_file(tiny_model_dir, tmp_path, tied):
-    """llama.cpp reads a q8_0 file whose value and down projections are f16, with the model's predictions."""
-    import gguf
-
-    llama_cpp = pytest.importorskip("llama_cpp")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = llama(tokenizer, tied)
-    path = export.write_gguf(model, tokenizer, tmp_path / "tiny-q8_0.gguf", "q8_0", name="tiny")
-    assert {t.tensor_type.name for t in gguf.GGUFReader(path).tensors} == {"F32", "F16", "Q8_0"}
+def llama_cpp_agreement(llama_cpp, path, model, tokenizer) -> tuple[int, int]:
+    """(positions where llama.cpp's next token is the model's, positions) over the test batch."""
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=1, logits_all=True, verbose=False)
     agree = positions = 0
     for ids in batch(tokenizer):
@@ -165,6 +157,20 @@ def test_llama_cpp_loads_the_mixed_q8_0_file(tiny_model_dir, tmp_path, tied):
         agree += int((np.asarray(llm.scores[: llm.n_tokens]).argmax(-1) == expected).sum())
         positions += len(expected)
     llm.close()
+    return agree, positions
+
+
+@pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+def test_llama_cpp_loads_the_mixed_q8_0_file(tiny_model_dir, tmp_path, tied):
+    """llama.cpp reads a q8_0 file whose value and down projections are f16, with the model's predictions."""
+    import gguf
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = llama(tokenizer, tied)
+    path = export.write_gguf(model, tokenizer, tmp_path / "tiny-q8_0.gguf", "q8_0", name="tiny")
+    assert {t.tensor_type.name for t in gguf.GGUFReader(path).tensors} == {"F32", "F16", "Q8_0"}
+    agree, positions = llama_cpp_agreement(llama_cpp, path, model, tokenizer)
     # seed 0: 0.976 untied (llama.cpp also rounds activations to 8 bits); a misread tensor gives ~1/400
     assert agree / positions >= 0.95, (agree, positions)
 
@@ -184,16 +190,7 @@ def test_q5_k_m_stores_rows_too_narrow_for_k_blocks_as_q5_0(tiny_model_dir, tmp_
         assert {stored[f"blk.{i}.{role}.weight"] for i in (0, 1)} == {"Q5_0"}, (role, stored)
     # the value projections stay llama.cpp's: Q5_K's fallback Q5_1, and Q6_K's (Q8_0) in the layer it keeps higher
     assert [stored[f"blk.{i}.attn_v.weight"] for i in (0, 1)] == ["Q5_1", "Q8_0"], stored
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, n_threads=1, logits_all=True, verbose=False)
-    agree = positions = 0
-    for ids in batch(tokenizer):
-        llm.reset()
-        llm.eval(ids[0].tolist())
-        with torch.no_grad():
-            expected = model(ids).logits[0].argmax(-1).numpy()
-        agree += int((np.asarray(llm.scores[: llm.n_tokens]).argmax(-1) == expected).sum())
-        positions += len(expected)
-    llm.close()
+    agree, positions = llama_cpp_agreement(llama_cpp, path, model, tokenizer)
     assert agree / positions >= 0.9, (agree, positions)  # seed 0: 614/614; a misread tensor gives ~1/400
 
 

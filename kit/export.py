@@ -28,13 +28,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 from kit import gguf as llama_cpp_gguf
 from kit import models
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.masking import ensure_chat_template
-from kit.recipe import ModelSection, Recipe, load_recipe
+from kit.recipe import ModelSection, Recipe, RunModel, load_recipe
 from kit.runs import atomic_dir, choose_model, package_versions, preferred_adapter, student_dir, tuned_adapter, umask
 
 FORMATS = ("adapter", "merged", "gguf", "ollama")
@@ -871,7 +872,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = recipe_parser("python -m kit.export", "Export the promoted model (and the student) for deployment.")
     parser.add_argument(
         "--model",
-        choices=["promoted", "tuned", "preferred", "student"],
+        choices=get_args(RunModel),
         help="which model to write (same as --set export.model=...): default the promoted one; student: only the student",
     )
     parser.add_argument(

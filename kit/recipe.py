@@ -355,8 +355,12 @@ class ChatSection(Section):
     )
 
 
+# Which of a run's models a one-model stage uses (`export.model`, `serve.model`; their `--model` choices).
+RunModel = Literal["promoted", "tuned", "preferred", "student"]
+
+
 class ExportSection(Section):
-    model: Literal["promoted", "tuned", "preferred", "student"] = Field(
+    model: RunModel = Field(
         "promoted",
         description="Which model `kit.export` writes (`--model` overrides it): `promoted` (the preferred model when "
         "`kit.eval`'s gate promoted it over tuned, else tuned), or `tuned`, `preferred` (`kit.prefer`'s, under "
@@ -392,7 +396,7 @@ class ExportSection(Section):
 
 
 class ServeSection(Section):
-    model: Literal["promoted", "tuned", "preferred", "student"] = Field(
+    model: RunModel = Field(
         "promoted",
         description="What `kit.serve` serves (`--model` overrides it): `promoted` (the preferred model when "
         "`kit.eval`'s gate promoted it over tuned, else tuned), or `tuned`, `preferred` (`kit.prefer`'s) or "

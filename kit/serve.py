@@ -23,14 +23,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
-from kit.recipe import Recipe, load_recipe
+from kit.recipe import Recipe, RunModel, load_recipe
 from kit.runs import choose_model
 
 INSTALL = "pip install 'llama-cpp-python[server]==0.3.36'"
-MODELS = ("promoted", "tuned", "preferred", "student")
 
 
 @dataclass(frozen=True)
@@ -113,9 +113,9 @@ def _replay(messages, then=None):
     return receive
 
 
-def create_app(recipe: Recipe, api_key: str | None = None):
-    """The ASGI app: llama-cpp-python's OpenAI-compatible server on the run's GGUF."""
-    served = served_model(recipe)
+def create_app(recipe: Recipe, api_key: str | None = None, served: Served | None = None):
+    """The ASGI app: llama-cpp-python's OpenAI-compatible server on the run's GGUF (`served`, else `served_model`)."""
+    served = served or served_model(recipe)
     try:
         from llama_cpp.server.app import create_app as llama_cpp_app
         from llama_cpp.server.settings import ModelSettings, ServerSettings
@@ -154,7 +154,7 @@ def run(recipe: Recipe) -> None:
     served = served_model(recipe)
     if served.note:
         print(f"kit.serve: {served.note}", flush=True)
-    app = create_app(recipe, api_key)
+    app = create_app(recipe, api_key, served)
     print(
         f"kit.serve: {served.name} ({served.gguf.name}) on http://{recipe.serve.host}:{recipe.serve.port}/v1"
         + (f", API key from ${recipe.serve.api_key_env}" if api_key else ", no API key"),
@@ -165,7 +165,7 @@ def run(recipe: Recipe) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = recipe_parser("python -m kit.serve", "Serve the promoted model behind an OpenAI-compatible API.")
-    parser.add_argument("--model", choices=MODELS,
+    parser.add_argument("--model", choices=get_args(RunModel),
                         help="which model to serve (same as --set serve.model=...); default: the promoted one")
     args = parser.parse_args(argv)
     overrides = [*args.overrides, *([f"serve.model={args.model}"] if args.model else [])]

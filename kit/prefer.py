@@ -10,10 +10,11 @@ Runs after `kit.sft`, on top of its adapter. The pairs come from (`prefer.source
 - `mistakes`: the tuned model answers a seeded sample of `prefer.max_prompts` training prompts; an answer that
   invents facts or contact details (`kit.facts`: values the training answers never state), contradicts a value
   its reference states (a "90 days" warranty where the reference says "1-year"), or scores below
-  `prefer.min_rouge_l` against the reference becomes `rejected`, the reference answer `chosen` (with
-  `prefer.samples`, the best of the model's own clean sampled answers when there is one). They are
-  cached in `<run>/prefer_cache/mistakes.json`, keyed by the tuned weights, the data and the settings, so a
-  rerun reuses them.
+  `prefer.min_rouge_l` against the reference becomes `rejected` (the worst one, with `prefer.samples`), the
+  reference answer `chosen` (with `prefer.samples`, the best of the model's own clean sampled answers when
+  there is one). The answers are cached in `<run>/prefer_cache/answers.json`, keyed by the tuned weights, the
+  data and the generation settings, so a rerun reuses them (and judges them again: changing
+  `prefer.min_rouge_l` or the allowlist costs no generation).
 
 `prefer.method: dpo` (the default) learns from the pairs; `kto` from single answers: each pair's chosen answer
 (desirable) and rejected one (undesirable), and the arena's all-bad answers, `<run>/feedback/all_bad.jsonl`
@@ -34,7 +35,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit import data, models
@@ -46,7 +47,7 @@ from kit.masking import ensure_chat_template, render
 from kit.recipe import Recipe, load_recipe
 from kit.runs import atomic_dir, package_versions, tuned_adapter, tuned_model_dir, write_json
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 # ---------------------------------------------------------------- pairs
@@ -193,15 +194,16 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
 class Mistakes:
     pairs: list[Pair]
     checked: int  # training prompts answered
-    cached: bool  # read from <run>/prefer_cache/ rather than generated
+    cached: bool  # the answers were read from <run>/prefer_cache/ rather than generated
 
 
-def _cache_key(recipe: Recipe, weights: Path, allowlist: list[str]) -> str:
+def _cache_key(recipe: Recipe, weights: Path) -> str:
+    """What the tuned model's answers depend on (how they are judged does not: a rerun rejudges cached answers)."""
     stats = json.loads((data.dataset_dir(recipe) / "stats.json").read_text())
     manifest = (recipe.run_dir / "manifest.json").read_bytes()  # rewritten by every kit.sft run
     p = recipe.prefer
     payload = json.dumps([CACHE_VERSION, stats["sha256"], hashlib.sha256(manifest).hexdigest(), str(weights), recipe.seed,
-                          p.max_prompts, p.max_new_tokens, p.min_rouge_l, p.samples, p.temperature, sorted(allowlist)])
+                          p.max_prompts, p.max_new_tokens, p.samples, p.temperature])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -210,58 +212,76 @@ def allowlist(recipe: Recipe) -> list[str]:
     return [*recipe.data.pii.allowlist, *recipe.eval.leak_allowlist]
 
 
+def severity(reasons: list[str]) -> tuple[bool, int]:
+    """How wrong an answer with these `mistake_reasons` is: (it invents a contact, facts it invents or contradicts)."""
+    return (any(r.startswith("invented contact") for r in reasons), sum(not r.startswith("ROUGE-L") for r in reasons))
+
+
+def pair_for(book: FactBook, prompt: list[dict], reference: str, own: list[tuple[str, bool]], min_rouge_l: float) -> Pair | None:
+    """The pair one training prompt gives, or None when none of the model's answers (`own`: greedy first, then the
+    samples) is wrong. `rejected`: the worst wrong answer (invented contacts first, then the most facts invented or
+    contradicted: what preference tuning is for; the greedy one among equals, what the model says by default).
+    `chosen`: the best of the model's own clean, finished answers (highest ROUGE-L against the reference): DPO
+    between two answers the model gives moves it less than towards a text it would not write; else the reference."""
+    asked = " ".join(m["content"] for m in prompt if m["role"] == "user")
+    judged = [(text, finished, mistake_reasons(book, text, reference, asked, min_rouge_l, finished)) for text, finished in own]
+    wrong = [(text, reasons) for text, _, reasons in judged if reasons and text.strip() != reference.strip()]
+    if not wrong:
+        return None
+    rejected, reasons = max(wrong, key=lambda w: severity(w[1]))  # max keeps the first of equals
+    clean = [text for text, finished, why in judged if finished and not why and text.strip() != rejected.strip()]
+    chosen = max(clean, key=lambda text: rouge_l(reference, text)) if clean else reference
+    return Pair(prompt, [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}],
+                "mistakes", reasons, "sample" if clean else "reference")
+
+
+def _cached_answers(cache: Path, key: str, prompts: int) -> list[list[tuple[str, bool]]] | None:
+    try:
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        return None
+    answers = stored.get("answers")
+    if not (isinstance(answers, list) and len(answers) == prompts
+            and all(isinstance(own, list) and own and all(isinstance(a, list) and len(a) == 2 and isinstance(a[0], str)
+                                                           and isinstance(a[1], bool) for a in own) for own in answers)):
+        print(f"kit.prefer: {cache} is damaged; answering the prompts again", flush=True)
+        return None
+    return [[(text, finished) for text, finished in own] for own in answers]
+
+
 def mistake_pairs(recipe: Recipe, tokenizer, load_tuned) -> Mistakes:
-    """Pairs from the tuned model's own mistakes on a seeded sample of training prompts (cached)."""
+    """Pairs from the tuned model's own mistakes on a seeded sample of training prompts (its answers cached)."""
     weights = tuned_adapter(recipe) or tuned_model_dir(recipe)
     train = [c for c in data.load_split(recipe, "train") if c["messages"] and c["messages"][-1]["role"] == "assistant"]
-    key = _cache_key(recipe, weights, allowlist(recipe))
-    cache = recipe.run_dir / "prefer_cache" / "mistakes.json"
-    if cache.is_file():
-        try:
-            stored = json.loads(cache.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            stored = None
-        if isinstance(stored, dict) and stored.get("key") == key:
-            try:
-                pairs = [Pair(**row) for row in stored["pairs"]]
-            except (TypeError, KeyError):  # edited or damaged by hand: answer the prompts again
-                print(f"kit.prefer: {cache} is damaged; finding the mistakes again", flush=True)
-            else:
-                print(f"kit.prefer: reusing {len(pairs)} mistake pairs from {cache}", flush=True)
-                return Mistakes(pairs, stored["checked"], cached=True)
     sample = random.Random(recipe.seed).sample(train, min(recipe.prefer.max_prompts, len(train)))
     prompts = [c["messages"][:-1] for c in sample]
     references = [c["messages"][-1]["content"] for c in sample]
-    print(f"kit.prefer: the tuned model answers {len(sample)} training prompts to find its mistakes", flush=True)
-    import torch
-
     p = recipe.prefer
-    model = load_tuned()
-    answers = generate(model, tokenizer, prompts, p.max_new_tokens, recipe.eval.batch_size)
-    sampled = []
-    if p.samples:
-        torch.manual_seed(recipe.seed)
-        sampled = generate(model, tokenizer, prompts, p.max_new_tokens, recipe.eval.batch_size, p.samples, p.temperature)
-    del model
+    key = _cache_key(recipe, weights)
+    cache = recipe.run_dir / "prefer_cache" / "answers.json"
+    answers = _cached_answers(cache, key, len(sample)) if cache.is_file() else None
+    cached = answers is not None
+    if cached:
+        print(f"kit.prefer: reusing the tuned model's answers to {len(sample)} training prompts from {cache}", flush=True)
+    else:
+        print(f"kit.prefer: the tuned model answers {len(sample)} training prompts to find its mistakes", flush=True)
+        import torch
+
+        model = load_tuned()
+        greedy = generate(model, tokenizer, prompts, p.max_new_tokens, recipe.eval.batch_size)
+        sampled = []
+        if p.samples:
+            torch.manual_seed(recipe.seed)
+            sampled = generate(model, tokenizer, prompts, p.max_new_tokens, recipe.eval.batch_size, p.samples, p.temperature)
+        del model
+        answers = [[greedy[i], *sampled[i * p.samples:(i + 1) * p.samples]] for i in range(len(sample))]
+        write_json(cache, {"key": key, "answers": answers})
     book = FactBook((c["messages"][-1]["content"] for c in train), allowlist(recipe), recipe.data.pii.phone_regions)
-    pairs = []
-    for i, (prompt, reference) in enumerate(zip(prompts, references)):
-        asked = " ".join(m["content"] for m in prompt if m["role"] == "user")
-        own = [answers[i], *sampled[i * p.samples:(i + 1) * p.samples]]  # the greedy answer first
-        judged = [(text, finished, mistake_reasons(book, text, reference, asked, p.min_rouge_l, finished))
-                  for text, finished in own]
-        wrong = [(text, reasons) for text, _, reasons in judged if reasons and text.strip() != reference.strip()]
-        if not wrong:
-            continue
-        rejected, reasons = wrong[0]  # the greedy answer when it is wrong: what the model says by default
-        # On-policy: the best of the model's own clean, finished answers beats the reference as `chosen` (DPO
-        # between two answers the model gives moves it less than towards a text it would not write).
-        clean = [text for text, finished, why in judged if finished and not why and text.strip() != rejected.strip()]
-        chosen = max(clean, key=lambda text: rouge_l(reference, text)) if clean else reference
-        pairs.append(Pair(prompt, [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}],
-                          "mistakes", reasons, "sample" if clean else "reference"))
-    write_json(cache, {"key": key, "checked": len(sample), "pairs": [asdict(p) for p in pairs]})
-    return Mistakes(pairs, len(sample), cached=False)
+    pairs = [pair for prompt, reference, own in zip(prompts, references, answers)
+             if (pair := pair_for(book, prompt, reference, own, p.min_rouge_l)) is not None]
+    return Mistakes(pairs, len(sample), cached)
 
 
 # ---------------------------------------------------------------- measuring a preference

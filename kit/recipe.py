@@ -528,8 +528,8 @@ class PreferSection(Section):
         "reference's, or score below `min_rouge_l`, rejected in favour of the reference answer).",
     )
     max_prompts: int = Field(
-        64, ge=1, description="`mistakes`: training prompts (a seeded sample) the tuned model answers; cached in "
-        "`<run>/prefer_cache/` so reruns reuse them."
+        64, ge=1, description="`mistakes`: training prompts (a seeded sample) the tuned model answers; the answers are "
+        "cached in `<run>/prefer_cache/` so reruns reuse them."
     )
     max_new_tokens: int = Field(
         128, ge=1, description="`mistakes`: answer length limit when the tuned model answers (greedy); an answer cut "
@@ -541,7 +541,8 @@ class PreferSection(Section):
     )
     samples: int = Field(
         0, ge=0, le=16, description="`mistakes`: answers sampled per training prompt (at `temperature`) besides the "
-        "greedy one. The first wrong answer (the greedy one when it is wrong) becomes `rejected`; the best of the clean, "
+        "greedy one. The worst wrong answer (an invented contact first, then the most facts invented or contradicted, the "
+        "greedy one among equals) becomes `rejected`; the best of the clean, "
         "finished ones becomes `chosen` in place of the reference answer (on-policy pairs); 0: greedy only, the "
         "reference is always `chosen`."
     )

@@ -134,24 +134,31 @@ def test_multi_turn_votes_are_kept_whole_and_a_corrupt_line_is_reported_and_skip
     assert "skipped 2 corrupt line(s): preferences.jsonl:2: not JSON" in capsys.readouterr().out
 
 
-def test_the_models_mistakes_become_pairs_and_reruns_reuse_them(fresh):
+def test_the_models_mistakes_become_pairs_and_reruns_reuse_its_answers(fresh):
     recipe = fresh("prefer.sources=[mistakes]", "prefer.max_prompts=3")
     prefer.run(recipe)
-    cache = json.loads((recipe.run_dir / "prefer_cache" / "mistakes.json").read_text())
+    cache = json.loads((recipe.run_dir / "prefer_cache" / "answers.json").read_text())
     manifest = json.loads((recipe.run_dir / "preferred" / "manifest.json").read_text())
     assert manifest["pairs"]["mistakes_checked"] == 3 and manifest["pairs"]["mistakes_cached"] is False
-    assert 0 < manifest["pairs"]["mistakes"] == len(cache["pairs"]) <= 3  # a random tiny model answers badly
+    assert len(cache["answers"]) == 3 and all(len(own) == 1 for own in cache["answers"])  # greedy only: samples 0
+    assert 0 < manifest["pairs"]["mistakes"] <= 3  # a random tiny model answers badly
+    tokenizer = models.load_tokenizer(recipe.model)
+    mistakes = prefer.mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe))
+    assert mistakes.cached and len(mistakes.pairs) == manifest["pairs"]["mistakes"]
     with open(recipe.data.sources[0].path, encoding="utf-8") as handle:
         answers = {row["agent_answer"] for row in csv.DictReader(handle)}
-    for pair in cache["pairs"]:
-        assert pair["prompt"][0] == SYSTEM and pair["prompt"][-1]["role"] == "user"
-        assert pair["chosen"][0]["content"] in answers and pair["reasons"]
+    for pair in mistakes.pairs:
+        assert pair.prompt[0] == SYSTEM and pair.prompt[-1]["role"] == "user"
+        assert pair.chosen[0]["content"] in answers and pair.reasons
+        assert any(pair.rejected[0]["content"] == text for own in cache["answers"] for text, _ in own)
 
     prefer.run(recipe)
     again = json.loads((recipe.run_dir / "preferred" / "manifest.json").read_text())
     assert again["pairs"]["mistakes_cached"] is True and again["pairs"]["mistakes"] == manifest["pairs"]["mistakes"]
-    recipe.prefer.max_prompts = 2  # other settings: the cache no longer applies
-    tokenizer = models.load_tokenizer(recipe.model)
+    recipe.prefer.min_rouge_l = 1.0  # how answers are judged: the same answers, judged again
+    rejudged = prefer.mistake_pairs(recipe, tokenizer, lambda: pytest.fail("the cached answers must be reused"))
+    assert rejudged.cached and len(rejudged.pairs) >= len(mistakes.pairs)
+    recipe.prefer.max_prompts = 2  # what the answers depend on: the cache no longer applies
     assert prefer.mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe)).cached is False
 
 
@@ -174,7 +181,7 @@ def test_sampled_answers_make_on_policy_pairs(fresh, monkeypatch):
         return answers[samples]
 
     monkeypatch.setattr(prefer, "generate", fake_generate)
-    (recipe.run_dir / "prefer_cache" / "mistakes.json").unlink()
+    (recipe.run_dir / "prefer_cache" / "answers.json").unlink()
     pairs = prefer.mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe)).pairs
     assert [p.rejected[0]["content"] for p in pairs] == [wrong, wrong]  # the greedy answer, wrong both times
     assert [p.chosen[0]["content"] for p in pairs] == [references[0], references[1][:-1]]  # the model's own clean ones
@@ -182,9 +189,33 @@ def test_sampled_answers_make_on_policy_pairs(fresh, monkeypatch):
     assert any(r.startswith("invented contact PHONE") for r in pairs[0].reasons)
 
     answers[2] = [(wrong, True)] * 4  # no clean answer sampled: the reference is chosen
-    (recipe.run_dir / "prefer_cache" / "mistakes.json").unlink()
+    (recipe.run_dir / "prefer_cache" / "answers.json").unlink()
     pairs = prefer.mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe)).pairs
     assert [p.chosen[0]["content"] for p in pairs] == references and {p.chosen_from for p in pairs} == {"reference"}
+
+
+def test_the_worst_wrong_answer_is_rejected_and_the_best_clean_one_chosen():
+    book = FactBook(["Every device has a 1-year warranty.", "Refunds take 5-7 business days."],
+                    allowlist=["support@brightloop.example"])
+    prompt = [SYSTEM, {"role": "user", "content": "Is there a warranty?"}]
+    reference = "Every device has a 1-year warranty."
+    off_topic = ("Please restart the app and try again.", True)  # wrong only by ROUGE-L
+    invents = ("The warranty is 90 days and refunds take 2 weeks.", True)  # two invented facts
+    calls = ("Every device has a 1-year warranty, call 1-800-223-7777.", True)  # an invented contact
+    clean = ("Every device has a 1-year warranty from delivery.", True)
+    cut = ("Every device has a 1-year warranty", False)  # clean, but cut off: never chosen
+
+    def pair(*own):
+        return prefer.pair_for(book, prompt, reference, list(own), min_rouge_l=0.2)
+
+    assert pair(clean, cut) is None
+    worst = pair(off_topic, invents, calls, clean)
+    assert worst.rejected[0]["content"] == calls[0] and worst.reasons == ["invented contact PHONE: 1-800-223-7777"]
+    assert worst.chosen[0]["content"] == clean[0] and worst.chosen_from == "sample"
+    assert pair(off_topic, invents, cut).rejected[0]["content"] == invents[0]  # then the most facts invented
+    greedy = pair(off_topic, ("Just restart it, please.", True), cut)  # among equals, the greedy answer
+    assert greedy.rejected[0]["content"] == off_topic[0] and greedy.chosen == [{"role": "assistant", "content": reference}]
+    assert prefer.severity(worst.reasons) > prefer.severity(["invented DURATION: 90 days"] * 3) > prefer.severity(["ROUGE-L 0.0 < 0.2"])
 
 
 def test_mistake_reasons_on_hand_made_answers():

@@ -253,9 +253,10 @@ _SIGN_OFF_WORDS = (
     r"atentamente|dhanyavaad|shukriya"
 )
 _SIGN_OFF_LINE = re.compile(rf"[ \t]*(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*[ \t]*")
-# On the last line, at the very end: "Cheers, Dev", "Thanks! Lucas", "... fixed. -Dana"
+# On the last line, at the very end: "Cheers, Dev", "Thanks! Lucas", "... fixed. -Dana", "Got it, thanks Dana."
+# (a sign-off word starts the line or follows punctuation: "at Best Buy." is a shop)
 _SIGN_OFF_END = re.compile(
-    rf"(?:(?<![^\W\d_])(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*|(?:^|(?<=[.!?]))[ \t]*(?:--?|[–—~^/*]))[ \t]*"
+    rf"(?:(?:^|(?<=[.!?,;:]))[ \t]*(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*|(?:^|(?<=[.!?]))[ \t]*(?:--?|[–—~^/*]))[ \t]*"
     rf"{_TITLE}(?P<name>{_NAME_RUN})[ \t]*[.!]?[ \t]*$")
 _NAME_LINE = re.compile(rf"[ \t]*{_TITLE}(?P<name>{_NAME_RUN})[ \t]*")
 # The words of the sign-offs that say so (the cheap first test of `_SIGN_OFF_END`), and the marks before
@@ -337,6 +338,11 @@ def _name_span(text: str, start: int, end: int, stop: frozenset = _NOT_NAMES_IN_
     return kept[0][0], kept[0][0] + len(text[kept[0][0]:kept[-1][1]].rstrip("."))
 
 
+def _end(text: str, start: int, end: int) -> int:
+    """The end of the name text[start:end] without its full stops ("Thanks, Miriam." ends at the m)."""
+    return start + len(text[start:end].rstrip("."))
+
+
 def _judge(text: str, start: int, end: int) -> bool:
     """Whether the capitalised name text[start:end] stands where a person's name stands: after words that
     introduce a person, after a label, or before a verb of speech."""
@@ -355,8 +361,14 @@ def _judge(text: str, start: int, end: int) -> bool:
     if last.isalpha() or last in (".", ":", ","):
         words = [w.lower().replace("’", "'") for w in _BEFORE_WORDS.findall(text, max(0, j - 40), j)]
         if words and words[-1] in _TITLES and last.isalpha() or last == ".":
-            if words and words[-1] in _TITLES:  # "Dr. Jones": the cue is before the title
-                words.pop()
+            if words and words[-1] in _TITLES:  # "Mr. Smith", "Dr. Jones": a title names the person after it
+                title = words.pop()
+                before = text[max(0, j - 40) : text.rfind(" ", 0, j) if " " in text[max(0, j - 8) : j] else j].split()
+                previous = before[-1].strip(",.!?:;") if before else ""
+                # ... but "Oak Dr. Seattle" is a street: "dr" after a capitalised word or a number
+                if title != "dr" or not (previous[:1].isdigit() or (previous[:1].isupper()
+                                         and previous.lower() not in _NOT_NAMES_IN_TEXT | _SIGN_OFF_TOKENS)):
+                    return True
                 j = text.rfind(" ", 0, j) if " " in text[max(0, j - 8) : j] else j
                 while j > 0 and text[j - 1] in " \t":
                     j -= 1
@@ -399,6 +411,8 @@ _AFTER_NAME = _SPEECH_VERBS | {"from", "at", "here", "speaking"}
 
 
 _TITLE_DOTS = frozenset(t + "." for t in _TITLES)
+# Brands named like a person ("Mr. Coffee", "Dr. Martens"): after a title, no one's name.
+_TITLED_BRANDS = frozenset("coffee clean muscle sheen pepper martens oetker scholl's scholls bronner's".split())
 _LABEL_ENDS = frozenset(label.split()[-1] + ":" for label in _LABELS)
 
 
@@ -409,12 +423,12 @@ def _may_be_named(text: str, start: int, end: int) -> bool:
     while j > 0 and text[j - 1] in " \t":
         j -= 1
     last = text[j - 1 : j]
-    if last and last not in "\n.!?;":
+    if last and last not in "\n!?;":
         previous = text[max(text.rfind(" ", 0, j), text.rfind("\n", 0, j)) + 1 : j].lower().replace("’", "'")
         if last.isalpha() or last == "'":
             return previous in _CUE_ENDS
         if previous in _TITLE_DOTS or previous == "name," or previous in _LABEL_ENDS:
-            return True
+            return previous not in _TITLE_DOTS or text[start:end].lower() not in _TITLED_BRANDS
     following = text[end : end + 24].split(None, 1)
     return bool(following) and following[0].lower().strip(",.!?;:") in _AFTER_NAME
 
@@ -427,7 +441,7 @@ def context_names(text: str) -> list[tuple[int, int]]:
         # one line: the greeting can only start the text (finditer would try every position)
         for m in _GREETING.finditer(text) if "\n" in text else filter(None, (_GREETING.match(text),)):
             span = _name_span(text, m.start("name"), m.end("name"), _NOT_NAMES)
-            if span is not None and span[1] == m.end("name"):
+            if span is not None and span[1] == _end(text, m.start("name"), m.end("name")):
                 spans.append(span)
     for m in _NAME_CANDIDATE.finditer(text):
         start, end = m.span()
@@ -439,7 +453,7 @@ def context_names(text: str) -> list[tuple[int, int]]:
             continue  # acronyms and initials count only in sign-offs ("BL-2026", "DM us", but "^AB")
         first = value.split(None, 1)[0] if multi else value
         lower = first.lower()
-        if lower in _NOT_NAMES_IN_TEXT or lower in _TITLES or first.endswith(_CONTRACTIONS):
+        if lower in _NOT_NAMES_IN_TEXT or lower.rstrip(".") in _TITLES or first.endswith(_CONTRACTIONS):
             if not multi:
                 continue
             span = _name_span(text, start, end)  # "Can Dana", "I'm Dana Lee": the name starts later
@@ -475,7 +489,7 @@ def context_names(text: str) -> list[tuple[int, int]]:
             m = _NAME_LINE.fullmatch(line)
             if m is not None:
                 span = _name_span(text, positions[i] + m.start("name"), positions[i] + m.end("name"), _NOT_NAMES)
-                if span is not None and span[1] == positions[i] + m.end("name"):
+                if span is not None and span[1] == _end(text, positions[i] + m.start("name"), positions[i] + m.end("name")):
                     spans.append(span)
     line_start = stripped.rfind("\n") + 1
     last_line = stripped[max(line_start, len(stripped) - 80) :]
@@ -496,7 +510,7 @@ def context_names(text: str) -> list[tuple[int, int]]:
         # a list item ("- PayPal") is no sign-off: the line before it starts with the same mark
         if not (bullet in "-–—~^/*" and previous[:1] == bullet and m.start() == 0):
             span = _name_span(text, at + m.start("name"), at + m.end("name"), _NOT_NAMES)
-            if span is not None and span[1] == at + m.end("name"):
+            if span is not None and span[1] == _end(text, at + m.start("name"), at + m.end("name")):
                 spans.append(span)
     if not spans:
         return spans
@@ -558,7 +572,9 @@ _NINO = re.compile(r"(?<!\w)(?![DFIQUV])[A-Z](?![DFIOQUV])[A-Z] ?\d{2} ?\d{2} ?\
 # national formats of any country, which `phonenumbers` cannot confirm without knowing the region.
 _PHONE_CUE = re.compile(
     r"(?i:\bphone|\btel|\btelephone|\bmobile|\bcell|\bwhatsapp|\bcall[ \t]+me|\breach[ \t]+me|\bring[ \t]+me|"
-    r"\btext[ \t]+me|\bcontact[ \t]+number|\bnumber[ \t]+is|\bhandy|\btéléphone|\bportable|\bmóvil|\bteléfono)"
+    r"\btext[ \t]+me|\bcontact[ \t]+number|"
+    r"(?<!order )(?<!ticket )(?<!case )(?<!tracking )(?<!invoice )(?<!reference )(?<!confirmation )(?<!booking )"
+    r"(?<!serial )(?<!model )(?<!policy )\bnumber[ \t]+is|\bhandy|\btéléphone|\bportable|\bmóvil|\bteléfono)"
     r"[^\d+(\n]{0,20}?(?P<value>[+(]?\d[\d \t().\-/]{5,20}\d(?:[ \t]*(?:x|ext\.?|#)[ \t]*\d{1,6})?)"
 )
 

@@ -166,6 +166,11 @@ def test_batch_gate_marks_every_text_with_a_finding_and_redacts_the_same(setup):
         ("Hi Will,\nthe order shipped.", ["Will"]),
         ("Hi Dana, as I said, Dana's order shipped.", ["Dana", "Dana"]),  # every occurrence once one is found
         ("I spoke with Tom at the Hilton Hotel.", ["Tom"]),  # the person, not the hotel
+        ("I can help with that, Mr. Smith. Your refund is on its way.", ["Smith"]),  # a title names the person after it
+        ("Please ask Mrs. Patel to call us.", ["Patel"]),
+        ("Dr. Okafor said it was fine.", ["Okafor"]),
+        ("Got it, thanks Miriam.", ["Miriam"]),  # a sign-off ending the text with a full stop
+        ("Hi Dana.\nYour order shipped.", ["Dana"]),
     ],
 )
 def test_names_in_free_text_are_found_by_their_context(text, names):
@@ -203,6 +208,10 @@ CLEAN = [
     "Visit confirmed. Property has a garage.",
     "Hi, this is Fulton Street Cafe, how can we help?",  # a business introducing itself
     "This is Marriott Downtown, a 3 star hotel.",
+    "Best price I found was 129.95 USD at Best Buy.",  # a sign-off word inside a sentence is no sign-off
+    "My order number is 4567891234 and it has not arrived.",  # an order number, not a phone
+    "The Mr. Coffee maker and Dr. Martens boots are not covered.",  # brands named like a person
+    "Ship it to the depot on Oak Dr. Springfield has the stock.",
 ]
 
 

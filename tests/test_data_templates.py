@@ -29,7 +29,7 @@ def test_every_template_is_listed_with_a_sample_and_a_description():
     templates = sorted(p.stem for p in (REPO / "data_templates").glob("*.yaml"))
     assert templates == ["chat_transcripts_csv", "dialogue_json", "dialogues_by_id_json", "helpdesk_json", "loose_chat_csv",
                          "qa_csv", "qa_json", "qa_jsonl", "reply_threads_csv", "ticket_files_json", "ticket_threads_csv",
-                         "turns_json"]
+                         "turn_pairs_json", "turns_json"]
     listing = data.template_listing()
     for name in templates:
         line = next(line for line in listing.splitlines() if line.startswith(name + " "))
@@ -170,6 +170,46 @@ def test_cli_preview_shows_source_and_records(tmp_path, capsys):
     assert out.strip().endswith("(after_last_answer 1, auto_reply 1, bad_row 1, excluded 2, no_agent_answer 1, no_customer_turn 1)")
     data.main(["templates"])
     assert "reply_threads_csv" in capsys.readouterr().out
+
+
+def test_turn_pairs_json_splits_each_turn_into_its_messages(tmp_path):
+    result = run("turn_pairs_json", "brightloop_turn_pairs.json")
+    account(result)
+    assert (result.input, result.kept, result.rejected, result.duplicates) == (11, 8, 3, 0)
+    assert by_code(result) == {"after_last_answer": 1, "no_messages": 2}  # a turn with no part; a dialogue with no turns
+    orders, devices = result.conversations
+    assert [m["role"] for m in orders.messages] == ["user", "assistant", "user", "assistant"]  # the agent first in a turn
+    assert orders.messages[1]["content"] == "sorry about that . which address should it go to ?"
+    assert orders.source["path"] == "[0].turns[0].user_utterance" and orders.source["records"] == [1, 2, 3, 4]
+    empty = next(r for r in result.rejects if r["path"] == "[1].turns[3]")
+    assert empty["reason"] == "none of the parts 'system_utterance', 'user_utterance'"
+    # parts that are text themselves, in JSONL, with the conversation on the record
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(row) for row in [
+        {"ticket": "A", "customer": "where is my parcel?", "agent": "It ships today."},
+        {"ticket": "A", "customer": "thanks!", "agent": ""},
+        {"ticket": "B", "other": 1}]) + "\n")
+    path = tmp_path / "pairs.yaml"
+    path.write_text("description: x\nreader: jsonl\nshape: messages\nparts: {customer: user, agent: assistant}\n"
+                    "fields: {conversation: ticket}\n")
+    flat = data.convert([(str(tmp_path / "pairs.jsonl"), data.load_template(str(path)), "pairs")], None, Settings())
+    account(flat)
+    assert [c.messages for c in flat.conversations] == [[{"role": "user", "content": "where is my parcel?"},
+                                                         {"role": "assistant", "content": "It ships today."}]]
+    assert by_code(flat) == {"after_last_answer": 1, "no_messages": 1}
+    path.write_text("description: x\nreader: csv\nshape: messages\nparts: {customer: user}\nfields: {conversation: t}\n")
+    with pytest.raises(data.KitError, match="`parts` is for JSON message records"):
+        data.load_template(str(path))
+    path.write_text("description: x\nreader: json\nshape: messages\nparts: {a: user}\nfields: {conversation: t, role: r}\n")
+    with pytest.raises(data.KitError, match="remove fields.role"):
+        data.load_template(str(path))
+
+
+def test_a_name_found_in_one_message_is_redacted_in_the_whole_conversation():
+    result = run("turn_pairs_json", "brightloop_turn_pairs.json")
+    devices = result.conversations[1].messages
+    assert devices[2]["content"] == "yes , it is . I am {{NAME}} by the way ."  # found by its context here
+    assert devices[3]["content"].startswith("thanks {{NAME}} . move the hub")  # and so also in the agent's answer
+    assert "Priya" not in json.dumps([c.row() for c in result.conversations]) and result.pii["NAME"] == 2
 
 
 def test_bad_template_is_a_clear_error(tmp_path):

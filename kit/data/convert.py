@@ -211,6 +211,15 @@ def _scanner(settings: Settings, names: list[str]) -> pii.Scanner | None:
 # -- phase 1: reading ---------------------------------------------------------------------------------
 
 
+_NAME_KIND = frozenset(("NAME",))
+# A message of a record's `parts`: its role and, for a part that is itself text, its text.
+PART_ROLE, PART_TEXT = "\x00role", "\x00text"
+
+
+def _part_text(get_text):
+    return lambda row: row[PART_TEXT] if PART_TEXT in row else get_text(row) if get_text is not None else read.MISSING
+
+
 class Source:
     """One export file read through its template: records in file order, and field getters."""
 
@@ -310,9 +319,29 @@ class Source:
             outer = iter([(self.document_line, None, self.document_problem)])
         else:
             outer = read.json_records(self.document, t.records, self.path, t.records_as, t.key_field)
-        if not t.messages:
-            return ((loc, row, problem, row) for loc, row, problem in outer)
-        return self._nested(outer, read.split_path(t.messages))
+        records = (((loc, row, problem, row) for loc, row, problem in outer) if not t.messages
+                   else self._nested(outer, read.split_path(t.messages)))
+        return self._parts(records) if t.parts else records
+
+    def _parts(self, records):
+        """Each message record's `parts` as records of their own (`{**part, PART_ROLE: role}`), in order."""
+        parts = [(path, read.split_path(path), role) for path, role in self.template.parts.items()]
+        for loc, row, problem, container in records:
+            if problem is not None:
+                yield loc, row, problem, container
+                continue
+            found = False
+            for path, split, role in parts:
+                part = read.get_path(row, split)
+                if part is read.MISSING or part is None or part == "":
+                    continue
+                found = True
+                where = (loc, path) if isinstance(loc, int) else (loc[0], f"{loc[1]}.{path}") if isinstance(loc, tuple) \
+                    else f"{loc}.{path}"
+                yield where, ({**part, PART_ROLE: role} if isinstance(part, dict) else {PART_TEXT: part, PART_ROLE: role}), \
+                    None, container
+            if not found:
+                yield loc, row, ("no_messages", f"none of the parts {', '.join(map(repr, self.template.parts))}"), container
 
     def _nested(self, outer, parts):
         name = self.template.messages
@@ -343,11 +372,12 @@ class Reader:
         self.names_seen: set[str] = set(source.user_names())
         t = source.template
         f = t.fields
-        self.container_level = bool(t.messages)  # conversation id, metadata and names live on the container
+        # conversation id, metadata and names live on the container (the record holding the messages or parts)
+        self.container_level = bool(t.messages or t.parts)
         get = source.get
         self.get_conversation = get(f.conversation)
-        self.get_text = get(f.text)
-        self.get_role = get(f.role)
+        self.get_text = _part_text(get(f.text)) if t.parts else get(f.text)
+        self.get_role = operator.itemgetter(PART_ROLE) if t.parts else get(f.role)
         self.get_author = get(f.author)
         self.get_time = get(f.timestamp)
         self.get_message_id = get(f.message_id)
@@ -359,7 +389,7 @@ class Reader:
         # tuple); values are stripped when the scanner is built.
         self.flat_names = (operator.itemgetter(*[source.header.index(n) for n in f.names] * 2)
                            if source.header is not None and f.names and all(n in source.header for n in f.names) else None)
-        self.roles = {_filter_value(k).lower(): v for k, v in t.roles.items()}
+        self.roles = {_filter_value(k).lower(): v for k, v in t.roles.items()} | {role: role for role in t.parts.values()}
         # Raw role values seen so far -> their chat role (user / assistant), filled by `role_of`.
         self.fast_roles: dict[str, str] = {}
         self.iso_times = t.timestamp_format is None
@@ -855,6 +885,19 @@ class Assembler:
                 first = end
         return batch
 
+    def _same_names(self, messages: list[dict], named: list[str], batch: Batch) -> None:
+        """A name found in one message of a conversation is redacted in every message of it (the agent's "thanks
+        Priya" after the customer's "I am Priya Raman"); `named`: the cleaned texts where names were found."""
+        found = {f.value for text in named for f in self.scanner.scan(text, kinds=_NAME_KIND) if f.kind == "NAME"}
+        matcher = pii.name_matcher(tuple(found))
+        if matcher is None:
+            return
+        for message in messages:
+            out, counts = self.scanner.redact(message["content"], names=matcher, kinds=_NAME_KIND)
+            if counts:
+                message["content"] = out
+                batch.pii.update(counts)
+
     def _groups(self, part: Groups, batch: Batch) -> None:
         rules = self.rules
         merge = rules.merge_consecutive
@@ -876,10 +919,13 @@ class Assembler:
         for index, (key, metadata) in enumerate(zip(self.conversation_keys(part), part.metadata)):
             batch.assembled += 1
             turns: list[list] = []  # [role, [texts], [(number, loc)]]
+            named = []  # the cleaned texts of this conversation where a name was found
             first, last = starts[index], starts[index + 1] - 1
             for i in range(first, last + 1):
                 number, role, loc = numbers[i], roles[i], locs[i]
                 text, auto_reply, redaction = texts[i], automatic[i], redacted[i]
+                if redaction is not None and "NAME" in redaction[1]:
+                    named.append(text)
                 if auto_reply and role == "user" and first < i < last:
                     # A customer's mailbox answers at a thread's start or end; in the middle, a customer who
                     # starts with "I am out of the office tomorrow" is talking, and the agent's next turn answers it.
@@ -917,6 +963,8 @@ class Assembler:
                         self._reject(batch, number, loc, problem[0], f"{problem[1]} (conversation {key})", text)
                 continue
             messages = [{"role": role, "content": "\n\n".join(parts) if len(parts) > 1 else parts[0]} for role, parts, _ in turns]
+            if named:
+                self._same_names(messages, named, batch)
             located = [item for t in turns for item in t[2]]
             located.sort()
             made.append(self._conversation(f"{self.file_name}:{key}", messages, metadata, located, batch))

@@ -120,6 +120,15 @@ class Template(_Strict):
     messages: str | None = Field(
         None, description="Nested exports: dotted path, inside each record, of its list of messages."
     )
+    parts: dict[str, Role] = Field(
+        default_factory=dict,
+        description="JSON message records that each hold several messages (a turn with the agent's utterance and the "
+        "customer's answer, as in Google's simulated dialogues): path inside the record -> that message's role, in the "
+        "order they were said (`{system_utterance: assistant, user_utterance: user}`). Each part present becomes a "
+        "message whose text is `fields.text` inside the part (a part that is itself text is the text); a record with "
+        "none of them is rejected (`no_messages`). Conversation, metadata and names are read from the record that "
+        "holds the messages (`messages`), else from the record itself. Needs shape `messages` and no `fields.role`.",
+    )
     shape: Literal["qa_pairs", "messages", "reply_threads"] = Field(
         "qa_pairs",
         description="`qa_pairs`: one record = question + answer; `messages`: one record per message, grouped by "
@@ -151,8 +160,14 @@ class Template(_Strict):
             "messages": ["conversation", "text"],
             "reply_threads": ["message_id", "reply_to", "text"],
         }[self.shape]
+        if self.parts:
+            if self.shape != "messages" or self.reader == "csv":
+                raise ValueError("`parts` is for JSON message records: set shape messages and reader json or jsonl")
+            if f.role is not None or f.author is not None:
+                raise ValueError("`parts` gives each message its role; remove fields.role and fields.author")
+            need = ["conversation"]  # a part that is itself text needs no fields.text
         missing = [name for name in need if getattr(f, name) is None]
-        if self.shape != "qa_pairs" and f.role is None and not (f.author and self.users and self.users.role):
+        if self.shape != "qa_pairs" and f.role is None and not (f.author and self.users and self.users.role) and not self.parts:
             missing.append("role (or author + users.role)")
         if missing:
             raise ValueError(f"shape {self.shape} needs fields.{', fields.'.join(missing)}")

@@ -366,6 +366,8 @@ def _judge(text: str, start: int, end: int) -> bool:
                 before = text[max(0, j - 40) : text.rfind(" ", 0, j) if " " in text[max(0, j - 8) : j] else j].split()
                 previous = before[-1].strip(",.!?:;") if before else ""
                 # ... but "Oak Dr. Seattle" is a street: "dr" after a capitalised word or a number
+                if text[start:end].split(None, 1)[0].lower() in _TITLED_BRANDS:
+                    return False
                 if title != "dr" or not (previous[:1].isdigit() or (previous[:1].isupper()
                                          and previous.lower() not in _NOT_NAMES_IN_TEXT | _SIGN_OFF_TOKENS)):
                     return True
@@ -411,8 +413,8 @@ _AFTER_NAME = _SPEECH_VERBS | {"from", "at", "here", "speaking"}
 
 
 _TITLE_DOTS = frozenset(t + "." for t in _TITLES)
-# Brands named like a person ("Mr. Coffee", "Dr. Martens"): after a title, no one's name.
-_TITLED_BRANDS = frozenset("coffee clean muscle sheen pepper martens oetker scholl's scholls bronner's".split())
+# Brands and places named like a person ("Mr. Coffee", "Dr. Martens", "Madame Tussauds"): after a title, no one's name.
+_TITLED_BRANDS = frozenset("coffee clean muscle sheen pepper martens oetker scholl's scholls bronner's tussauds".split())
 _LABEL_ENDS = frozenset(label.split()[-1] + ":" for label in _LABELS)
 
 
@@ -428,9 +430,21 @@ def _may_be_named(text: str, start: int, end: int) -> bool:
         if last.isalpha() or last == "'":
             return previous in _CUE_ENDS
         if previous in _TITLE_DOTS or previous == "name," or previous in _LABEL_ENDS:
-            return previous not in _TITLE_DOTS or text[start:end].lower() not in _TITLED_BRANDS
+            return previous not in _TITLE_DOTS or text[start:end].split(None, 1)[0].lower() not in _TITLED_BRANDS
     following = text[end : end + 24].split(None, 1)
     return bool(following) and following[0].lower().strip(",.!?;:") in _AFTER_NAME
+
+
+def name_runs(values: Iterable[str]) -> re.Pattern | None:
+    """A pattern for names found in one text, to find them in the other texts of a conversation: runs of their
+    words of 3+ letters as written (case-sensitive, whole words), without everyday, place and business words
+    ("Priya Raman" -> "Priya", "Raman", "Priya Raman"). None when no word is left."""
+    words = {w for value in values for w in _WORD.findall(value) if len(w) >= 3 and w.lower() not in _PARTICLES
+             and w.lower() not in _NOT_NAMES_IN_TEXT and w.lower() not in _PLACE_WORDS}
+    if not words:
+        return None
+    one = "|".join(map(re.escape, sorted(words, key=len, reverse=True)))
+    return re.compile(rf"(?<!\w)(?:{one})(?:[ \t]+(?:{one}))*(?!\w)")
 
 
 def context_names(text: str) -> list[tuple[int, int]]:
@@ -510,8 +524,9 @@ def context_names(text: str) -> list[tuple[int, int]]:
         # a list item ("- PayPal") is no sign-off: the line before it starts with the same mark
         if not (bullet in "-–—~^/*" and previous[:1] == bullet and m.start() == 0):
             span = _name_span(text, at + m.start("name"), at + m.end("name"), _NOT_NAMES)
-            if span is not None and span[1] == _end(text, at + m.start("name"), at + m.end("name")):
-                spans.append(span)
+            if (span is not None and span[1] == _end(text, at + m.start("name"), at + m.end("name"))
+                    and _PLACE_WORDS.isdisjoint(w.lower() for w in _WORD.findall(text[span[0]:span[1]]))):
+                spans.append(span)  # (not "..., Best Western Primrose Hotel.")
     if not spans:
         return spans
     words = {w for s, e in spans for w in _WORD.findall(text[s:e]) if len(w) >= 3 and w.lower() not in _PARTICLES}

@@ -212,7 +212,18 @@ CLEAN = [
     "My order number is 4567891234 and it has not arrived.",  # an order number, not a phone
     "The Mr. Coffee maker and Dr. Martens boots are not covered.",  # brands named like a person
     "Ship it to the depot on Oak Dr. Springfield has the stock.",
+    "Here's a nice 2 star hotel, Best Western Primrose Hotel Downtown-Toronto.",  # (SGD) a sign-off word, then a hotel
+    "So 1 luxury ride going to Madame Tussauds Washington DC?",
 ]
+
+
+def test_name_runs_find_a_conversations_names_in_its_other_messages():
+    pattern = pii.name_runs(["Priya Raman", "Will", "Hilton Hotel", "Jo"])
+    assert pattern.sub("{{NAME}}", "thanks Priya, Raman is the surname; Priya Raman it is") == \
+        "thanks {{NAME}}, {{NAME}} is the surname; {{NAME}} it is"  # a run of name words is one placeholder
+    assert pattern.sub("{{NAME}}", "priya? Priyanka? Will it ship to the Hilton hotel? Jo") == \
+        "priya? Priyanka? Will it ship to the {{NAME}} hotel? Jo"  # as written, whole words, 3+ letters, no "hotel"
+    assert pii.name_runs(["Will", "Hotel"]) is None
 
 
 @pytest.mark.parametrize("text", CLEAN)

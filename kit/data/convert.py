@@ -888,15 +888,15 @@ class Assembler:
     def _same_names(self, messages: list[dict], named: list[str], batch: Batch) -> None:
         """A name found in one message of a conversation is redacted in every message of it (the agent's "thanks
         Priya" after the customer's "I am Priya Raman"); `named`: the cleaned texts where names were found."""
-        found = {f.value for text in named for f in self.scanner.scan(text, kinds=_NAME_KIND) if f.kind == "NAME"}
-        matcher = pii.name_matcher(tuple(found))
-        if matcher is None:
+        pattern = pii.name_runs(f.value for text in named for f in self.scanner.scan(text, kinds=_NAME_KIND)
+                                if f.kind == "NAME")
+        if pattern is None:
             return
         for message in messages:
-            out, counts = self.scanner.redact(message["content"], names=matcher, kinds=_NAME_KIND)
-            if counts:
+            out, count = pattern.subn("{{NAME}}", message["content"])
+            if count:
                 message["content"] = out
-                batch.pii.update(counts)
+                batch.pii["NAME"] += count
 
     def _groups(self, part: Groups, batch: Batch) -> None:
         rules = self.rules

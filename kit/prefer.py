@@ -12,7 +12,7 @@ Runs after `kit.sft`, on top of its adapter. The pairs come from (`prefer.source
   its reference states (a "90 days" warranty where the reference says "1-year"), or scores below
   `prefer.min_rouge_l` against the reference becomes `rejected` (the worst one, with `prefer.samples`), the
   reference answer `chosen` (with `prefer.samples`, the best of the model's own clean sampled answers when
-  there is one). The answers are cached in `<run>/prefer_cache/answers.json`, keyed by the tuned weights, the
+  there is one, and with `prefer.reference_pairs` the reference in a second pair). The answers are cached in `<run>/prefer_cache/answers.json`, keyed by the tuned weights, the
   data and the generation settings, so a rerun reuses them (and judges them again: changing
   `prefer.min_rouge_l` or the allowlist costs no generation).
 
@@ -195,6 +195,7 @@ class Mistakes:
     pairs: list[Pair]
     checked: int  # training prompts answered
     cached: bool  # the answers were read from <run>/prefer_cache/ rather than generated
+    wrong: int = 0  # prompts with a wrong answer (each gives one pair, or two with `prefer.reference_pairs`)
 
 
 def _cache_key(recipe: Recipe, weights: Path) -> str:
@@ -217,22 +218,27 @@ def severity(reasons: list[str]) -> tuple[bool, int]:
     return (any(r.startswith("invented contact") for r in reasons), sum(not r.startswith("ROUGE-L") for r in reasons))
 
 
-def pair_for(book: FactBook, prompt: list[dict], reference: str, own: list[tuple[str, bool]], min_rouge_l: float) -> Pair | None:
-    """The pair one training prompt gives, or None when none of the model's answers (`own`: greedy first, then the
+def pair_for(book: FactBook, prompt: list[dict], reference: str, own: list[tuple[str, bool]], min_rouge_l: float,
+             reference_pair: bool = True) -> list[Pair]:
+    """The pairs one training prompt gives: none when none of the model's answers (`own`: greedy first, then the
     samples) is wrong. `rejected`: the worst wrong answer (invented contacts first, then the most facts invented or
     contradicted: what preference tuning is for; the greedy one among equals, what the model says by default).
-    `chosen`: the best of the model's own clean, finished answers (highest ROUGE-L against the reference): DPO
-    between two answers the model gives moves it less than towards a text it would not write; else the reference."""
+    `chosen`: the best of the model's own clean, finished answers (highest ROUGE-L against the reference), else the
+    reference. DPO between two answers the model gives keeps its wording, but its clean answers mostly state no
+    fact at all, so alone they teach it to say less; `reference_pair` adds the reference answer against the same
+    rejected one, which teaches the facts (docs/preference.md measures both)."""
     asked = " ".join(m["content"] for m in prompt if m["role"] == "user")
     judged = [(text, finished, mistake_reasons(book, text, reference, asked, min_rouge_l, finished)) for text, finished in own]
     wrong = [(text, reasons) for text, _, reasons in judged if reasons and text.strip() != reference.strip()]
     if not wrong:
-        return None
+        return []
     rejected, reasons = max(wrong, key=lambda w: severity(w[1]))  # max keeps the first of equals
     clean = [text for text, finished, why in judged if finished and not why and text.strip() != rejected.strip()]
-    chosen = max(clean, key=lambda text: rouge_l(reference, text)) if clean else reference
-    return Pair(prompt, [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}],
-                "mistakes", reasons, "sample" if clean else "reference")
+    chosen = [max(clean, key=lambda text: rouge_l(reference, text))] if clean else []
+    if not chosen or (reference_pair and chosen[0].strip() != reference.strip()):
+        chosen.append(reference)
+    return [Pair(prompt, [{"role": "assistant", "content": text}], [{"role": "assistant", "content": rejected}],
+                 "mistakes", reasons, "reference" if text is reference else "sample") for text in chosen]
 
 
 def _cached_answers(cache: Path, key: str, prompts: int) -> list[list[tuple[str, bool]]] | None:
@@ -279,9 +285,9 @@ def mistake_pairs(recipe: Recipe, tokenizer, load_tuned) -> Mistakes:
         answers = [[greedy[i], *sampled[i * p.samples:(i + 1) * p.samples]] for i in range(len(sample))]
         write_json(cache, {"key": key, "answers": answers})
     book = FactBook((c["messages"][-1]["content"] for c in train), allowlist(recipe), recipe.data.pii.phone_regions)
-    pairs = [pair for prompt, reference, own in zip(prompts, references, answers)
-             if (pair := pair_for(book, prompt, reference, own, p.min_rouge_l)) is not None]
-    return Mistakes(pairs, len(sample), cached)
+    made = [pair_for(book, prompt, reference, own, p.min_rouge_l, p.reference_pairs)
+            for prompt, reference, own in zip(prompts, references, answers)]
+    return Mistakes([pair for pairs in made for pair in pairs], len(sample), cached, wrong=sum(bool(pairs) for pairs in made))
 
 
 # ---------------------------------------------------------------- measuring a preference
@@ -430,9 +436,11 @@ def run(recipe: Recipe, callbacks: list | None = None, resume: bool = False) -> 
     if "mistakes" in sources:
         mistakes = mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe))
         pairs += mistakes.pairs
-        counts.update(mistakes=len(mistakes.pairs), mistakes_checked=mistakes.checked, mistakes_cached=mistakes.cached,
+        counts.update(mistakes=len(mistakes.pairs), mistakes_checked=mistakes.checked, mistakes_wrong=mistakes.wrong,
+                      mistakes_cached=mistakes.cached,
                       mistakes_own_chosen=sum(pair.chosen_from == "sample" for pair in mistakes.pairs))
-        print(f"kit.prefer: {len(mistakes.pairs)} of {mistakes.checked} answers on training prompts were mistakes", flush=True)
+        print(f"kit.prefer: the tuned model answered {mistakes.wrong} of {mistakes.checked} training prompts wrongly: "
+              f"{len(mistakes.pairs)} mistake pairs", flush=True)
     if not pairs and not all_bad:
         raise KitError("prefer.sources: no preference pair to learn from; collect votes with `python -m kit.chat <recipe> "
                        "--blind`, or add `mistakes` to prefer.sources")

@@ -547,6 +547,12 @@ class PreferSection(Section):
         "reference is always `chosen`."
     )
     temperature: float = Field(0.8, gt=0.0, description="`mistakes`: sampling temperature of the `samples` answers.")
+    reference_pairs: bool = Field(
+        True, description="`mistakes` with `samples`: besides the model's own clean answer, also pair the reference "
+        "answer against the same rejected one (two pairs per prompt, about twice the DPO steps). The own-answer pair "
+        "keeps the model's wording; the reference pair teaches the facts, which the model's clean answers mostly leave "
+        "out (measured in docs/preference.md)."
+    )
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(
         "sigmoid", description="TRL DPO loss: `sigmoid` (DPO), `ipo`, `hinge` or `robust` (noisy votes)."
     )

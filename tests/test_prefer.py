@@ -182,10 +182,13 @@ def test_sampled_answers_make_on_policy_pairs(fresh, monkeypatch):
 
     monkeypatch.setattr(prefer, "generate", fake_generate)
     (recipe.run_dir / "prefer_cache" / "answers.json").unlink()
-    pairs = prefer.mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe)).pairs
-    assert [p.rejected[0]["content"] for p in pairs] == [wrong, wrong]  # the greedy answer, wrong both times
-    assert [p.chosen[0]["content"] for p in pairs] == [references[0], references[1][:-1]]  # the model's own clean ones
-    assert [p.chosen_from for p in pairs] == ["sample", "sample"]
+    mistakes = prefer.mistake_pairs(recipe, tokenizer, lambda: models.load_tuned(recipe))
+    pairs = mistakes.pairs
+    assert mistakes.wrong == 2 and [p.rejected[0]["content"] for p in pairs] == [wrong] * 3  # wrong every time
+    # the model's own clean answer, and (prefer.reference_pairs) the reference unless that is the same text, each
+    # against the wrong one
+    assert [p.chosen[0]["content"] for p in pairs] == [references[0], references[1][:-1], references[1]]
+    assert [p.chosen_from for p in pairs] == ["sample", "sample", "reference"]
     assert any(r.startswith("invented contact PHONE") for r in pairs[0].reasons)
 
     answers[2] = [(wrong, True)] * 4  # no clean answer sampled: the reference is chosen
@@ -194,7 +197,7 @@ def test_sampled_answers_make_on_policy_pairs(fresh, monkeypatch):
     assert [p.chosen[0]["content"] for p in pairs] == references and {p.chosen_from for p in pairs} == {"reference"}
 
 
-def test_the_worst_wrong_answer_is_rejected_and_the_best_clean_one_chosen():
+def test_the_worst_wrong_answer_is_rejected_against_the_best_clean_one_and_the_reference():
     book = FactBook(["Every device has a 1-year warranty.", "Refunds take 5-7 business days."],
                     allowlist=["support@brightloop.example"])
     prompt = [SYSTEM, {"role": "user", "content": "Is there a warranty?"}]
@@ -205,17 +208,19 @@ def test_the_worst_wrong_answer_is_rejected_and_the_best_clean_one_chosen():
     clean = ("Every device has a 1-year warranty from delivery.", True)
     cut = ("Every device has a 1-year warranty", False)  # clean, but cut off: never chosen
 
-    def pair(*own):
-        return prefer.pair_for(book, prompt, reference, list(own), min_rouge_l=0.2)
+    def pairs(*own, reference_pair=True):
+        return prefer.pair_for(book, prompt, reference, list(own), 0.2, reference_pair)
 
-    assert pair(clean, cut) is None
-    worst = pair(off_topic, invents, calls, clean)
-    assert worst.rejected[0]["content"] == calls[0] and worst.reasons == ["invented contact PHONE: 1-800-223-7777"]
-    assert worst.chosen[0]["content"] == clean[0] and worst.chosen_from == "sample"
-    assert pair(off_topic, invents, cut).rejected[0]["content"] == invents[0]  # then the most facts invented
-    greedy = pair(off_topic, ("Just restart it, please.", True), cut)  # among equals, the greedy answer
-    assert greedy.rejected[0]["content"] == off_topic[0] and greedy.chosen == [{"role": "assistant", "content": reference}]
-    assert prefer.severity(worst.reasons) > prefer.severity(["invented DURATION: 90 days"] * 3) > prefer.severity(["ROUGE-L 0.0 < 0.2"])
+    assert pairs(clean, cut) == []
+    worst = pairs(off_topic, invents, calls, clean)
+    assert [p.rejected[0]["content"] for p in worst] == [calls[0], calls[0]]
+    assert worst[0].reasons == ["invented contact PHONE: 1-800-223-7777"]
+    assert [(p.chosen[0]["content"], p.chosen_from) for p in worst] == [(clean[0], "sample"), (reference, "reference")]
+    assert [p.chosen_from for p in pairs(off_topic, invents, calls, clean, reference_pair=False)] == ["sample"]
+    assert pairs(off_topic, invents, cut)[0].rejected[0]["content"] == invents[0]  # then the most facts invented
+    greedy = pairs(off_topic, ("Just restart it, please.", True), cut)  # among equals, the greedy answer
+    assert [(p.rejected[0]["content"], p.chosen[0]["content"]) for p in greedy] == [(off_topic[0], reference)]  # no clean one
+    assert prefer.severity(worst[0].reasons) > prefer.severity(["invented DURATION: 90 days"] * 3) > prefer.severity(["ROUGE-L 0.0 < 0.2"])
 
 
 def test_mistake_reasons_on_hand_made_answers():

@@ -441,9 +441,12 @@ def name_runs(values: Iterable[str]) -> re.Pattern | None:
     ("Priya Raman" -> "Priya", "Raman", "Priya Raman"). None when no word is left."""
     words = {w for value in values for w in _WORD.findall(value) if len(w) >= 3 and w.lower() not in _PARTICLES
              and w.lower() not in _NOT_NAMES_IN_TEXT and w.lower() not in _PLACE_WORDS}
-    if not words:
-        return None
-    one = "|".join(map(re.escape, sorted(words, key=len, reverse=True)))
+    return _name_runs(frozenset(words)) if words else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_runs(words: frozenset[str]) -> re.Pattern:  # conversations repeat names: compiled once each
+    one = "|".join(map(re.escape, sorted(words, key=lambda w: (-len(w), w))))
     return re.compile(rf"(?<!\w)(?:{one})(?:[ \t]+(?:{one}))*(?!\w)")
 
 
@@ -588,8 +591,9 @@ _NINO = re.compile(r"(?<!\w)(?![DFIQUV])[A-Z](?![DFIOQUV])[A-Z] ?\d{2} ?\d{2} ?\
 _PHONE_CUE = re.compile(
     r"(?i:\bphone|\btel|\btelephone|\bmobile|\bcell|\bwhatsapp|\bcall[ \t]+me|\breach[ \t]+me|\bring[ \t]+me|"
     r"\btext[ \t]+me|\bcontact[ \t]+number|"
-    r"(?<!order )(?<!ticket )(?<!case )(?<!tracking )(?<!invoice )(?<!reference )(?<!confirmation )(?<!booking )"
-    r"(?<!serial )(?<!model )(?<!policy )\bnumber[ \t]+is|\bhandy|\btéléphone|\bportable|\bmóvil|\bteléfono)"
+    r"\bnumber(?<!order number)(?<!ticket number)(?<!case number)(?<!tracking number)(?<!invoice number)"
+    r"(?<!reference number)(?<!confirmation number)(?<!booking number)(?<!serial number)(?<!model number)"
+    r"(?<!policy number)[ \t]+is|\bhandy|\btéléphone|\bportable|\bmóvil|\bteléfono)"
     r"[^\d+(\n]{0,20}?(?P<value>[+(]?\d[\d \t().\-/]{5,20}\d(?:[ \t]*(?:x|ext\.?|#)[ \t]*\d{1,6})?)"
 )
 

@@ -363,15 +363,15 @@ def _judge(text: str, start: int, end: int) -> bool:
         if words and words[-1] in _TITLES and last.isalpha() or last == ".":
             if words and words[-1] in _TITLES:  # "Mr. Smith", "Dr. Jones": a title names the person after it
                 title = words.pop()
-                before = text[max(0, j - 40) : text.rfind(" ", 0, j) if " " in text[max(0, j - 8) : j] else j].split()
-                previous = before[-1].strip(",.!?:;") if before else ""
-                # ... but "Oak Dr. Seattle" is a street: "dr" after a capitalised word or a number
                 if text[start:end].split(None, 1)[0].lower() in _TITLED_BRANDS:
-                    return False
-                if title != "dr" or not (previous[:1].isdigit() or (previous[:1].isupper()
-                                         and previous.lower() not in _NOT_NAMES_IN_TEXT | _SIGN_OFF_TOKENS)):
+                    return False  # "Mr. Coffee", "Madame Tussauds"
+                j = text.rfind(" ", 0, j) if " " in text[max(0, j - 8) : j] else j  # the title's start
+                before = text[max(0, j - 40) : j].split()
+                word = before[-1].strip(",.!?:;") if before else ""
+                # ... but "Oak Dr. Seattle" is a street: "dr" after a capitalised word or a number
+                if title != "dr" or not (word[:1].isdigit() or (word[:1].isupper() and word.lower() not in _NOT_NAMES_IN_TEXT
+                                                                and word.lower() not in _SIGN_OFF_TOKENS)):
                     return True
-                j = text.rfind(" ", 0, j) if " " in text[max(0, j - 8) : j] else j
                 while j > 0 and text[j - 1] in " \t":
                     j -= 1
                 last = text[j - 1 : j]
@@ -430,7 +430,7 @@ def _may_be_named(text: str, start: int, end: int) -> bool:
         if last.isalpha() or last == "'":
             return previous in _CUE_ENDS
         if previous in _TITLE_DOTS or previous == "name," or previous in _LABEL_ENDS:
-            return previous not in _TITLE_DOTS or text[start:end].split(None, 1)[0].lower() not in _TITLED_BRANDS
+            return True
     following = text[end : end + 24].split(None, 1)
     return bool(following) and following[0].lower().strip(",.!?;:") in _AFTER_NAME
 

@@ -211,13 +211,21 @@ def _scanner(settings: Settings, names: list[str]) -> pii.Scanner | None:
 # -- phase 1: reading ---------------------------------------------------------------------------------
 
 
-_NAME_KIND = frozenset(("NAME",))
 # A message of a record's `parts`: its role and, for a part that is itself text, its text.
 PART_ROLE, PART_TEXT = "\x00role", "\x00text"
 
 
 def _part_text(get_text):
     return lambda row: row[PART_TEXT] if PART_TEXT in row else get_text(row) if get_text is not None else read.MISSING
+
+
+def _inside(loc, sub: str):
+    """The location of `sub` (a path inside a record) at `loc`: a line number, (line, path) or a JSON path."""
+    if isinstance(loc, int):
+        return loc, sub
+    if isinstance(loc, tuple):
+        return loc[0], f"{loc[1]}.{sub}"
+    return f"{loc}.{sub}"
 
 
 class Source:
@@ -336,10 +344,8 @@ class Source:
                 if part is read.MISSING or part is None or part == "":
                     continue
                 found = True
-                where = (loc, path) if isinstance(loc, int) else (loc[0], f"{loc[1]}.{path}") if isinstance(loc, tuple) \
-                    else f"{loc}.{path}"
-                yield where, ({**part, PART_ROLE: role} if isinstance(part, dict) else {PART_TEXT: part, PART_ROLE: role}), \
-                    None, container
+                yield _inside(loc, path), ({**part, PART_ROLE: role} if isinstance(part, dict)
+                                           else {PART_TEXT: part, PART_ROLE: role}), None, container
             if not found:
                 yield loc, row, ("no_messages", f"none of the parts {', '.join(map(repr, self.template.parts))}"), container
 
@@ -355,8 +361,7 @@ class Source:
                 yield loc, row, ("no_messages", f"{what} of messages at `{name}`"), None
                 continue
             for index, item in enumerate(items):
-                sub = f"{name}[{index}]"
-                yield ((loc, sub) if isinstance(loc, int) else f"{loc}.{sub}"), item, None, row
+                yield _inside(loc, f"{name}[{index}]"), item, None, row
 
 
 class Reader:
@@ -716,6 +721,9 @@ class Reader:
 
 
 # -- phase 2: assembling ------------------------------------------------------------------------------
+
+
+_NAME_KIND = frozenset(("NAME",))  # what `Assembler._same_names` looks for again
 
 
 class Assembler:

@@ -12,9 +12,9 @@ Runs after `kit.sft`, on top of its adapter. The pairs come from (`prefer.source
   its reference states (a "90 days" warranty where the reference says "1-year"), or scores below
   `prefer.min_rouge_l` against the reference becomes `rejected` (the worst one, with `prefer.samples`), the
   reference answer `chosen` (with `prefer.samples`, the best of the model's own clean sampled answers when
-  there is one, and with `prefer.reference_pairs` the reference in a second pair). The answers are cached in `<run>/prefer_cache/answers.json`, keyed by the tuned weights, the
-  data and the generation settings, so a rerun reuses them (and judges them again: changing
-  `prefer.min_rouge_l` or the allowlist costs no generation).
+  there is one, and with `prefer.reference_pairs` the reference in a second pair). The answers are cached in
+  `<run>/prefer_cache/answers.json`, keyed by the tuned weights, the data and the generation settings, so a
+  rerun reuses them (and judges them again: changing `prefer.min_rouge_l` or the allowlist costs no generation).
 
 `prefer.method: dpo` (the default) learns from the pairs; `kto` from single answers: each pair's chosen answer
 (desirable) and rejected one (undesirable), and the arena's all-bad answers, `<run>/feedback/all_bad.jsonl`
@@ -234,11 +234,11 @@ def pair_for(book: FactBook, prompt: list[dict], reference: str, own: list[tuple
         return []
     rejected, reasons = max(wrong, key=lambda w: severity(w[1]))  # max keeps the first of equals
     clean = [text for text, finished, why in judged if finished and not why and text.strip() != rejected.strip()]
-    chosen = [max(clean, key=lambda text: rouge_l(reference, text))] if clean else []
-    if not chosen or (reference_pair and chosen[0].strip() != reference.strip()):
-        chosen.append(reference)
+    chosen = [(max(clean, key=lambda text: rouge_l(reference, text)), "sample")] if clean else []
+    if not chosen or (reference_pair and chosen[0][0].strip() != reference.strip()):
+        chosen.append((reference, "reference"))
     return [Pair(prompt, [{"role": "assistant", "content": text}], [{"role": "assistant", "content": rejected}],
-                 "mistakes", reasons, "reference" if text is reference else "sample") for text in chosen]
+                 "mistakes", reasons, source) for text, source in chosen]
 
 
 def _cached_answers(cache: Path, key: str, prompts: int) -> list[list[tuple[str, bool]]] | None:

@@ -69,8 +69,12 @@ _STREET_SUFFIX = (
 _ADDRESS = re.compile(
     r"\d(?<![\w#-]\d)\d{0,5}[A-Za-z]?,?\s+(?P<words>(?:\w[\w'.-]*\s+){1,4})"
     rf"(?P<suffix>{_STREET_SUFFIX})\b\.?"
+    r"(?-i:(?<!\.)[ \t]+(?:(?:North|South)(?:east|west)?|East|West|[NS][EW]?|[EW])\b)?"  # "Main Street NW", "Elm St E"
     r"(?:,?\s*(?:apt|apartment|suite|ste|unit|flat|#)\.?\s*#?\s*\w+)?"
-    r"(?:,\s*[A-Za-z][A-Za-z .'-]{1,30})?"  # city
+    # the city: capitalised words that end the sentence or the clause ("Seattle.", "St. Louis, MO 63101",
+    # "Brooklyn and ...")
+    r"(?:,[ \t]*(?-i:[A-Z][A-Za-z'’.-]*(?:[ \t]+(?:(?:of|on|upon|de|la|le|du|del|des|sur)[ \t]+)?[A-Z][A-Za-z'’.-]*){0,3})"
+    r"(?<!\.)(?=[ \t]*(?:[,.;:!?)\n]|$)|[ \t]+(?-i:and|or|but|with|for|in|on|at)\b|,?[ \t]*[A-Z]{2}[ \t]+\d{5}))?"
     r"(?:,?\s*[A-Z]{2}\s+\d{5}(?:-\d{4})?)?",  # state + ZIP
     re.IGNORECASE,
 )
@@ -326,8 +330,8 @@ def _name_span(text: str, start: int, end: int, stop: frozenset = _NOT_NAMES_IN_
         words.pop(0)
     kept = []
     for s, e, value in words:
-        if value.lower() in stop:
-            break
+        if value.lower() in stop and not (kept and len(value) == 1 and text[e - 1] == "."):
+            break  # (but a middle initial is part of the name: "Kalpana I. Nathan")
         kept.append((s, e, value))
         if text[e - 1] == "." and len(value) > 1 and value.lower() not in _TITLES:
             break  # "Rohini. Cut me off": a full stop after a word (not an initial or a title) ends the name

@@ -171,6 +171,7 @@ def test_batch_gate_marks_every_text_with_a_finding_and_redacts_the_same(setup):
         ("Dr. Okafor said it was fine.", ["Okafor"]),
         ("Got it, thanks Miriam.", ["Miriam"]),  # a sign-off ending the text with a full stop
         ("Hi Dana.\nYour order shipped.", ["Dana"]),
+        ("Thanks, Dr. Kalpana I. Nathan", ["Kalpana I. Nathan"]),  # a middle initial, though "I" is a pronoun
     ],
 )
 def test_names_in_free_text_are_found_by_their_context(text, names):
@@ -254,6 +255,8 @@ def test_redaction_removes_whole_tokens(text, expected):
     "address",
     [
         "7631 Johnson Village Suite 690, Adamsbury, OR 13900",  # US
+        "1200 Main Street Northwest, Seattle",  # a direction after the street, then the city (its full stop kept)
+        "45 Oak Avenue NW, Apt 3",
         "USNS Rodriguez\nFPO AA 12345",  # US military
         "Flat 7, Jones Light, North Holly, S6 7LJ",  # UK
         "Wesackstraße 26-83, 66907 Werdau",  # DE

@@ -76,22 +76,30 @@ class Votes:
     corrupt: list[str] = field(default_factory=list)  # "preferences.jsonl:<line>: <why>"
 
 
-def load_votes(path: Path) -> Votes:
-    """Read a preferences.jsonl; each unreadable line is listed in `corrupt` and skipped."""
-    votes = Votes()
+def _feedback_rows(path: Path, keys: tuple[str, ...], label: bool = False) -> tuple[list[dict], list[str]]:
+    """The rows of a feedback file with a list of messages under each of `keys` (and, with `label`, `"label": false`)
+    whose prompt ends with a user message; and each other line as "<file>:<line>: <why>"."""
+    rows, corrupt = [], []
     for number, row in jsonl_rows(path):
         if row is NOT_JSON:
-            votes.corrupt.append(f"{path.name}:{number}: not JSON")
+            why = "not JSON"
+        elif bad := [key for key in keys if not isinstance(row, dict) or not is_messages(row.get(key))]:
+            why = f"{', '.join(bad)} missing or not a list of messages"
+        elif label and row.get("label") is not False:
+            why = "label missing or not false"
+        elif row["prompt"][-1]["role"] != "user":
+            why = "prompt does not end with a user message"
+        else:
+            rows.append(row)
             continue
-        bad = [key for key in ("prompt", "chosen", "rejected") if not isinstance(row, dict) or not is_messages(row.get(key))]
-        if bad:
-            votes.corrupt.append(f"{path.name}:{number}: {', '.join(bad)} missing or not a list of messages")
-            continue
-        if row["prompt"][-1]["role"] != "user":
-            votes.corrupt.append(f"{path.name}:{number}: prompt does not end with a user message")
-            continue
-        votes.pairs.append(Pair(row["prompt"], row["chosen"], row["rejected"], "votes"))
-    return votes
+        corrupt.append(f"{path.name}:{number}: {why}")
+    return rows, corrupt
+
+
+def load_votes(path: Path) -> Votes:
+    """Read a preferences.jsonl; each unreadable line is listed in `corrupt` and skipped."""
+    rows, corrupt = _feedback_rows(path, ("prompt", "chosen", "rejected"))
+    return Votes([Pair(row["prompt"], row["chosen"], row["rejected"], "votes") for row in rows], corrupt)
 
 
 @dataclass
@@ -105,20 +113,8 @@ class AllBad:
 
 def load_all_bad(path: Path) -> AllBad:
     """Read an all_bad.jsonl; each unreadable line is listed in `corrupt` and skipped."""
-    found = AllBad()
-    for number, row in jsonl_rows(path):
-        if row is NOT_JSON:
-            found.corrupt.append(f"{path.name}:{number}: not JSON")
-            continue
-        bad = [key for key in ("prompt", "completion") if not isinstance(row, dict) or not is_messages(row.get(key))]
-        if bad or row.get("label") is not False:
-            found.corrupt.append(f"{path.name}:{number}: {', '.join(bad) or 'label'} missing or malformed")
-            continue
-        if row["prompt"][-1]["role"] != "user":
-            found.corrupt.append(f"{path.name}:{number}: prompt does not end with a user message")
-            continue
-        found.rows.append({"prompt": row["prompt"], "completion": row["completion"], "label": False})
-    return found
+    rows, corrupt = _feedback_rows(path, ("prompt", "completion"), label=True)
+    return AllBad([{"prompt": row["prompt"], "completion": row["completion"], "label": False} for row in rows], corrupt)
 
 
 def kto_rows(pairs: list[Pair], all_bad: list[dict], seed: int) -> list[dict]:

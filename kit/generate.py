@@ -23,16 +23,17 @@ class Generation:
     seconds: float  # generation wall time, all batches
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def eos_ids(model, tokenizer) -> set[int]:
+    """The tokens that end an answer: the generation config's and the tokenizer's end tokens."""
     configured = model.generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
 
 
-def count_generated(row: list[int], eos_ids: set[int]) -> int:
+def count_generated(row: list[int], ends: set[int]) -> int:
     """Real tokens in one generated row: up to and including the first end token (the rest is padding)."""
     for position, token in enumerate(row):
-        if token in eos_ids:
+        if token in ends:
             return position + 1
     return len(row)
 
@@ -47,7 +48,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
     lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     # Longest first: a batch that does not fit in memory fails at once, and batches waste little padding.
     order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
-    eos_ids = _eos_ids(model, tokenizer)
+    ends = eos_ids(model, tokenizer)
     answers, tokens, latencies = [""] * len(texts), [0] * len(texts), [0.0] * len(texts)
     total = 0.0
     side = tokenizer.padding_side
@@ -64,7 +65,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=sorted(eos_ids) or None,
+                    eos_token_id=sorted(ends) or None,
                 )
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -72,7 +73,7 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], max_new_tokens
             total += spent
             new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
             for i, row in zip(chosen, new_tokens):
-                tokens[i] = count_generated(row, eos_ids)
+                tokens[i] = count_generated(row, ends)
                 answers[i] = tokenizer.decode(row[: tokens[i]], skip_special_tokens=True).strip()
                 latencies[i] = spent
     finally:

@@ -43,6 +43,7 @@ from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.facts import FactBook
 from kit.feedback import ALL_BAD, NOT_JSON, PREFERENCES, feedback_dir, is_messages, jsonl_rows
+from kit.generate import eos_ids
 from kit.masking import ensure_chat_template, render
 from kit.recipe import Recipe, load_recipe
 from kit.runs import atomic_dir, package_versions, tuned_adapter, tuned_model_dir, write_json
@@ -161,9 +162,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
 
     device = next(model.parameters()).device
     texts = [render(tokenizer, p, add_generation_prompt=True) for p in prompts]
-    configured = model.generation_config.eos_token_id
-    eos = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    eos |= {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    eos = eos_ids(model, tokenizer)
     per_prompt = max(samples, 1)
     sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0,
                 "num_return_sequences": samples} if samples else {"do_sample": False}

@@ -126,7 +126,17 @@ _PLACE_WORDS = frozenset(
     "hotel hotels inn motel hostel resort suites lodge cafe café coffee restaurant restaurants bar grill pizzeria bistro "
     "diner pub tavern kitchen bakery brewery steakhouse sushi airlines airline airways airport street avenue road "
     "boulevard downtown uptown plaza mall cinema cinemas theatre theater museum salon spa gym fitness hospital "
-    "clinic pharmacy station apartments bank".split())
+    "clinic pharmacy station apartments bank garden gardens parking valet library center centre zoo aquarium stadium "
+    "arena gallery".split())
+
+
+def _place_after(text: str, end: int) -> bool:
+    """Whether a capitalised place word follows a run of capitalised words (a run is five words at the most: "Dr. Sun
+    Yat-Sen Classical Chinese Garden")."""
+    following = text[end : end + 16].split(None, 1)
+    return bool(following) and following[0][:1].isupper() and following[0].rstrip(",.;:!?").lower() in _PLACE_WORDS
+
+
 # Sentence-initial nouns that a support message follows with a verb of speech ("Booking confirmed", "Visit confirmed").
 _NOT_SPEAKERS = frozenset(
     "booking bookings reservation reservations appointment appointments shipping shipment delivery payment payments "
@@ -243,7 +253,7 @@ _NOT_NAMES = frozenset(
     "urgent back here sorry unable writing calling following following-up happy glad sure fine good great "
     "department dept helpdesk desk billing sales accounts account manager management staff sender recipient user "
     "members member hr it-support concerned whom whomever mom mum dad i'm im we're we've i've i'll we'll you're "
-    "they're it's that's there's here's let's rest bye goodbye".split())
+    "they're it's that's there's here's let's rest bye goodbye bubye perfect awesome excellent wonderful cool nice".split())
 _GREETING = re.compile(
     r"(?m:^)[ \t]*(?i:hi|hello|hey|hiya|howdy|dear|good[ \t]+(?:morning|afternoon|evening)|morning|greetings|bonjour|"
     r"salut|hallo|hola|ciao|namaste|guten[ \t]+tag|liebe|lieber|estimado|estimada|cher|chère)[ \t]*,?[ \t]+"
@@ -313,7 +323,9 @@ _NOT_NAMES_IN_TEXT = _NOT_NAMES | frozenset(
     "some each every our your my his her their its a an the this that these those it i we you hi hello hey dear "
     "still waiting how what why where when who which is are was were has have had do does did can could will "
     "would should may might must shall not bye goodbye interested looking trying having going calling writing "
-    "new unable nothing everything something anything".split())
+    "new unable nothing everything something anything "
+    # genres, which "It's ..." and "This is ..." introduce as often as a person ("It's Pop from 2017", "This is Comedy")
+    "pop rock jazz blues country comedy drama horror thriller action acting fantasy documentary".split())
 
 
 _CONTRACTION = re.compile(r"(?i:['’](?:ve|ll|d|re|m)|n['’]t)$")  # "You've", "Don't": never a name
@@ -418,7 +430,8 @@ _AFTER_NAME = _SPEECH_VERBS | {"from", "at", "here", "speaking"}
 
 _TITLE_DOTS = frozenset(t + "." for t in _TITLES)
 # Brands and places named like a person ("Mr. Coffee", "Dr. Martens", "Madame Tussauds"): after a title, no one's name.
-_TITLED_BRANDS = frozenset("coffee clean muscle sheen pepper martens oetker scholl's scholls bronner's tussauds".split())
+_TITLED_BRANDS = frozenset("coffee clean muscle sheen pepper martens oetker scholl's scholls bronner's tussauds "
+                           "strangelove dolittle doolittle doubtfire".split())  # (and films: "Dr. Strangelove")
 _LABEL_ENDS = frozenset(label.split()[-1] + ":" for label in _LABELS)
 
 
@@ -484,8 +497,9 @@ def context_names(text: str) -> list[tuple[int, int]]:
             multi = False
         if not _may_be_named(text, start, end):
             continue
-        if (lower in _NOT_SPEAKERS and not multi) or not _PLACE_WORDS.isdisjoint(w.lower() for w in _WORD.findall(value)):
-            continue  # "Booking confirmed"; a hotel, a restaurant, a street: no one's name
+        if ((lower in _NOT_SPEAKERS and not multi) or not _PLACE_WORDS.isdisjoint(w.lower() for w in _WORD.findall(value))
+                or _place_after(text, end)):
+            continue  # "Booking confirmed"; a hotel, a restaurant, a street ("... Chinese Garden"): no one's name
         if multi:
             span = _name_span(text, start, end)
             if span is None:

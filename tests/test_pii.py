@@ -215,6 +215,10 @@ CLEAN = [
     "Ship it to the depot on Oak Dr. Springfield has the stock.",
     "Here's a nice 2 star hotel, Best Western Primrose Hotel Downtown-Toronto.",  # (SGD) a sign-off word, then a hotel
     "So 1 luxury ride going to Madame Tussauds Washington DC?",
+    "Okay. That is all I need. Thank you. Perfect.",  # a word of approval ending the text is no sign-off name
+    "It's Pop from 2017. This is Comedy type movie.",  # genres after "It's" and "This is"
+    "What do you think about Dr. Strangelove which has an average rating of 8.4",  # a film
+    "You might consider visiting Dr. Sun Yat-Sen Classical Chinese Garden, which is a Park.",  # a place after five words
 ]
 
 

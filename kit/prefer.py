@@ -35,10 +35,10 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kit import data, models
+from kit import data, models, speed
 from kit.cli import recipe_parser, run_cli
 from kit.errors import KitError
 from kit.facts import FactBook
@@ -307,13 +307,17 @@ def completion_logprob(model, tokenizer, prompt: list[dict], completion: str) ->
 # ---------------------------------------------------------------- the stage
 
 
-def _policy(recipe: Recipe, model_path: str):
-    """(model to train, peft_config or None, what it sits on): the SFT adapter itself, or a new LoRA on a full tuned model."""
+def _policy(recipe: Recipe, model_path: str, plan: speed.Plan):
+    """(model to train, peft_config or None, what it sits on): the SFT adapter itself, or a new LoRA on a full tuned model.
+    Under CPU bf16 autocast the frozen base is held in bf16, as kit.sft holds it; the adapter stays float32."""
+    import torch
     from peft import LoraConfig, PeftModel
 
+    bf16_base = plan.cpu_bf16_autocast and recipe.model.dtype == "auto"
+    extra = {"attn_implementation": plan.attn_implementation, **({"dtype": torch.bfloat16} if bf16_base else {})}
     adapter = tuned_adapter(recipe)
     if adapter is not None:
-        base = models.load_model(recipe.model, path=model_path, dtype=models.resolve_dtype(recipe.model.dtype))
+        base = models.load_model(recipe.model, path=model_path, **extra)
         models.check_weight_files(recipe.model, adapter, what="adapter")
         # is_trainable: the SFT adapter keeps learning; TRL copies it as the frozen reference ("ref" adapter).
         trainable = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
@@ -324,12 +328,13 @@ def _policy(recipe: Recipe, model_path: str):
     lora = recipe.sft.lora
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
                         task_type="CAUSAL_LM")
-    return models.load_model(recipe.model, path=str(folder)), config, {"model": recipe.model.name, "tuned_model": str(folder),
-                                                                      "sft_adapter": None}
+    return models.load_model(recipe.model, path=str(folder), **extra), config, {"model": recipe.model.name,
+                                                                               "tuned_model": str(folder), "sft_adapter": None}
 
 
-def _config(recipe: Recipe, output_dir: Path, rows: int):
-    """TRL's DPOConfig, or KTOConfig for `prefer.method: kto`; `rows`: pairs (DPO) or single answers (KTO)."""
+def _config(recipe: Recipe, output_dir: Path, rows: int, plan: speed.Plan):
+    """TRL's DPOConfig, or KTOConfig for `prefer.method: kto`; `rows`: pairs (DPO) or single answers (KTO); `plan`:
+    kit.sft's speed settings (bf16 autocast on a CPU with native bf16, gradient checkpointing only where memory asks)."""
     import torch
     from trl import DPOConfig, KTOConfig
 
@@ -352,9 +357,9 @@ def _config(recipe: Recipe, output_dir: Path, rows: int):
         report_to=[],
         seed=recipe.seed,
         data_seed=recipe.seed,
-        bf16=cuda and torch.cuda.is_bf16_supported(),
+        bf16=(cuda and torch.cuda.is_bf16_supported()) or plan.cpu_bf16_autocast,
         fp16=False,
-        gradient_checkpointing=False,  # TRL's default is on; kit's models are small and CPU memory is not the limit
+        gradient_checkpointing=plan.gradient_checkpointing,  # TRL's default is on; off on a CPU, where time is the limit
         use_cpu=not cuda,
         dataloader_num_workers=0,
     )
@@ -397,6 +402,11 @@ def run(recipe: Recipe, callbacks: list | None = None, resume: bool = False) -> 
     if not resume:  # a fresh start: an earlier, interrupted run's checkpoints must not be resumed later by mistake
         shutil.rmtree(checkpoints, ignore_errors=True)
     model_path = models.resolve(recipe.model.name)
+    # kit.sft's speed settings for a LoRA, but dropout: TRL's preference trainers turn it off
+    plan = replace(speed.plan_for(recipe, model_path, method="lora"), cpu_lora_dropout=False)
+    print(f"kit.prefer: speed settings: {plan.describe()}", flush=True)
+    if plan.cpu_keep_freed_memory:
+        speed.keep_freed_memory()
     data.build(recipe)
     set_seed(recipe.seed)
     tokenizer = models.load_tokenizer(recipe.model, model_path)
@@ -444,11 +454,11 @@ def run(recipe: Recipe, callbacks: list | None = None, resume: bool = False) -> 
         raise KitError(f"prefer.batch_size: KTO needs at least 2 answers a step (its KL estimate pairs each answer with "
                        f"another row's prompt); have batch_size {recipe.prefer.batch_size} and {len(rows)} answer(s)")
 
-    model, peft_config, base = _policy(recipe, model_path)
+    model, peft_config, base = _policy(recipe, model_path, plan)
     guard = Guard()
     trainer_class = KTOTrainer if kto else DPOTrainer
     # The guard last: it sees a Ctrl-C that arrived during this step's other callbacks, and saves at its end.
-    trainer = trainer_class(model=model, args=_config(recipe, checkpoints, len(rows)), train_dataset=Dataset.from_list(rows),
+    trainer = trainer_class(model=model, args=_config(recipe, checkpoints, len(rows), plan), train_dataset=Dataset.from_list(rows),
                             processing_class=tokenizer, peft_config=peft_config,
                             callbacks=[*(callbacks or []), GuardCallback(guard)])
     what = "answers" if kto else "pairs"

@@ -104,6 +104,28 @@ def test_dpo_on_a_toy_pair_raises_the_chosen_answer_over_the_rejected_one(fresh)
     assert metrics["gate"]["preferred"]["incumbent"] == "tuned"
 
 
+def test_a_cpu_with_native_bf16_gets_kit_sft_speed_settings(fresh, capsys):
+    """`sft.cpu_bf16` (detected on AVX512-BF16/AMX CPUs) gives DPO bf16 autocast over a bf16 frozen base, as in kit.sft;
+    the adapter being trained stays float32."""
+    from transformers import TrainerCallback
+
+    recipe = fresh("prefer.sources=[votes]", "prefer.max_steps=2", "prefer.batch_size=1", "sft.cpu_bf16=true")
+    write_votes(recipe, [vote([SYSTEM, {"role": "user", "content": "is there a warranty"}], "Yes, 1 year.", "No.")])
+    seen = {}
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            seen["bf16"] = args.bf16
+            # (trainable, an adapter's, dtype); TRL's frozen copy of the adapter ("ref") is an adapter's too
+            seen["dtypes"] = {(p.requires_grad, "lora_" in name, p.dtype) for name, p in model.named_parameters()}
+
+    prefer.run(recipe, callbacks=[Probe()])
+    assert seen["bf16"] is True
+    assert seen["dtypes"] == {(True, True, torch.float32), (False, True, torch.float32), (False, False, torch.bfloat16)}
+    assert "speed settings: gradient checkpointing off, bf16 autocast, freed memory kept for reuse" in capsys.readouterr().out
+    assert load_file(recipe.run_dir / "preferred" / "adapter_model.safetensors")  # a finished adapter
+
+
 def test_multi_turn_votes_are_kept_whole_and_a_corrupt_line_is_reported_and_skipped(fresh, capsys):
     recipe = fresh("prefer.sources=[votes]")
     single = [SYSTEM, {"role": "user", "content": "where is my order"}]

@@ -12,7 +12,8 @@ cleaning rules, auto-reply filter and PII redaction, applied with kit's own func
 `Series.map`, plus normalised dedup; no rejects file, token statistics or splits), each in its own
 process, and prints wall time, messages/s and peak memory (max RSS) of each. `--no-pii` turns
 redaction off in both; `--pandas-mapping-only` runs the earlier, lighter baseline (the mapping only).
-Targets: kit >= 100,000 messages/s on 2 cores, < 4 GiB, >= 3x pandas.
+Targets: kit >= 60,000 messages/s on 2 cores with redaction (100,000 with `--no-pii`), < 4 GiB, >= 3x
+pandas.
 """
 
 from __future__ import annotations
@@ -333,7 +334,8 @@ def main() -> None:
     if "pandas" in results:
         print(f"kit speed-up over pandas: {results['pandas']['wall_s'] / results['kit']['wall_s']:.2f}x")
     kit = results["kit"]
-    print(f"targets: >= 100,000 messages/s: {'met' if messages / kit['wall_s'] >= 100_000 else 'NOT met'}; "
+    target = 100_000 if args.no_pii else 60_000  # with the free-text redaction of issue 17: 60,000
+    print(f"targets: >= {target:,} messages/s: {'met' if messages / kit['wall_s'] >= target else 'NOT met'}; "
           f"peak < 4 GiB: {'met' if kit['tree_rss_mib'] < 4096 else 'NOT met'}"
           + (f"; >= 3x pandas: {'met' if results['pandas']['wall_s'] / kit['wall_s'] >= 3 else 'NOT met'}"
              if "pandas" in results else ""))

@@ -635,10 +635,11 @@ def parse_override(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def _describe(error: dict) -> str:
+def describe_error(error: dict, known: list[str] = ()) -> str:
+    """One pydantic error in the recipe's words (`known`: the keys a section accepts, named after an unknown one)."""
     kind = error["type"]
     if kind == "extra_forbidden":
-        return "unknown key: remove it or fix its spelling"
+        return "unknown key: remove it or fix its spelling" + (f" (known: {', '.join(known)})" if known else "")
     if kind == "missing":
         return "required: add it"
     message = error["msg"].removeprefix("Value error, ")
@@ -666,7 +667,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         lines = []
         for error in exc.errors():
             key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-            lines.append(f"{path}: {key}: {_describe(error)}")
+            lines.append(f"{path}: {key}: {describe_error(error)}")
         raise KitError("\n".join(lines)) from None
 
 

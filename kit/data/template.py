@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from kit.data.clean import auto_reply_regex
 from kit.errors import KitError
-from kit.recipe import DataRules, type_name
+from kit.recipe import DataRules, describe_error, type_name
 from kit.shipped import shipped_dir
 from kit.yamlfile import read_yaml_tree
 
@@ -226,19 +226,6 @@ def _locate(node, loc: tuple) -> tuple[str, int | None]:
     return ".".join(parts) or "(top level)", line
 
 
-def _describe(error: dict, model) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        known = _known_keys(model, error["loc"][:-1])
-        return "unknown key: remove it or fix its spelling" + (f" (known: {', '.join(known)})" if known else "")
-    if kind == "missing":
-        return "required: add it"
-    message = error["msg"].removeprefix("Value error, ")
-    if "input" in error and not isinstance(error["input"], (dict, list)):
-        message += f" (got {error['input']!r})"
-    return message
-
-
 def _known_keys(model, loc: tuple) -> list[str]:
     """The keys a section of the template schema accepts (for a misspelled key's error)."""
     for part in loc:
@@ -268,7 +255,8 @@ def load_template(name: str) -> Template:
         lines = []
         for e in exc.errors():
             key, line = _locate(node, e["loc"])
-            text = f"{path}: {key}{f' (line {line})' if line else ''}: {_describe(e, Template)}"
+            known = _known_keys(Template, e["loc"][:-1]) if e["type"] == "extra_forbidden" else []
+            text = f"{path}: {key}{f' (line {line})' if line else ''}: {describe_error(e, known)}"
             if text not in lines:
                 lines.append(text)
         raise KitError("\n".join(lines)) from None

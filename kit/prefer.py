@@ -310,11 +310,10 @@ def completion_logprob(model, tokenizer, prompt: list[dict], completion: str) ->
 def _policy(recipe: Recipe, model_path: str, plan: speed.Plan):
     """(model to train, peft_config or None, what it sits on): the SFT adapter itself, or a new LoRA on a full tuned model.
     Under CPU bf16 autocast the frozen base is held in bf16, as kit.sft holds it; the adapter stays float32."""
-    import torch
     from peft import LoraConfig, PeftModel
 
-    bf16_base = plan.cpu_bf16_autocast and recipe.model.dtype == "auto"
-    extra = {"attn_implementation": plan.attn_implementation, **({"dtype": torch.bfloat16} if bf16_base else {})}
+    extra = {"attn_implementation": plan.attn_implementation,
+             "dtype": speed.frozen_base_dtype(plan.cpu_bf16_autocast, recipe.model.dtype)}
     adapter = tuned_adapter(recipe)
     if adapter is not None:
         base = models.load_model(recipe.model, path=model_path, **extra)

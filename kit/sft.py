@@ -157,11 +157,8 @@ def build_model(recipe: Recipe, model_path: str, attention: str = "sdpa", cpu_bf
     import torch
 
     method = recipe.sft.method
-    extra = {"attn_implementation": attention}
-    if cpu_bf16_autocast and method in ADAPTER_METHODS and recipe.model.dtype == "auto":
-        # The base stays frozen under LoRA: holding it in bf16 saves autocast from casting every weight at every
-        # step (about 12% of the step on the quickstart, same validation loss); the adapters stay float32.
-        extra["dtype"] = torch.bfloat16
+    frozen = speed.frozen_base_dtype(cpu_bf16_autocast, recipe.model.dtype) if method in ADAPTER_METHODS else None
+    extra = {"attn_implementation": attention, "dtype": frozen}
     if method == "qlora":
         from transformers import BitsAndBytesConfig
 

@@ -69,6 +69,15 @@ class Plan:
                 f"estimated peak {self.estimated_peak_gib:.1f} GiB ({'; '.join(self.reasons)})")
 
 
+def frozen_base_dtype(cpu_bf16_autocast: bool, dtype_setting: str):
+    """The dtype to load a base in that stays frozen under an adapter (None: the recipe's `model.dtype`). Under CPU bf16
+    autocast, with `model.dtype: auto`, bf16: it saves autocast from casting every weight at every step (about 12% of
+    the step on the quickstart, same validation loss); the adapters stay float32."""
+    import torch
+
+    return torch.bfloat16 if cpu_bf16_autocast and dtype_setting == "auto" else None
+
+
 def keep_freed_memory() -> bool:
     """Make glibc's malloc keep freed memory for reuse, for the rest of this process; False where it cannot.
 

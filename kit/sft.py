@@ -292,6 +292,8 @@ def train(recipe: Recipe, conversations: TrainingData, resume: bool = False, pre
         print(f"kit.sft: speed settings: {plan.describe()}", flush=True)
     if plan.cpu_keep_freed_memory:
         speed.keep_freed_memory()
+    if plan.cpu_answer_tokens_only:
+        speed.score_answer_tokens_only()
     model, peft_config = build_model(recipe, model_path, plan.attn_implementation, plan.cpu_bf16_autocast)
     packing = _packing(recipe, model)
     guard = Guard()

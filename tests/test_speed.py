@@ -109,3 +109,33 @@ def test_keep_freed_memory_stops_page_faults_on_reused_blocks():
     cpu = speed.plan(speed.Hardware(cuda=False, glibc=True), LLAMA_8B, "lora", 8, 256)
     assert cpu.cpu_keep_freed_memory and "freed memory kept" in cpu.describe()
     assert not speed.plan(H200, LLAMA_8B, "lora", 4, 2048).cpu_keep_freed_memory
+
+
+def test_score_answer_tokens_only_projects_only_labelled_positions_on_cpu(monkeypatch):
+    """TRL's fused LM head on a CPU: the same log-probabilities, from the labelled positions alone."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer import utils
+
+    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)  # undone after the test
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    model = LlamaForCausalLM(config).eval()
+    utils.add_fused_lm_head(model)
+    ids = torch.randint(0, 64, (2, 12))
+    labels = ids.masked_fill(torch.arange(12) < 8, -100)  # a prompt of 8 tokens, 4 answer tokens
+    projected = []
+    apply = utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: projected.append(hidden.shape[0]) or apply(hidden, *rest))
+
+    with torch.no_grad():
+        every = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+        assert speed.score_answer_tokens_only() and speed.score_answer_tokens_only()  # a second call changes nothing
+        answers = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+    assert projected == [2 * 11, 2 * 4]  # every shifted position, then only the labelled ones
+    assert torch.allclose(every, answers, atol=1e-6)
+    assert (answers[:, :7] == 0).all() and (answers[:, 7:] < 0).all()
+    assert speed.plan(speed.Hardware(cuda=False), LLAMA_8B, "lora", 8, 256).cpu_answer_tokens_only
+    assert not speed.plan(H200, LLAMA_8B, "lora", 4, 2048).cpu_answer_tokens_only

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from kit import eval as kit_eval
 from kit import data, models, prefer, sft
 from kit.facts import FactBook
-from kit.recipe import load_recipe
+from kit.recipe import ModelSection, load_recipe
 from tests.conftest import write_qa_csv
 
 REPO = Path(__file__).resolve().parent.parent
@@ -347,3 +347,42 @@ def test_kto_on_single_answers_raises_the_desirable_answer_over_the_undesirable_
     recipe.prefer.batch_size = 1
     with pytest.raises(prefer.KitError, match="prefer.batch_size: KTO needs at least 2 answers a step"):
         prefer.run(recipe)
+
+
+def test_dpo_batches_group_similar_lengths_and_answering_batches_are_equal(tiny_model_dir, monkeypatch):
+    """`length_grouped` reorders the pairs (seeded) so that a batch pads less than in the given order; `generate`
+    splits prompts into equal batches (5 prompts at most 4 a batch: 3 + 2, not 4 + 1)."""
+    tokenizer = models.load_tokenizer(ModelSection(name=str(tiny_model_dir)))
+    rng = random.Random(0)
+    rows = [{"prompt": [SYSTEM, {"role": "user", "content": "word " * rng.randrange(1, 60)}],
+             "chosen": [{"role": "assistant", "content": "yes " * rng.randrange(1, 40)}],
+             "rejected": [{"role": "assistant", "content": "no " * rng.randrange(1, 40)}]} for _ in range(64)]
+
+    def padded(order):  # what a batch of 4 pads to: its longest prompt plus its longest answer, per row
+        size = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        total = 0
+        for start in range(0, len(order), 4):
+            batch = order[start:start + 4]
+            longest = max(size(prefer.render(tokenizer, r["prompt"], add_generation_prompt=True)) for r in batch)
+            longest += max(size(r[k][0]["content"]) for r in batch for k in ("chosen", "rejected"))
+            total += 2 * len(batch) * longest
+        return total
+
+    grouped = prefer.length_grouped(rows, tokenizer, 4, seed=0)
+    assert sorted(map(str, grouped)) == sorted(map(str, rows)) and grouped == prefer.length_grouped(rows, tokenizer, 4, 0)
+    assert padded(grouped) < 0.95 * padded(rows)
+
+    sizes = []
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.generation_config = type("Config", (), {"eos_token_id": tokenizer.eos_token_id})()
+
+        def generate(self, input_ids, **kwargs):
+            sizes.append(len(input_ids))
+            return torch.cat([input_ids, torch.full((len(input_ids), 1), tokenizer.eos_token_id)], dim=1)
+
+    answers = prefer.generate(Model(), tokenizer, [row["prompt"] for row in rows[:5]], 4, batch_size=4)
+    assert sizes == [3, 2] and len(answers) == 5 and all(finished for _, finished in answers)

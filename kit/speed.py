@@ -116,11 +116,11 @@ def score_answer_tokens_only() -> bool:
     original = getattr(utils, "_use_triton", None)  # TRL's private switch (pinned TRL; a newer one may rename it)
     if not callable(original):
         return False
-    if not getattr(original, "kit_cpu", False):
+    if not hasattr(original, "trl_original"):  # not patched yet in this process
         def compact(device) -> bool:
             return device.type == "cpu" or original(device)
 
-        compact.kit_cpu = True
+        compact.trl_original = original
         utils._use_triton = compact
     return True
 

@@ -117,7 +117,8 @@ def test_score_answer_tokens_only_projects_only_labelled_positions_on_cpu(monkey
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl.trainer import utils
 
-    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)  # undone after the test
+    # TRL's own switch (a kit.sft run earlier in this process has patched it), restored after the test
+    monkeypatch.setattr(utils, "_use_triton", getattr(utils._use_triton, "trl_original", utils._use_triton))
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2)

@@ -425,10 +425,7 @@ def run(recipe: Recipe, callbacks: list | None = None, resume: bool = False) -> 
     # kit.sft's speed settings for a LoRA, but dropout: TRL's preference trainers turn it off
     plan = replace(speed.plan_for(recipe, model_path, method="lora"), cpu_lora_dropout=False)
     print(f"kit.prefer: speed settings: {plan.describe()}", flush=True)
-    if plan.cpu_keep_freed_memory:
-        speed.keep_freed_memory()
-    if plan.cpu_answer_tokens_only:
-        speed.score_answer_tokens_only()
+    speed.apply_process_settings(plan)
     data.build(recipe)
     set_seed(recipe.seed)
     tokenizer = models.load_tokenizer(recipe.model, model_path)

@@ -290,10 +290,7 @@ def train(recipe: Recipe, conversations: TrainingData, resume: bool = False, pre
     plan = speed.plan_for(recipe, model_path)
     if main:
         print(f"kit.sft: speed settings: {plan.describe()}", flush=True)
-    if plan.cpu_keep_freed_memory:
-        speed.keep_freed_memory()
-    if plan.cpu_answer_tokens_only:
-        speed.score_answer_tokens_only()
+    speed.apply_process_settings(plan)
     model, peft_config = build_model(recipe, model_path, plan.attn_implementation, plan.cpu_bf16_autocast)
     packing = _packing(recipe, model)
     guard = Guard()

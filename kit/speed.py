@@ -125,6 +125,14 @@ def score_answer_tokens_only() -> bool:
     return True
 
 
+def apply_process_settings(plan: Plan) -> None:
+    """Turn on the plan's settings that hold for the rest of the process (kit.sft and kit.prefer, before training)."""
+    if plan.cpu_keep_freed_memory:
+        keep_freed_memory()
+    if plan.cpu_answer_tokens_only:
+        score_answer_tokens_only()
+
+
 def detect_hardware() -> Hardware:
     import importlib.util
 

@@ -296,6 +296,25 @@ def test_token_helper_counts_as_the_in_process_tokenizer(tiny_recipe, monkeypatc
     assert data.TokenCounter(recipe.model).lengths(texts) == (lengths, None)  # in-process, with transformers
 
 
+def test_token_helper_loads_without_transformers(tiny_recipe):
+    # In the test process transformers is already imported (and with it jinja2.ext), which hid that the
+    # helper's load failed in a fresh process: every count then came from transformers after the conversion.
+    import subprocess
+    import sys
+
+    recipe_path = tiny_recipe()
+    script = (
+        "import sys\n"
+        "from kit.recipe import load_recipe\n"
+        "from kit.data import tokens\n"
+        f"loaded = tokens.fast_encoder(load_recipe({str(recipe_path)!r}).model)\n"
+        "assert loaded is not None and loaded[1] > 0, loaded\n"
+        "assert 'transformers' not in sys.modules and 'torch' not in sys.modules, 'imported the heavy libraries'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_token_helper_falls_back_to_transformers_where_it_could_differ(tiny_recipe, tmp_path, tiny_model_dir):
     # A tokenizer config that transformers applies on top of tokenizer.json: the helper declines, and the
     # counts come from transformers in the calling process.

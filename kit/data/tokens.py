@@ -78,6 +78,7 @@ def _model_file(path: str, name: str, revision: str | None) -> Path | None:
 
 def _raise_template_error(message: str):
     import jinja2
+    import jinja2.ext  # not loaded by `import jinja2` alone (transformers loads it; the helper has no transformers)
 
     raise jinja2.exceptions.TemplateError(message)
 
@@ -86,6 +87,7 @@ def fast_encoder(section):
     """(encode, overhead) for `_count` from the model's files with `tokenizers` and jinja2; None where the result
     could differ from `count`'s (the caller then uses `count`)."""
     import jinja2
+    import jinja2.ext  # not loaded by `import jinja2` alone (transformers loads it; the helper has no transformers)
     from jinja2.sandbox import ImmutableSandboxedEnvironment
     from tokenizers import Tokenizer
 

@@ -78,7 +78,6 @@ def _model_file(path: str, name: str, revision: str | None) -> Path | None:
 
 def _raise_template_error(message: str):
     import jinja2
-    import jinja2.ext  # not loaded by `import jinja2` alone (transformers loads it; the helper has no transformers)
 
     raise jinja2.exceptions.TemplateError(message)
 

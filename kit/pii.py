@@ -98,7 +98,8 @@ _SHAPE = bytes((57 if 48 <= c <= 57 else 65 if 65 <= c <= 90 else 97 if 97 <= c 
 _NOT_STREET_WORDS = frozenset(
     "a an the on in at to for of my our your his her their and or is was are it this that these those with "
     "from by day days week weeks month months year years hour hours minute minutes time times item items "
-    "order orders unit units device devices plug plugs bulb bulbs lamp lamps other more same next last".split()
+    "order orders unit units device devices plug plugs bulb bulbs lamp lamps other more same next last "
+    "called named titled".split()  # "1 movie called Dr. Strangelove" (SGD): a title, not a street
 )
 # Suffixes that are everyday words only count when capitalised ("12 Mill Way", not "2 day shipping way").
 _WEAK_SUFFIXES = frozenset("way court ct place pl close square sq circle cir row mews gardens grove trail crescent".split())
@@ -505,7 +506,7 @@ def context_names(text: str) -> list[tuple[int, int]]:
             if span is None:
                 continue
             start, end = span
-        elif value[-1] == ".":
+        elif text[end - 1] == ".":  # (a span from `_name_span` ends before its full stop already)
             end -= 1
         if _judge(text, start, end):
             spans.append((start, end))
@@ -990,13 +991,15 @@ class Scanner:
             # Exact gates for ASCII text: an address needs a street word as a whole word; a fused street
             # name ends in one of a few words; a postcode has the shape " 9AA".
             street = words is None or not _STREET_WORDS.isdisjoint(words)
-            for m in _ADDRESS.finditer(text) if street else ():
-                words = m.group("words").lower().split()
+            position = 0
+            while street and (m := _ADDRESS.search(text, position)) is not None:
                 suffix = m.group("suffix")
-                if suffix.lower() in _WEAK_SUFFIXES and not suffix[0].isupper():
+                if ((suffix.lower() in _WEAK_SUFFIXES and not suffix[0].isupper())
+                        or any(w.strip(".,'") in _NOT_STREET_WORDS for w in m.group("words").lower().split())):
+                    position = m.start() + 1  # a later number may start one ("a 5 star called 45 Park Lane")
                     continue
-                if not any(w.strip(".,'") in _NOT_STREET_WORDS for w in words):
-                    add(Finding("ADDRESS", m.start(), m.end(), m.group()))
+                add(Finding("ADDRESS", m.start(), m.end(), m.group()))
+                position = m.end()
             eu = words is None or (
                 "str" in lower or "weg" in lower or "gasse" in lower or "platz" in lower or "allee" in lower
                 or "laan" in lower or "gracht" in lower)

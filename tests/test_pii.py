@@ -218,6 +218,7 @@ CLEAN = [
     "Okay. That is all I need. Thank you. Perfect.",  # a word of approval ending the text is no sign-off name
     "It's Pop from 2017. This is Comedy type movie.",  # genres after "It's" and "This is"
     "What do you think about Dr. Strangelove which has an average rating of 8.4",  # a film
+    "I found 1 movie called Dr. Strangelove.",  # a number, words, "Dr.": a film's title, no street
     "You might consider visiting Dr. Sun Yat-Sen Classical Chinese Garden, which is a Park.",  # a place after five words
 ]
 
@@ -275,6 +276,15 @@ def test_redaction_removes_whole_tokens(text, expected):
 def test_postal_addresses_by_locale_are_removed_whole(address):
     redacted, counts = pii.redact(f"Please ship it to {address}.\nThanks")
     assert redacted == "Please ship it to {{ADDRESS}}.\nThanks" and counts == {"ADDRESS": 1}
+
+
+@pytest.mark.parametrize(
+    "before",
+    ["a ride for 2 to",  # a number and words before it that are no street's ("2 to 1546 Maurice")
+     "a 5 star hotel called"],
+)
+def test_a_street_address_after_a_number_that_starts_no_address_is_found(before):
+    assert pii.redact(f"Confirm {before} 1546 Maurice Lane?") == (f"Confirm {before} {{{{ADDRESS}}}}?", {"ADDRESS": 1})
 
 
 def test_usernames_and_national_ids():

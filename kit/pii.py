@@ -268,11 +268,14 @@ _SIGN_OFF_WORDS = (
     r"atentamente|dhanyavaad|shukriya"
 )
 _SIGN_OFF_LINE = re.compile(rf"[ \t]*(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*[ \t]*")
-# On the last line, at the very end: "Cheers, Dev", "Thanks! Lucas", "... fixed. -Dana", "Got it, thanks Dana."
+# On the last line, at the very end: "Cheers, Dev", "Thanks! Lucas", "... fixed. -Dana", "Got it, thanks Dana.",
+# "TY - Chris", ":) Thanks - Mike", "Thanks - Lee 2/2" (a part counter ends a tweet split in parts)
 # (a sign-off word starts the line or follows punctuation: "at Best Buy." is a shop)
 _SIGN_OFF_END = re.compile(
-    rf"(?:(?:^|(?<=[.!?,;:]))[ \t]*(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*|(?:^|(?<=[.!?]))[ \t]*(?:--?|[–—~^/*]))[ \t]*"
-    rf"{_TITLE}(?P<name>{_NAME_RUN})[ \t]*[.!]?[ \t]*$")
+    rf"(?:(?:^|(?<=[.!?,;:()]))[ \t]*(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*(?:[ \t]*(?:--?|[–—~^/*]))?"
+    rf"|(?:^|(?<=[.!?]))[ \t]*(?:--?|[–—~^/*]))[ \t]*"
+    rf"{_TITLE}(?P<name>{_NAME_RUN})[ \t]*[.!]?(?:[ \t]+\d{{1,2}}/\d{{1,2}})?[ \t]*$")
+_PART_COUNTER = re.compile(r"[ \t]+\d{1,2}/\d{1,2}$")
 _NAME_LINE = re.compile(rf"[ \t]*{_TITLE}(?P<name>{_NAME_RUN})[ \t]*")
 # The words of the sign-offs that say so (the cheap first test of `_SIGN_OFF_END`), and the marks before
 # a name or initials ("-Karthik", "^AB").
@@ -529,13 +532,13 @@ def context_names(text: str) -> list[tuple[int, int]]:
                     spans.append(span)
     line_start = stripped.rfind("\n") + 1
     last_line = stripped[max(line_start, len(stripped) - 80) :]
-    end_word = last_line.rstrip(" \t.!")
+    end_word = (_PART_COUNTER.sub("", last_line) if last_line[-1:].isdigit() else last_line).rstrip(" \t.!")
     end_word = end_word[max(end_word.rfind(" "), end_word.rfind("\t")) + 1 :].lstrip("-–—~^/*")
     m = None
     # a text that ends with a name (a capital first, a letter last), after a sign-off word or a mark
     if end_word[:1].isupper() and end_word[-1].isalnum():
         tokens = last_line.rsplit(None, 7)
-        if (any(token.lower().strip(",.!") in _SIGN_OFF_TOKENS for token in tokens)
+        if (not _SIGN_OFF_TOKENS.isdisjoint(map(str.lower, _WORD.findall(last_line)))  # ("DM.Thanks-Emir")
                 or any(token[:1] in _MARKS for token in tokens[-5:])):
             m = _SIGN_OFF_END.search(last_line)
     if m is not None:

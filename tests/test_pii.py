@@ -153,6 +153,11 @@ def test_batch_gate_marks_every_text_with_a_finding_and_redacts_the_same(setup):
         ("Restart it please.\n-Karthik", ["Karthik"]),
         ("Can you DM us? ^AB", ["AB"]),
         ("Fixed now. Cheers, Dev", ["Dev"]),
+        # agents' sign-offs on Twitter (TWCS): a dash after the sign-off word, an emoticon before it, a part counter
+        ("Can you DM us? TY - Chris", ["Chris"]),
+        ("It is on its way :) Thanks - Mike", ["Mike"]),
+        ("We can log this. Thanks - Lee 2/2", ["Lee"]),
+        ("Please DM us the booking number. Kind regards - Aled 3/3", ["Aled"]),
         ("Hi, my name is Jean-Luc Picard and my order is late.", ["Jean-Luc Picard"]),
         ("This is Aadhya from accounts payable.", ["Aadhya"]),
         ("I'm Karsten Wieloch-Bolnbach, the app crashes.", ["Karsten Wieloch-Bolnbach"]),
@@ -216,6 +221,7 @@ CLEAN = [
     "Here's a nice 2 star hotel, Best Western Primrose Hotel Downtown-Toronto.",  # (SGD) a sign-off word, then a hotel
     "So 1 luxury ride going to Madame Tussauds Washington DC?",
     "Okay. That is all I need. Thank you. Perfect.",  # a word of approval ending the text is no sign-off name
+    "Thanks - Great service, it arrives on 3/4",  # no name after the dash; a date, not a part counter
     "It's Pop from 2017. This is Comedy type movie.",  # genres after "It's" and "This is"
     "What do you think about Dr. Strangelove which has an average rating of 8.4",  # a film
     "I found 1 movie called Dr. Strangelove.",  # a number, words, "Dr.": a film's title, no street

@@ -271,11 +271,12 @@ _SIGN_OFF_LINE = re.compile(rf"[ \t]*(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*[ \t]*")
 # On the last line, at the very end: "Cheers, Dev", "Thanks! Lucas", "... fixed. -Dana", "Got it, thanks Dana.",
 # "TY - Chris", ":) Thanks - Mike", "Thanks - Lee 2/2" (a part counter ends a tweet split in parts)
 # (a sign-off word starts the line or follows punctuation: "at Best Buy." is a shop)
+_COUNTER = r"[ \t]+\d{1,2}/\d{1,2}"
 _SIGN_OFF_END = re.compile(
     rf"(?:(?:^|(?<=[.!?,;:()]))[ \t]*(?i:{_SIGN_OFF_WORDS})[ \t]*[,.!]*(?:[ \t]*(?:--?|[–—~^/*]))?"
     rf"|(?:^|(?<=[.!?]))[ \t]*(?:--?|[–—~^/*]))[ \t]*"
-    rf"{_TITLE}(?P<name>{_NAME_RUN})[ \t]*[.!]?(?:[ \t]+\d{{1,2}}/\d{{1,2}})?[ \t]*$")
-_PART_COUNTER = re.compile(r"[ \t]+\d{1,2}/\d{1,2}$")
+    rf"{_TITLE}(?P<name>{_NAME_RUN})[ \t]*[.!]?(?:{_COUNTER})?[ \t]*$")
+_PART_COUNTER = re.compile(_COUNTER + "$")
 _NAME_LINE = re.compile(rf"[ \t]*{_TITLE}(?P<name>{_NAME_RUN})[ \t]*")
 # The words of the sign-offs that say so (the cheap first test of `_SIGN_OFF_END`), and the marks before
 # a name or initials ("-Karthik", "^AB").
@@ -537,9 +538,8 @@ def context_names(text: str) -> list[tuple[int, int]]:
     m = None
     # a text that ends with a name (a capital first, a letter last), after a sign-off word or a mark
     if end_word[:1].isupper() and end_word[-1].isalnum():
-        tokens = last_line.rsplit(None, 7)
         if (not _SIGN_OFF_TOKENS.isdisjoint(map(str.lower, _WORD.findall(last_line)))  # ("DM.Thanks-Emir")
-                or any(token[:1] in _MARKS for token in tokens[-5:])):
+                or any(token[:1] in _MARKS for token in last_line.rsplit(None, 5)[-5:])):
             m = _SIGN_OFF_END.search(last_line)
     if m is not None:
         at = len(stripped) - len(last_line)
